@@ -1,0 +1,41 @@
+"""Installs torchrl-rldt: RL fine-tuning of flow-matching policies on TorchRL."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+
+
+def _version() -> str:
+    for line in (ROOT / "torchrl_rldt" / "__init__.py").read_text().splitlines():
+        if line.startswith("__version__"):
+            return line.split("=")[1].strip().strip('"')
+    raise RuntimeError("torchrl_rldt/__init__.py defines no __version__")
+
+
+setup(
+    name="torchrl-rldt",
+    version=_version(),
+    description=(
+        "RLDT (RL for flow-matching policies with density transport) and "
+        "baselines as TorchRL building blocks"
+    ),
+    long_description=(ROOT / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["torchrl_rldt", "torchrl_rldt.*"]),
+    install_requires=[
+        "torch>=2.11",
+        "torchrl>=0.14.1,<0.15",
+        "tensordict>=0.14.3,<0.15",
+        "gymnasium[mujoco]>=1.0",
+        "envpool>=1.2.5",
+        "hydra-core>=1.3",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest>=7", "pytest-timeout"]},
+)

@@ -1,0 +1,13 @@
+"""Environments: EnvPool for TorchRL, action-chunk execution and normalisation transforms."""
+from __future__ import annotations
+
+from torchrl_rldt.envs.chunk import ActionChunkEnv
+from torchrl_rldt.envs.envpool import EnvPoolEnv
+from torchrl_rldt.envs.transforms import NormalizationStats, normalization_transforms
+
+__all__ = [
+    "ActionChunkEnv",
+    "EnvPoolEnv",
+    "NormalizationStats",
+    "normalization_transforms",
+]

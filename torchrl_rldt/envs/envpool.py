@@ -1,0 +1,346 @@
+# This source code is licensed under the MIT license found in the
+# LICENSE file in the root directory of this source tree.
+"""EnvPool environments for TorchRL, written for envpool 1.x (gymnasium API).
+
+TorchRL's :class:`~torchrl.envs.MultiThreadedEnv` assumes envpool 0.x and is
+broken with envpool 1.x (see ``docs/upstream-envpool.md``): it imports legacy
+``gym`` and ``treevalue``, aliases its observation cache with the returned
+data, gives reward and done specs the wrong shape, and lets envpool's
+``NEXT_STEP`` auto-reset produce a fake transition after every episode end.
+:class:`EnvPoolEnv` is a small, self-contained replacement.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib.util
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.data import Bounded, Categorical, Composite, TensorSpec, Unbounded
+from torchrl.envs import EnvBase
+
+__all__ = ["EnvPoolEnv"]
+
+_has_envpool = importlib.util.find_spec("envpool") is not None
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# envpool derives one seed per sub-environment from the pool seed, keep the sum in int32
+_MAX_SEED = 2**30
+
+
+def _float32_spec(spec: TensorSpec) -> TensorSpec:
+    """Casts the float64 leaves of a spec to float32.
+
+    Bounds that float32 cannot hold (envpool marks unbounded dm_control observations
+    with the float64 extremes) turn the leaf into an :class:`~torchrl.data.Unbounded`.
+    """
+    if isinstance(spec, Composite):
+        for key, leaf in list(spec.items()):
+            spec[key] = _float32_spec(leaf)
+        return spec
+    if spec.dtype != torch.float64:
+        return spec
+    if isinstance(spec, Bounded):
+        low, high = spec.space.low, spec.space.high
+        bounds = torch.cat([low.reshape(-1), high.reshape(-1)])
+        if torch.isfinite(bounds).all() and bounds.abs().max() < _FLOAT32_MAX:
+            return Bounded(
+                low.float(),
+                high.float(),
+                shape=spec.shape,
+                dtype=torch.float32,
+                device=spec.device,
+            )
+    return Unbounded(shape=spec.shape, dtype=torch.float32, device=spec.device)
+
+
+def _map_tree(fn: Callable, tree: Any, *rest: Any) -> Any:
+    """Applies ``fn`` leaf-wise over an array or a (nested) dict of arrays."""
+    if isinstance(tree, dict):
+        return {key: _map_tree(fn, tree[key], *(r[key] for r in rest)) for key in tree}
+    return fn(tree, *rest)
+
+
+def _spec_dtypes(spec: TensorSpec) -> Any:
+    if isinstance(spec, Composite):
+        return {key: _spec_dtypes(leaf) for key, leaf in spec.items()}
+    return spec.dtype
+
+
+class EnvPoolEnv(EnvBase):
+    """A batch of EnvPool environments (envpool >= 1.0, gymnasium API) as a TorchRL env.
+
+    EnvPool runs ``num_envs`` copies of a task in C++ threads. This class exposes
+    them as one batch-locked TorchRL environment of batch size ``[num_envs]``:
+
+    - float observations are float32 (``"observation"`` for a ``Box`` space, one
+      entry per key for a ``Dict`` space); reward, ``done``, ``terminated`` and
+      ``truncated`` have shape ``[num_envs, 1]``; the action spec carries the
+      task's bounds;
+    - ``terminated`` (a terminal state) and ``truncated`` (the time limit) are kept
+      apart, and a partial reset (``"_reset"`` mask) resets only the finished envs;
+    - envpool auto-resets in gymnasium's ``NEXT_STEP`` mode: stepping a finished
+      env without resetting it returns a fake transition (the action ignored, reward
+      0). TorchRL always resets finished envs, so here that step is refused with
+      an error instead of being recorded;
+    - partial steps (``"_step"`` mask, used by :class:`~torchrl.envs.MultiAction`
+      to execute action chunks) step only the selected envs; the others keep their
+      observation and done flags and get a reward of 0;
+    - seeding: the same ``seed`` gives the same trajectories;
+      :meth:`~torchrl.envs.EnvBase.set_seed` rebuilds the pool with the new seed.
+
+    Args:
+        env_name (str): an envpool task id, for example ``"Hopper-v5"``. The ids
+            are listed by ``envpool.list_all_envs()``.
+        num_envs (int): the number of environments run in parallel (the batch size).
+
+    Keyword Args:
+        seed (int, optional): seed of the pool; sub-environment ``i`` is seeded from
+            ``seed`` and ``i`` by envpool. Defaults to a seed drawn from torch's
+            global generator, so that ``torch.manual_seed`` controls it.
+        device (torch.device, optional): the device of the returned data. EnvPool
+            runs on the CPU; actions are copied to the CPU. Defaults to ``"cpu"``.
+        num_threads (int, optional): envpool worker threads. Defaults to envpool's
+            choice (one per environment).
+        **task_kwargs: forwarded to ``envpool.make``, for example
+            ``max_episode_steps=100``.
+
+    Raises:
+        ValueError: for an unknown task id (the message lists close matches) or
+            ``num_envs < 1``.
+
+    Examples:
+        >>> from torchrl.envs.utils import check_env_specs
+        >>> from torchrl_rldt.envs import EnvPoolEnv
+        >>> env = EnvPoolEnv("Hopper-v5", num_envs=4, seed=0)
+        >>> check_env_specs(env)
+        >>> rollout = env.rollout(10, break_when_any_done=False)
+        >>> rollout["next", "reward"].shape
+        torch.Size([4, 10, 1])
+    """
+
+    def __init__(
+        self,
+        env_name: str,
+        num_envs: int,
+        *,
+        seed: int | None = None,
+        device: torch.device | str | None = None,
+        num_threads: int | None = None,
+        **task_kwargs: Any,
+    ) -> None:
+        if not _has_envpool:
+            raise ImportError(
+                "EnvPoolEnv needs the envpool package: `pip install 'envpool>=1.2.5'`."
+            )
+        import envpool
+
+        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}.")
+        known_ids = envpool.list_all_envs()
+        if env_name not in known_ids:
+            matches = difflib.get_close_matches(env_name, known_ids, n=5, cutoff=0.5)
+            hint = (
+                f"Close matches: {', '.join(matches)}."
+                if matches
+                else "No close match."
+            )
+            raise ValueError(
+                f"Unknown envpool task id {env_name!r}. {hint} "
+                "`envpool.list_all_envs()` lists every id."
+            )
+        super().__init__(
+            device=torch.device("cpu") if device is None else device,
+            batch_size=torch.Size([num_envs]),
+        )
+        self.env_name = env_name
+        self.num_envs = num_envs
+        self.num_threads = num_threads
+        self.task_kwargs = dict(task_kwargs)
+        if seed is None:
+            seed = int(torch.randint(_MAX_SEED, ()))
+        self._pool = self._make_pool(int(seed))
+        self._make_specs()
+        self._all_ids = np.arange(num_envs)
+        # Set by a step that ends an episode, cleared by a reset: envpool would
+        # answer the next step of such an env with a fake transition.
+        self._needs_reset = np.ones(num_envs, dtype=bool)
+        self._last_obs: Any = None
+        self._last_terminated = np.zeros(num_envs, dtype=bool)
+        self._last_truncated = np.zeros(num_envs, dtype=bool)
+
+    def _make_pool(self, seed: int):
+        import envpool
+
+        kwargs = dict(self.task_kwargs)
+        if self.num_threads is not None:
+            kwargs["num_threads"] = self.num_threads
+        self._seed = seed
+        return envpool.make(
+            self.env_name,
+            env_type="gymnasium",
+            num_envs=self.num_envs,
+            seed=seed,
+            **kwargs,
+        )
+
+    def _make_specs(self) -> None:
+        from torchrl.envs.libs.gym import _gym_to_torchrl_spec_transform, set_gym_backend
+
+        # envpool 1.x returns gymnasium spaces; torchrl's converter must be told so
+        with set_gym_backend("gymnasium"):
+            action_spec = _gym_to_torchrl_spec_transform(
+                self._pool.action_space, categorical_action_encoding=True
+            )
+            observation_spec = _gym_to_torchrl_spec_transform(
+                self._pool.observation_space, categorical_action_encoding=True
+            )
+        observation_spec = _float32_spec(observation_spec)
+        # dtypes in the nesting of envpool's observations (an array or a dict of arrays)
+        self._obs_dtypes = _spec_dtypes(observation_spec)
+        if not isinstance(observation_spec, Composite):
+            observation_spec = Composite(observation=observation_spec)
+        batch = self.batch_size
+        self.action_spec = _float32_spec(action_spec).expand(*batch, *action_spec.shape)
+        self.observation_spec = observation_spec.expand(batch).to(self.device)
+        self.reward_spec = Unbounded(shape=(*batch, 1), device=self.device)
+        flag = Categorical(2, shape=(*batch, 1), dtype=torch.bool, device=self.device)
+        self.done_spec = Composite(
+            done=flag,
+            terminated=flag.clone(),
+            truncated=flag.clone(),
+            shape=batch,
+            device=self.device,
+        )
+
+    def _set_seed(self, seed: int | None) -> None:
+        if seed is None:
+            return
+        # envpool cannot re-seed a pool: build a new one (cheap next to a rollout)
+        self._pool = self._make_pool(int(seed) % _MAX_SEED)
+        self._needs_reset[:] = True
+
+    def _check_action(self, action: torch.Tensor) -> None:
+        spec = self.action_spec
+        if action.shape != spec.shape:
+            raise ValueError(
+                f"{self.env_name} expects an action of shape {tuple(spec.shape)} "
+                f"(num_envs, *action_shape), got {tuple(action.shape)}. Nothing was stepped."
+            )
+        if action.dtype != spec.dtype:
+            raise TypeError(
+                f"{self.env_name} expects actions of dtype {spec.dtype}, got {action.dtype}. "
+                f"Cast the action with `.to({spec.dtype})`. Nothing was stepped."
+            )
+
+    def _observation_td(self, obs: Any) -> dict[str, torch.Tensor]:
+        # copy: the returned tensors must never alias the cached arrays
+        def to_tensor(array, dtype):
+            return torch.from_numpy(array).to(dtype, copy=True)
+
+        if isinstance(obs, dict):
+            return _map_tree(to_tensor, obs, self._obs_dtypes)
+        return {"observation": to_tensor(obs, self._obs_dtypes)}
+
+    @staticmethod
+    def _done_entries(terminated: np.ndarray, truncated: np.ndarray) -> dict:
+        terminated_t = torch.tensor(terminated).unsqueeze(-1)
+        truncated_t = torch.tensor(truncated).unsqueeze(-1)
+        return {
+            "terminated": terminated_t,
+            "truncated": truncated_t,
+            "done": terminated_t | truncated_t,
+        }
+
+    def _scatter_into_last(self, obs: Any, env_ids: np.ndarray) -> Any:
+        """The cached observation with the rows of ``env_ids`` replaced by ``obs``."""
+
+        def scatter(previous, new):
+            full = np.empty((self.num_envs, *new.shape[1:]), dtype=new.dtype)
+            if previous is not None:
+                full[...] = previous
+            full[env_ids] = new
+            return full
+
+        if self._last_obs is None:
+            return _map_tree(lambda new: scatter(None, new), obs)
+        return _map_tree(lambda prev, new: scatter(prev, new), self._last_obs, obs)
+
+    def _output(self, source: dict[str, torch.Tensor]) -> TensorDictBase:
+        return TensorDict(source, batch_size=self.batch_size, device=self.device)
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        action = tensordict.get(self.action_key)
+        self._check_action(action)
+        step_mask = tensordict.get("_step", None)
+        action = action.detach().cpu().numpy()
+        if step_mask is None or bool(step_mask.all()):
+            env_ids = self._all_ids
+            stepped = None
+        else:
+            env_ids = step_mask.reshape(-1).cpu().numpy().nonzero()[0]
+            action = action[env_ids]
+            stepped = env_ids
+        if self._needs_reset[env_ids].any():
+            unreset = env_ids[self._needs_reset[env_ids]].tolist()
+            raise RuntimeError(
+                f"Envs {unreset} of {self.env_name} ended an episode (or were never "
+                "reset) and must be reset before they are stepped: call `env.reset()` "
+                "with a '_reset' mask, or use `env.step_and_maybe_reset` / a collector. "
+                "Nothing was stepped."
+            )
+        obs, reward, terminated, truncated, info = self._pool.step(action, stepped)
+        order = info["env_id"]
+        terminated = np.asarray(terminated, dtype=bool)
+        truncated = np.asarray(truncated, dtype=bool)
+        if stepped is None and np.array_equal(order, self._all_ids):
+            full_reward = reward
+        else:
+            obs = self._scatter_into_last(obs, order)
+            full_reward = np.zeros(self.num_envs, dtype=np.float32)
+            full_reward[order] = reward
+            terminated_, truncated_ = terminated, truncated
+            terminated = self._last_terminated.copy()
+            truncated = self._last_truncated.copy()
+            terminated[order] = terminated_
+            truncated[order] = truncated_
+        self._needs_reset[order] = terminated[order] | truncated[order]
+        self._last_obs = obs
+        self._last_terminated = terminated
+        self._last_truncated = truncated
+        source = self._observation_td(obs)
+        source[self.reward_key] = torch.as_tensor(
+            full_reward, dtype=torch.float32
+        ).reshape(self.num_envs, 1)
+        source.update(self._done_entries(terminated, truncated))
+        return self._output(source)
+
+    def _reset(
+        self, tensordict: TensorDictBase | None = None, **kwargs: Any
+    ) -> TensorDictBase:
+        reset_mask = None if tensordict is None else tensordict.get("_reset", None)
+        if reset_mask is None or bool(reset_mask.all()):
+            obs, info = self._pool.reset()
+            env_ids = None
+        else:
+            env_ids = reset_mask.reshape(-1).cpu().numpy().nonzero()[0]
+            obs, info = self._pool.reset(env_ids)
+        order = info["env_id"]
+        if env_ids is not None or not np.array_equal(order, self._all_ids):
+            obs = self._scatter_into_last(obs, order)
+        self._last_obs = obs
+        self._needs_reset[order] = False
+        self._last_terminated = self._last_terminated.copy()
+        self._last_truncated = self._last_truncated.copy()
+        self._last_terminated[order] = False
+        self._last_truncated[order] = False
+        source = self._observation_td(obs)
+        source.update(self._done_entries(self._last_terminated, self._last_truncated))
+        return self._output(source)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(env_name={self.env_name!r}, num_envs={self.num_envs}, "
+            f"seed={self._seed}, device={self.device})"
+        )

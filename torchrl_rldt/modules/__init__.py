@@ -1,0 +1,2 @@
+"""modules."""
+from __future__ import annotations

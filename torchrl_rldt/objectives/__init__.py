@@ -1,0 +1,2 @@
+"""objectives."""
+from __future__ import annotations
