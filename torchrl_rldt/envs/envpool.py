@@ -17,9 +17,11 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDictBase
 from torchrl.data import Bounded, Categorical, Composite, TensorSpec, Unbounded
 from torchrl.envs import EnvBase
+
+from torchrl_rldt._compat import new_tensordict_unsafe
 
 __all__ = ["EnvPoolEnv"]
 
@@ -166,9 +168,19 @@ class EnvPoolEnv(EnvBase):
         # Set by a step that ends an episode, cleared by a reset: envpool would
         # answer the next step of such an env with a fake transition.
         self._needs_reset = np.ones(num_envs, dtype=bool)
-        self._last_obs: Any = None
-        self._last_terminated = np.zeros(num_envs, dtype=bool)
-        self._last_truncated = np.zeros(num_envs, dtype=bool)
+        # envpool's latest arrays, held by nothing else: observation (array or
+        # dict) and [num_envs, 2] (terminated, truncated) flags. Steps of a subset
+        # of envs fill the other rows from here.
+        self._pool_state: dict[str, Any] = {
+            "obs": None,
+            "flags": np.zeros((num_envs, 2), dtype=bool),
+        }
+        # hot-path constants: spec and key properties are slow to query per step
+        self._action_shape = self.action_spec.shape
+        self._action_dtype = self.action_spec.dtype
+        self._action_key = self.action_key
+        self._reward_key = self.reward_key
+        self._is_cpu = self.device.type == "cpu"
 
     def _make_pool(self, seed: int):
         import envpool
@@ -222,99 +234,84 @@ class EnvPoolEnv(EnvBase):
         self._needs_reset[:] = True
 
     def _check_action(self, action: torch.Tensor) -> None:
-        spec = self.action_spec
-        if action.shape != spec.shape:
+        shape, dtype = self._action_shape, self._action_dtype
+        if action.shape != shape:
             raise ValueError(
-                f"{self.env_name} expects an action of shape {tuple(spec.shape)} "
+                f"{self.env_name} expects an action of shape {tuple(shape)} "
                 f"(num_envs, *action_shape), got {tuple(action.shape)}. Nothing was stepped."
             )
-        if action.dtype != spec.dtype:
+        if action.dtype != dtype:
             raise TypeError(
-                f"{self.env_name} expects actions of dtype {spec.dtype}, got {action.dtype}. "
-                f"Cast the action with `.to({spec.dtype})`. Nothing was stepped."
+                f"{self.env_name} expects actions of dtype {dtype}, got {action.dtype}. "
+                f"Cast the action with `.to({dtype})`. Nothing was stepped."
             )
 
-    def _observation_td(self, obs: Any) -> dict[str, torch.Tensor]:
-        # copy: the returned tensors must never alias the cached arrays
+    def _scatter(self, cached: Any, new: Any, env_ids: np.ndarray) -> Any:
+        """A copy of ``cached`` (or zeros) with the rows ``env_ids`` taken from ``new``."""
+
+        def scatter(previous, update):
+            if previous is None:
+                previous = np.zeros((self.num_envs, *update.shape[1:]), dtype=update.dtype)
+            full = previous.copy()
+            full[env_ids] = update
+            return full
+
+        if cached is None:
+            return _map_tree(lambda update: scatter(None, update), new)
+        return _map_tree(scatter, cached, new)
+
+    def _output(
+        self, obs: Any, flags: np.ndarray, reward: np.ndarray | None = None
+    ) -> TensorDictBase:
+        """Builds the output from envpool's arrays; no tensor aliases the cache."""
+
         def to_tensor(array, dtype):
             return torch.from_numpy(array).to(dtype, copy=True)
 
         if isinstance(obs, dict):
-            return _map_tree(to_tensor, obs, self._obs_dtypes)
-        return {"observation": to_tensor(obs, self._obs_dtypes)}
-
-    @staticmethod
-    def _done_entries(terminated: np.ndarray, truncated: np.ndarray) -> dict:
-        terminated_t = torch.tensor(terminated).unsqueeze(-1)
-        truncated_t = torch.tensor(truncated).unsqueeze(-1)
-        return {
-            "terminated": terminated_t,
-            "truncated": truncated_t,
-            "done": terminated_t | truncated_t,
-        }
-
-    def _scatter_into_last(self, obs: Any, env_ids: np.ndarray) -> Any:
-        """The cached observation with the rows of ``env_ids`` replaced by ``obs``."""
-
-        def scatter(previous, new):
-            full = np.empty((self.num_envs, *new.shape[1:]), dtype=new.dtype)
-            if previous is not None:
-                full[...] = previous
-            full[env_ids] = new
-            return full
-
-        if self._last_obs is None:
-            return _map_tree(lambda new: scatter(None, new), obs)
-        return _map_tree(lambda prev, new: scatter(prev, new), self._last_obs, obs)
-
-    def _output(self, source: dict[str, torch.Tensor]) -> TensorDictBase:
-        return TensorDict(source, batch_size=self.batch_size, device=self.device)
+            source = _map_tree(to_tensor, obs, self._obs_dtypes)
+        else:
+            source = {"observation": to_tensor(obs, self._obs_dtypes)}
+        # one fresh [3, N, 1] block: terminated, truncated, done (disjoint views)
+        done = np.stack([flags[:, 0], flags[:, 1], flags[:, 0] | flags[:, 1]])
+        source["terminated"], source["truncated"], source["done"] = torch.from_numpy(
+            done[..., None]
+        ).unbind(0)
+        if reward is not None:
+            # envpool returns a fresh reward array per call, nothing else holds it
+            source[self._reward_key] = torch.from_numpy(reward).unsqueeze(-1)
+        out = new_tensordict_unsafe(source, batch_size=self.batch_size)
+        return out if self._is_cpu else out.to(self.device, non_blocking=True)
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        action = tensordict.get(self.action_key)
+        action = tensordict.get(self._action_key)
         self._check_action(action)
         step_mask = tensordict.get("_step", None)
         action = action.detach().cpu().numpy()
         if step_mask is None or bool(step_mask.all()):
-            env_ids = self._all_ids
-            stepped = None
+            env_ids, stepped = self._all_ids, None
         else:
             env_ids = step_mask.reshape(-1).cpu().numpy().nonzero()[0]
-            action = action[env_ids]
-            stepped = env_ids
-        if self._needs_reset[env_ids].any():
-            unreset = env_ids[self._needs_reset[env_ids]].tolist()
+            action, stepped = action[env_ids], env_ids
+        needs_reset = self._needs_reset[env_ids]
+        if needs_reset.any():
             raise RuntimeError(
-                f"Envs {unreset} of {self.env_name} ended an episode (or were never "
-                "reset) and must be reset before they are stepped: call `env.reset()` "
-                "with a '_reset' mask, or use `env.step_and_maybe_reset` / a collector. "
-                "Nothing was stepped."
+                f"Envs {env_ids[needs_reset].tolist()} of {self.env_name} ended an "
+                "episode (or were never reset) and must be reset before they are "
+                "stepped: call `env.reset()` with a '_reset' mask, or use "
+                "`env.step_and_maybe_reset` / a collector. Nothing was stepped."
             )
         obs, reward, terminated, truncated, info = self._pool.step(action, stepped)
         order = info["env_id"]
-        terminated = np.asarray(terminated, dtype=bool)
-        truncated = np.asarray(truncated, dtype=bool)
-        if stepped is None and np.array_equal(order, self._all_ids):
-            full_reward = reward
-        else:
-            obs = self._scatter_into_last(obs, order)
-            full_reward = np.zeros(self.num_envs, dtype=np.float32)
-            full_reward[order] = reward
-            terminated_, truncated_ = terminated, truncated
-            terminated = self._last_terminated.copy()
-            truncated = self._last_truncated.copy()
-            terminated[order] = terminated_
-            truncated[order] = truncated_
-        self._needs_reset[order] = terminated[order] | truncated[order]
-        self._last_obs = obs
-        self._last_terminated = terminated
-        self._last_truncated = truncated
-        source = self._observation_td(obs)
-        source[self.reward_key] = torch.as_tensor(
-            full_reward, dtype=torch.float32
-        ).reshape(self.num_envs, 1)
-        source.update(self._done_entries(terminated, truncated))
-        return self._output(source)
+        flags = np.stack([terminated, truncated], -1).astype(bool, copy=False)
+        state = self._pool_state
+        if stepped is not None or not np.array_equal(order, self._all_ids):
+            obs = self._scatter(state["obs"], obs, order)
+            flags = self._scatter(state["flags"], flags, order)
+            reward = self._scatter(None, np.asarray(reward, dtype=np.float32), order)
+        self._needs_reset[order] = flags[order].any(-1)
+        state["obs"], state["flags"] = obs, flags
+        return self._output(obs, flags, reward)
 
     def _reset(
         self, tensordict: TensorDictBase | None = None, **kwargs: Any
@@ -327,17 +324,14 @@ class EnvPoolEnv(EnvBase):
             env_ids = reset_mask.reshape(-1).cpu().numpy().nonzero()[0]
             obs, info = self._pool.reset(env_ids)
         order = info["env_id"]
+        state = self._pool_state
         if env_ids is not None or not np.array_equal(order, self._all_ids):
-            obs = self._scatter_into_last(obs, order)
-        self._last_obs = obs
+            obs = self._scatter(state["obs"], obs, order)
+        flags = state["flags"].copy()
+        flags[order] = False
         self._needs_reset[order] = False
-        self._last_terminated = self._last_terminated.copy()
-        self._last_truncated = self._last_truncated.copy()
-        self._last_terminated[order] = False
-        self._last_truncated[order] = False
-        source = self._observation_td(obs)
-        source.update(self._done_entries(self._last_terminated, self._last_truncated))
-        return self._output(source)
+        state["obs"], state["flags"] = obs, flags
+        return self._output(obs, flags)
 
     def __repr__(self) -> str:
         return (
