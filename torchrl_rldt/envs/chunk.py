@@ -29,7 +29,11 @@ class ActionChunkEnv(EnvBase):
     ``terminated`` and ``truncated`` of that step, and ``chunk_steps``: the number
     of env steps executed (``chunk_len``, or fewer at an episode end).
 
-    Why not :class:`~torchrl.envs.transforms.MultiAction`: its chunk dimension
+    Why not TorchRL's own tools: :class:`~torchrl.modules.MultiStepActorWrapper`
+    replays a chunk from the policy side and records one transition per env step,
+    where chunk-level RL (one transition and one discount per chunk) needs one per
+    chunk. :class:`~torchrl.envs.transforms.MultiAction` executes chunks on the env
+    side, as here, and is what this class was first built on, but its chunk dimension
     is dynamic, its reward stack is ragged when an episode ends inside a chunk
     (rollouts then fail to stack), and when every sub-environment finishes before
     the chunk's last action, :class:`~torchrl.envs.TransformedEnv` skips the last

@@ -113,10 +113,10 @@ class EnvPoolEnv(EnvBase):
             ``num_envs < 1``.
 
     Examples:
-        >>> from torchrl.envs.utils import check_env_specs
         >>> from torchrl_rldt.envs import EnvPoolEnv
         >>> env = EnvPoolEnv("Hopper-v5", num_envs=4, seed=0)
-        >>> check_env_specs(env)
+        >>> env.observation_spec["observation"].shape
+        torch.Size([4, 11])
         >>> rollout = env.rollout(10, break_when_any_done=False)
         >>> rollout["next", "reward"].shape
         torch.Size([4, 10, 1])
@@ -214,7 +214,9 @@ class EnvPoolEnv(EnvBase):
         if not isinstance(observation_spec, Composite):
             observation_spec = Composite(observation=observation_spec)
         batch = self.batch_size
-        self.action_spec = _float32_spec(action_spec).expand(*batch, *action_spec.shape)
+        self.action_spec = (
+            _float32_spec(action_spec).expand(*batch, *action_spec.shape).to(self.device)
+        )
         self.observation_spec = observation_spec.expand(batch).to(self.device)
         self.reward_spec = Unbounded(shape=(*batch, 1), device=self.device)
         flag = Categorical(2, shape=(*batch, 1), dtype=torch.bool, device=self.device)

@@ -1,0 +1,23 @@
+# This source code is licensed under the MIT license found in the
+# LICENSE file in the root directory of this source tree.
+"""The ``>>>`` examples of the public docstrings run and print what they show."""
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "torchrl_rldt.envs.envpool",
+    "torchrl_rldt.envs.chunk",
+    "torchrl_rldt.envs.transforms",
+]
+
+
+@pytest.mark.parametrize("module_name", MODULES)
+def test_docstring_examples(module_name):
+    module = importlib.import_module(module_name)
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0, f"{module_name} has no docstring example"
+    assert result.failed == 0
