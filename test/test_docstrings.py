@@ -12,6 +12,7 @@ MODULES = [
     "torchrl_rldt.envs.envpool",
     "torchrl_rldt.envs.chunk",
     "torchrl_rldt.envs.transforms",
+    "torchrl_rldt.modules.flow",
 ]
 
 
