@@ -13,6 +13,7 @@ MODULES = [
     "torchrl_rldt.envs.chunk",
     "torchrl_rldt.envs.transforms",
     "torchrl_rldt.modules.flow",
+    "torchrl_rldt.objectives.flow_bc",
 ]
 
 

@@ -1,2 +1,6 @@
-"""objectives."""
+"""Losses: flow-matching behaviour cloning, and in time RLDT and the baselines."""
 from __future__ import annotations
+
+from torchrl_rldt.objectives.flow_bc import FlowMatchingBCLoss
+
+__all__ = ["FlowMatchingBCLoss"]
