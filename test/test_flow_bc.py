@@ -91,6 +91,37 @@ class TestFlowMatchingBCLoss:
         error = (action - test["action"]).pow(2).mean() / test["action"].pow(2).mean()
         assert error < 0.2
 
+    def test_two_mode_distribution_is_covered(self):
+        """A flow trained on a 2-D mixture samples both modes, in their proportions.
+
+        A unimodal regressor (the mean action) would land between the modes and fail both
+        the coverage and the balance statistic.
+        """
+        torch.manual_seed(0)
+        centres = torch.tensor([[-2.0, 0.0], [2.0, 0.0]])
+        actor = FlowActor(VelocityMLP(1, 2, hidden_dim=64), action_dim=2, num_steps=16)
+        loss = FlowMatchingBCLoss(actor)
+        optim = torch.optim.Adam(loss.parameters(), lr=3e-3)
+
+        def batch(n=256):
+            action = centres[torch.randint(2, (n,))] + 0.25 * torch.randn(n, 2)
+            return TensorDict(observation=torch.zeros(n, 1), action=action.unsqueeze(-2),
+                              batch_size=[n])
+
+        for _ in range(300):
+            value = loss(batch())["loss_flow_bc"]
+            optim.zero_grad()
+            value.backward()
+            optim.step()
+        with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+            sample = actor(TensorDict(observation=torch.zeros(2000, 1), batch_size=[2000]))
+        distance = torch.cdist(sample["action"].squeeze(-2), centres)  # [2000, 2]
+        nearest = distance.argmin(-1)
+        near_a_mode = distance.min(-1).values < 0.75  # 3 standard deviations
+        assert near_a_mode.float().mean() > 0.9
+        share_left = (nearest == 0).float().mean()
+        assert 0.35 < share_left < 0.65
+
 
 if __name__ == "__main__":
     args, unknown = argparse.ArgumentParser().parse_known_args()

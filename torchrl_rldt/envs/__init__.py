@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from torchrl_rldt.envs.chunk import ActionChunkEnv
 from torchrl_rldt.envs.envpool import EnvPoolEnv
+from torchrl_rldt.envs.evaluation import evaluate_policy
 from torchrl_rldt.envs.transforms import NormalizationStats, normalization_transforms
 
 __all__ = [
     "ActionChunkEnv",
     "EnvPoolEnv",
+    "evaluate_policy",
     "NormalizationStats",
     "normalization_transforms",
 ]

@@ -83,6 +83,16 @@ class VelocityMLP(nn.Module):
         if min(observation_dim, action_dim, chunk_len, hidden_dim, num_layers) < 1:
             raise ValueError("all sizes of VelocityMLP must be positive.")
         self.chunk_len, self.action_dim = chunk_len, action_dim
+        # what rebuilds this network from a checkpoint (see torchrl_rldt.checkpoint)
+        self.config = {
+            "observation_dim": observation_dim,
+            "action_dim": action_dim,
+            "chunk_len": chunk_len,
+            "hidden_dim": hidden_dim,
+            "num_layers": num_layers,
+            "time_dim": time_dim,
+            "activation": activation.__name__,
+        }
         flat_action = chunk_len * action_dim
         self.time_embedding = SinusoidalTimeEmbedding(time_dim, 2 * time_dim)
         self.input_layer = nn.Linear(flat_action + time_dim + observation_dim, hidden_dim)

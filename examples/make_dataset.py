@@ -1,0 +1,220 @@
+"""Regenerates a D4RL-style "medium" data set for an EnvPool MuJoCo task.
+
+As D4RL made its medium data: train SAC online until its stochastic policy reaches about a third
+of what SAC reaches with a long budget, freeze it, and record transitions with that stochastic
+policy. SAC is TorchRL's ``SACLoss`` with a ``Collector`` and a replay buffer over our
+``EnvPoolEnv``. Writes ``<out_dir>/<task>-medium.npz`` (D4RL arrays) and a manifest
+``<out_dir>/<task>-medium.json`` with what reproduces it.
+
+    python examples/make_dataset.py task=Hopper-v5
+    python examples/make_dataset.py task=HalfCheetah-v5 seed=1 dataset.num_transitions=50000
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import platform
+import time
+from pathlib import Path
+
+import envpool
+import hydra
+import mujoco
+import tensordict
+import torch
+import torchrl
+from omegaconf import DictConfig, OmegaConf
+from torchrl.collectors import Collector
+from torchrl.envs import ExplorationType
+
+from torchrl_rldt.data import d4rl_arrays, save_d4rl_dataset
+from torchrl_rldt.envs import evaluate_policy
+
+from utils import make_env, make_replay_buffer, make_sac_agent, make_sac_loss
+
+log = logging.getLogger("make_dataset")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def stochastic_and_deterministic_returns(env, actor) -> dict:
+    returns = {}
+    for name, mode in (("stochastic", ExplorationType.RANDOM), ("deterministic", ExplorationType.DETERMINISTIC)):
+        result = evaluate_policy(env, actor, max_steps=1000, exploration_type=mode)
+        returns[name] = {
+            "mean": result["return"].mean().item(),
+            "std": result["return"].std().item(),
+            "episodes": result.shape[0],
+        }
+    return returns
+
+
+@hydra.main(version_base="1.3", config_path="config", config_name="make_dataset")
+def main(cfg: DictConfig) -> None:
+    threshold = cfg.medium_return
+    if threshold is None:
+        if cfg.task not in cfg.medium_defaults:
+            raise ValueError(
+                f"No default medium return for task {cfg.task!r} (defaults exist for "
+                f"{list(cfg.medium_defaults)}); pass medium_return=<return>."
+            )
+        threshold = cfg.medium_defaults[cfg.task]
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.num_threads)
+    device = torch.device(cfg.device)
+    sac = cfg.sac
+
+    # --- SAC until the medium threshold -------------------------------------------------
+    train_env = make_env(cfg.task, sac.num_envs, seed=cfg.seed)
+    eval_env = make_env(cfg.task, sac.eval_episodes, seed=cfg.seed + 10_000)
+    actor, qvalue = make_sac_agent(train_env, sac.hidden_sizes, device)
+    loss, target_updater = make_sac_loss(
+        actor, qvalue, gamma=sac.gamma, tau=sac.tau, alpha_init=sac.alpha_init
+    )
+    optim_actor = torch.optim.Adam(loss.actor_network_params.values(True, True), lr=sac.lr)
+    optim_critic = torch.optim.Adam(loss.qvalue_network_params.values(True, True), lr=sac.lr)
+    optim_alpha = torch.optim.Adam([loss.log_alpha], lr=sac.lr)
+    replay_buffer = make_replay_buffer(sac.buffer_size, sac.batch_size, device)
+    collector = Collector(
+        train_env,
+        actor,
+        frames_per_batch=sac.frames_per_batch,
+        total_frames=sac.max_frames,
+        init_random_frames=sac.init_random_frames,
+        device=device,
+        storing_device=device,
+    )
+
+    frames, updates, next_eval = 0, 0, sac.eval_every
+    reached, history = False, []
+    start = time.perf_counter()
+    for batch in collector:
+        replay_buffer.extend(batch.reshape(-1))
+        frames += batch.numel()
+        if frames >= sac.init_random_frames:
+            for _ in range(max(1, round(batch.numel() * sac.utd_ratio))):
+                sample = replay_buffer.sample()
+                losses = loss(sample)
+                # SACLoss detaches what each term must not train, so one backward serves all three.
+                total = losses["loss_qvalue"] + losses["loss_actor"] + losses["loss_alpha"]
+                for optim in (optim_critic, optim_actor, optim_alpha):
+                    optim.zero_grad()
+                total.backward()
+                for optim in (optim_critic, optim_actor, optim_alpha):
+                    optim.step()
+                target_updater.step()
+                updates += 1
+        if frames >= next_eval:
+            next_eval += sac.eval_every
+            returns = stochastic_and_deterministic_returns(eval_env, actor)
+            history.append({"env_steps": frames, "updates": updates, **returns})
+            log.info(
+                "%s %7d steps %6.0fs: stochastic %.0f +- %.0f, deterministic %.0f (target %d)",
+                cfg.task, frames, time.perf_counter() - start, returns["stochastic"]["mean"],
+                returns["stochastic"]["std"], returns["deterministic"]["mean"], threshold,
+            )
+            if returns["stochastic"]["mean"] >= threshold:
+                reached = True
+                break
+    collector.shutdown()
+    train_seconds = time.perf_counter() - start
+    if not reached:
+        log.warning(
+            "SAC did not reach %s within sac.max_frames=%d; recording with the last policy.",
+            threshold, sac.max_frames,
+        )
+
+    # --- record the data set with the frozen stochastic policy ---------------------------
+    data_cfg = cfg.dataset
+    num_envs = data_cfg.num_envs
+    steps_per_env = math.ceil(data_cfg.num_transitions / num_envs)
+    record_env = make_env(cfg.task, num_envs, seed=cfg.seed + 20_000)
+    recorder = Collector(
+        record_env,
+        actor,
+        frames_per_batch=num_envs * min(steps_per_env, 1000),
+        total_frames=num_envs * steps_per_env,
+        exploration_type=ExplorationType.RANDOM,
+        device=device,
+        storing_device="cpu",
+    )
+    streams = torch.cat([batch for batch in recorder], dim=1)  # [num_envs, steps_per_env]
+    recorder.shutdown()
+    # Each env's stream ends mid-episode: mark that cut as a time-out so no episode runs on
+    # into the next env's stream. Episodes ended by such a cut are not counted as complete.
+    cut = torch.zeros(streams.shape, dtype=torch.bool)
+    cut[:, -1] = ~streams["next", "done"][:, -1, 0]
+    streams["next", "truncated"][:, -1] = True
+    streams["next", "done"][:, -1] = True
+    transitions = streams.reshape(-1)[: data_cfg.num_transitions]
+    cut = cut.reshape(-1)[: data_cfg.num_transitions]
+    cut[-1] |= not bool(transitions["next", "done"][-1])
+    transitions["next", "truncated"][-1] = True
+    arrays = d4rl_arrays(transitions)
+
+    out_dir = Path(data_cfg.out_dir)
+    if not out_dir.is_absolute():
+        out_dir = REPO_ROOT / out_dir
+    name = f"{cfg.task.lower()}-medium"
+    path = save_d4rl_dataset(out_dir / f"{name}.npz", arrays)
+
+    ends = torch.as_tensor(arrays["terminals"] | arrays["timeouts"])
+    episode_id = torch.cat([torch.zeros(1, dtype=torch.long), ends.long().cumsum(0)[:-1]])
+    episode_returns = torch.zeros(int(ends.sum()), dtype=torch.float64).index_add_(
+        0, episode_id, torch.as_tensor(arrays["rewards"]).double()
+    )
+    complete_returns = episode_returns[~cut[ends]]
+    final_returns = stochastic_and_deterministic_returns(eval_env, actor)
+    manifest = {
+        "task": cfg.task,
+        "file": path.name,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "bytes": path.stat().st_size,
+        "num_transitions": int(len(arrays["rewards"])),
+        "num_episodes": int(ends.sum()),
+        "num_terminals": int(arrays["terminals"].sum()),
+        "num_timeouts": int(arrays["timeouts"].sum()),
+        "num_cut_episodes": int(cut.sum()),
+        "dataset_episode_return": {
+            "mean": complete_returns.mean().item(),
+            "std": complete_returns.std().item(),
+            "episodes": int(complete_returns.numel()),
+            "note": "complete episodes only (the episodes cut by the end of recording excluded)",
+        },
+        "medium_threshold": threshold,
+        "threshold_reached": reached,
+        "policy_returns_at_stop": final_returns,
+        "sac": {
+            "env_steps": frames,
+            "gradient_updates": updates,
+            "train_seconds": round(train_seconds, 1),
+            "history": history,
+        },
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "command": f"python examples/make_dataset.py task={cfg.task} seed={cfg.seed}",
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torchrl": torchrl.__version__,
+            "tensordict": tensordict.__version__,
+            "envpool": envpool.__version__,
+            "mujoco": mujoco.__version__,
+        },
+    }
+    # The frozen medium policy, so the data can be re-recorded (other sizes, seeds) without SAC.
+    actor_path = out_dir / f"{name}-sac-actor.pt"
+    torch.save({k: v.cpu() for k, v in actor.state_dict().items()}, actor_path)
+    manifest["sac_actor"] = actor_path.name
+    manifest_path = out_dir / f"{name}.json"
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    log.info(
+        "wrote %s (%d transitions, %.1f MB), data return %.0f +- %.0f; manifest %s",
+        path, manifest["num_transitions"], manifest["bytes"] / 1e6,
+        manifest["dataset_episode_return"]["mean"], manifest["dataset_episode_return"]["std"],
+        manifest_path,
+    )
+
+
+if __name__ == "__main__":
+    main()
