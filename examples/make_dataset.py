@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchrl.collectors import Collector
 from torchrl.envs import ExplorationType
 
+from torchrl_rldt.checkpoint import atomic_save, atomic_write_text
 from torchrl_rldt.data import d4rl_arrays, save_d4rl_dataset
 from torchrl_rldt.envs import evaluate_policy
 
@@ -204,10 +205,10 @@ def main(cfg: DictConfig) -> None:
     }
     # The frozen medium policy, so the data can be re-recorded (other sizes, seeds) without SAC.
     actor_path = out_dir / f"{name}-sac-actor.pt"
-    torch.save({k: v.cpu() for k, v in actor.state_dict().items()}, actor_path)
+    atomic_save({k: v.cpu() for k, v in actor.state_dict().items()}, actor_path)
     manifest["sac_actor"] = actor_path.name
     manifest_path = out_dir / f"{name}.json"
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(json.dumps(manifest, indent=2) + "\n", manifest_path)
     log.info(
         "wrote %s (%d transitions, %.1f MB), data return %.0f +- %.0f; manifest %s",
         path, manifest["num_transitions"], manifest["bytes"] / 1e6,

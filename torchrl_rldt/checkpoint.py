@@ -21,7 +21,13 @@ from torchrl.envs.transforms import Compose
 from torchrl_rldt.envs.transforms import NormalizationStats, normalization_transforms
 from torchrl_rldt.modules.flow import FlowActor, VelocityMLP
 
-__all__ = ["FlowPolicy", "atomic_save", "load_flow_policy", "save_flow_policy"]
+__all__ = [
+    "FlowPolicy",
+    "atomic_save",
+    "atomic_write_text",
+    "load_flow_policy",
+    "save_flow_policy",
+]
 
 FLOW_POLICY_FORMAT = "torchrl_rldt.flow_policy"
 FLOW_POLICY_VERSION = 1
@@ -48,6 +54,27 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def atomic_write_text(text: str, path: str | Path) -> Path:
+    """Writes ``text`` to ``path`` through a temporary file and a rename (see :func:`atomic_save`).
+
+    Args:
+        text: the content.
+        path: the destination; parent directories are created.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -1,0 +1,97 @@
+# This source code is licensed under the MIT license found in the
+# LICENSE file in the root directory of this source tree.
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+from tensordict import TensorDict
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+from torchrl_rldt.checkpoint import atomic_save, load_flow_policy, save_flow_policy
+from torchrl_rldt.envs import NormalizationStats
+from torchrl_rldt.modules import FlowActor, VelocityMLP
+
+OBS, ACT, H = 11, 3, 4
+
+
+def make_policy_file(path, task="Hopper-v5"):
+    network = VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=32, num_layers=2, activation=torch.nn.Mish)
+    actor = FlowActor(network, ACT, 6, chunk_len=H, low=-torch.ones(ACT), high=torch.ones(ACT))
+    save_flow_policy(
+        path,
+        actor,
+        task=task,
+        observation_stats=NormalizationStats(torch.randn(OBS), torch.rand(OBS) + 0.5),
+        action_stats=NormalizationStats(torch.zeros(ACT), torch.ones(ACT)),
+        metadata={"returns": {"deterministic": {"mean": 1234.5}}},
+    )
+    return actor
+
+
+class TestFlowPolicyCheckpoint:
+    def test_round_trip_acts_identically(self, tmp_path):
+        path = tmp_path / "policy.pt"
+        actor = make_policy_file(path)
+        raw = torch.load(path, weights_only=True)  # nothing but weights-only types inside
+        assert raw["task"] == "Hopper-v5"
+        policy = load_flow_policy(path, task="Hopper-v5", observation_dim=OBS, action_dim=ACT,
+                                  chunk_len=H)
+        assert policy.actor.num_steps == 6 and isinstance(
+            policy.actor.velocity_network.activation, torch.nn.Mish)
+        assert policy.metadata["returns"]["deterministic"]["mean"] == 1234.5
+        obs = TensorDict(observation=torch.randn(5, OBS), batch_size=[5])
+        with set_exploration_type(ExplorationType.DETERMINISTIC):
+            torch.testing.assert_close(policy.actor(obs.clone())["action"], actor(obs.clone())["action"])
+        transforms = policy.env_transforms()
+        assert len(transforms) == 2
+
+    @pytest.mark.parametrize(
+        "expectation, message",
+        [
+            ({"task": "Walker2d-v5"}, "task 'Hopper-v5', but 'Walker2d-v5'"),
+            ({"observation_dim": 17}, "observation_dim 11, but 17"),
+            ({"action_dim": 6}, "action_dim 3, but 6"),
+            ({"chunk_len": 8}, "chunk_len 4, but 8"),
+        ],
+    )
+    def test_mismatch_names_the_field(self, tmp_path, expectation, message):
+        make_policy_file(tmp_path / "policy.pt")
+        with pytest.raises(ValueError, match=message):
+            load_flow_policy(tmp_path / "policy.pt", **expectation)
+
+    def test_missing_and_foreign_files(self, tmp_path):
+        with pytest.raises(FileNotFoundError, match="pretrain_flow.py"):
+            load_flow_policy(tmp_path / "nope.pt")
+        torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+        with pytest.raises(ValueError, match="not a torchrl-rldt flow-policy checkpoint"):
+            load_flow_policy(tmp_path / "other.pt")
+        torch.save(torch.nn.Linear(2, 2), tmp_path / "pickled.pt")  # a pickled module
+        with pytest.raises(ValueError, match="weights_only"):
+            load_flow_policy(tmp_path / "pickled.pt")
+
+    def test_custom_network_is_refused_at_save(self, tmp_path):
+        actor = FlowActor(torch.nn.Identity(), ACT, chunk_len=H)
+        stats = NormalizationStats(torch.zeros(ACT), torch.ones(ACT))
+        with pytest.raises(TypeError, match="VelocityMLP"):
+            save_flow_policy(tmp_path / "p.pt", actor, task="Hopper-v5", observation_stats=stats,
+                             action_stats=stats)
+
+    def test_atomic_save_keeps_the_old_file_when_the_write_fails(self, tmp_path):
+        path = tmp_path / "state.pt"
+        atomic_save({"step": 1}, path)
+
+        class Unpicklable:
+            def __reduce__(self):
+                raise RuntimeError("killed mid-write")
+
+        with pytest.raises(RuntimeError, match="killed mid-write"):
+            atomic_save({"step": 2, "bad": Unpicklable()}, path)
+        assert torch.load(path, weights_only=True) == {"step": 1}
+        assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+
+
+if __name__ == "__main__":
+    args, unknown = argparse.ArgumentParser().parse_known_args()
+    pytest.main([__file__, "--capture", "no", "--exitfirst"] + unknown)
