@@ -1,6 +1,7 @@
-"""Policy modules: the flow-matching actor and its default velocity network."""
+"""Policy modules: the flow-matching actor, its velocity network and the SVGD transport."""
 from __future__ import annotations
 
 from torchrl_rldt.modules.flow import FlowActor, SinusoidalTimeEmbedding, VelocityMLP
+from torchrl_rldt.modules.transport import SVGDTransport
 
-__all__ = ["FlowActor", "SinusoidalTimeEmbedding", "VelocityMLP"]
+__all__ = ["FlowActor", "SVGDTransport", "SinusoidalTimeEmbedding", "VelocityMLP"]
