@@ -1,7 +1,8 @@
 """Policy modules: the flow-matching actor, its velocity network and the SVGD transport."""
 from __future__ import annotations
 
+from torchrl_rldt.modules.critic import ChunkQValueMLP
 from torchrl_rldt.modules.flow import FlowActor, SinusoidalTimeEmbedding, VelocityMLP
 from torchrl_rldt.modules.transport import SVGDTransport
 
-__all__ = ["FlowActor", "SVGDTransport", "SinusoidalTimeEmbedding", "VelocityMLP"]
+__all__ = ["ChunkQValueMLP", "FlowActor", "SVGDTransport", "SinusoidalTimeEmbedding", "VelocityMLP"]

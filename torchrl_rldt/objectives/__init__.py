@@ -2,5 +2,6 @@
 from __future__ import annotations
 
 from torchrl_rldt.objectives.flow_bc import FlowMatchingBCLoss
+from torchrl_rldt.objectives.rldt import RLDTLoss
 
-__all__ = ["FlowMatchingBCLoss"]
+__all__ = ["FlowMatchingBCLoss", "RLDTLoss"]

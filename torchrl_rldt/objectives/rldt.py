@@ -1,0 +1,444 @@
+# This source code is licensed under the MIT license found in the
+# LICENSE file in the root directory of this source tree.
+"""RLDT: reinforcement learning for flow-matching policies with density transport."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from tensordict import TensorDict, TensorDictBase, TensorDictParams
+from tensordict.nn import TensorDictModule, dispatch
+from tensordict.utils import NestedKey
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+from torchrl.objectives import LossModule
+from torchrl.objectives.utils import ValueEstimators, dispatch_value_estimator, distance_loss
+
+from torchrl_rldt._compat import vmap_module_over_params
+from torchrl_rldt.modules import FlowActor, SVGDTransport
+
+__all__ = ["RLDTLoss"]
+
+
+class RLDTLoss(LossModule):
+    """The RLDT objective: a Q-ensemble critic and an SVGD-transported flow policy.
+
+    The critic is trained on chunk transitions with the TD target
+    ``y = r + gamma (1 - terminated) V(s')``, ``V(s') = mean over fresh policy samples of the min
+    over the target critics`` (no entropy term). The policy update draws ``K`` particles per state
+    (full Euler chains of the current policy), picks a query step per particle, computes the
+    expected landing points ``a_hat = x_t + (1 - t) v(x_t, t | s)``, the critics' action-gradients
+    at the particles (ensemble mean; no gradient reaches the critic parameters) and the SVGD
+    transport field ``phi`` at the landing points, then minimises
+
+    * ``L_RL = - E[<v(x_t, t | s), sg(phi)> / (N (1 - t))]``, whose gradient is that of regressing
+      ``v`` towards ``v + phi / (N (1 - t))``: one SVGD step of size ``1/N`` on the landing point;
+    * ``L_cons = E[||a_hat - a||^2 / (N (1 - t))^2]``, which keeps the chains straight;
+    * ``L_ref = E[||v(x', t' | s) - v_ref(x', t' | s)||^2]`` at ``x' = (1 - t') z + t' a``, a
+      Fisher-style divergence to a reference policy: the pretrained one (frozen) or the previous
+      iterate (call :meth:`reset_reference` after each training iteration, as the reference
+      code does).
+
+    Deviations from the reference code, on purpose: bootstrapping masks ``terminated`` only (the
+    reference code also stops at time-limit truncations); the particles are the clamped chain
+    ends (what the environment executes), which equal the chain ends inside the action bounds.
+
+    Reference: Lei, Daniilidis, Loquercio, "Reinforcement Learning for Flow-Matching Policies with
+    Density Transport", arXiv 2606.08602 (``docs/rldt-algorithm.md`` sections 2 to 5).
+
+    Args:
+        actor_network: the :class:`~torchrl_rldt.modules.FlowActor` to fine-tune; its
+            ``num_steps`` is ``N``.
+        qvalue_network: a TensorDict module reading the observation and the action chunk and
+            writing ``state_action_value`` ``[*B, 1]`` (for example a ``ValueOperator`` around a
+            :class:`~torchrl_rldt.modules.ChunkQValueMLP`). It is copied into an ensemble of
+            ``num_qvalue_nets`` members with independent initial weights, and target copies.
+
+    Keyword Args:
+        num_qvalue_nets: the critic ensemble size. Defaults to ``2``.
+        num_particles: ``K``, particles per state. Defaults to ``8``.
+        num_target_samples: policy samples of ``s'`` averaged in the TD target. Defaults to ``2``.
+        transport: the :class:`~torchrl_rldt.modules.SVGDTransport` (kernel, bandwidth,
+            temperature). Defaults to ``SVGDTransport()`` (RBF, median rule, adaptive temperature
+            with ``c = 1e-3``).
+        rl_coef: weight of ``L_RL``. Defaults to ``1.0``.
+        consistency_coef: weight of ``L_cons``. Defaults to ``0.5``.
+        reference_coef: weight of ``L_ref``. Defaults to ``0.2``.
+        rl_objective: ``"inner_product"`` (the formula above) or ``"regression"`` (the equivalent
+            ``0.5 ||v - sg(v + phi / (N (1 - t)))||^2``: same gradient, other value). Defaults to
+            ``"inner_product"``.
+        loss_function: the critic's distance, ``"l2"``, ``"l1"`` or ``"smooth_l1"``. Defaults
+            to ``"l2"``.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` over the batch. Defaults to ``"mean"``.
+        use_prioritized_weights: weight the critic loss by ``priority_weight`` when present
+            (``"auto"``), always (``True``) or never (``False``). Defaults to ``"auto"``.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.modules import ValueOperator
+        >>> from torchrl.objectives import SoftUpdate
+        >>> from torchrl_rldt.modules import ChunkQValueMLP, FlowActor, VelocityMLP
+        >>> from torchrl_rldt.objectives import RLDTLoss
+        >>> obs_dim, act_dim, chunk = 11, 3, 4
+        >>> actor = FlowActor(VelocityMLP(obs_dim, act_dim, chunk_len=chunk, hidden_dim=64),
+        ...                   act_dim, num_steps=8, chunk_len=chunk, low=-1.0, high=1.0)
+        >>> critic = ValueOperator(ChunkQValueMLP(obs_dim, act_dim, chunk_len=chunk, hidden_dim=64),
+        ...                        in_keys=["observation", "action"])
+        >>> loss = RLDTLoss(actor, critic, num_particles=4)
+        >>> loss.make_value_estimator(gamma=0.99)
+        >>> target_updater = SoftUpdate(loss, eps=0.995)
+        >>> batch = TensorDict({
+        ...     "observation": torch.randn(16, obs_dim), "action": torch.rand(16, chunk, act_dim),
+        ...     "next": {"observation": torch.randn(16, obs_dim), "reward": torch.randn(16, 1),
+        ...              "done": torch.zeros(16, 1, dtype=torch.bool),
+        ...              "terminated": torch.zeros(16, 1, dtype=torch.bool)}}, batch_size=[16])
+        >>> losses = loss(batch)
+        >>> sorted(key for key in losses.keys() if key.startswith("loss_"))
+        ['loss_consistency', 'loss_qvalue', 'loss_reference', 'loss_rl']
+        >>> critic_loss, _ = loss.qvalue_loss(batch)  # the two updates can run on their own
+        >>> actor_loss = loss.actor_loss(batch)  # a TensorDict of the three policy terms
+        >>> (critic_loss + sum(actor_loss[k] for k in ("loss_rl", "loss_consistency",
+        ...                                           "loss_reference"))).backward()
+        >>> target_updater.step()
+
+        Beside another TorchRL objective in one loop, e.g. a behaviour-cloning term on
+        demonstrations (``FlowMatchingBCLoss`` shares the actor's parameters):
+
+        >>> from torchrl_rldt.objectives import FlowMatchingBCLoss
+        >>> bc = FlowMatchingBCLoss(actor)
+        >>> total = loss.actor_loss(batch)["loss_rl"] + 0.1 * bc(batch)["loss_flow_bc"]
+    """
+
+    @dataclass
+    class _AcceptedKeys:
+        """Keys of the input tensordict; change them with :meth:`set_keys`.
+
+        Attributes:
+            observation (NestedKey): the observation the actor conditions on. Defaults to
+                ``"observation"``.
+            action (NestedKey): the executed action chunk ``[*B, H, A]``. Defaults to
+                ``"action"``.
+            reward (NestedKey): the chunk reward, under ``"next"``. Defaults to ``"reward"``.
+            done (NestedKey): the done flag, under ``"next"``. Defaults to ``"done"``.
+            terminated (NestedKey): the termination flag, under ``"next"``; the TD target
+                bootstraps unless it is set. Defaults to ``"terminated"``.
+            state_action_value (NestedKey): the critic's output. Defaults to
+                ``"state_action_value"``.
+            value (NestedKey): where ``V(s')`` is written for the value estimator. Defaults to
+                ``"state_value"``.
+            priority (NestedKey): where the TD error is written for prioritized replay.
+                Defaults to ``"td_error"``.
+            priority_weight (NestedKey): importance weights of a prioritized replay buffer,
+                used by the reduction when present. Defaults to ``"priority_weight"``.
+        """
+
+        observation: NestedKey = "observation"
+        action: NestedKey = "action"
+        reward: NestedKey = "reward"
+        done: NestedKey = "done"
+        terminated: NestedKey = "terminated"
+        state_action_value: NestedKey = "state_action_value"
+        value: NestedKey = "state_value"
+        priority: NestedKey = "td_error"
+        priority_weight: NestedKey = "priority_weight"
+
+    default_keys = _AcceptedKeys
+    tensor_keys: _AcceptedKeys
+    default_value_estimator = ValueEstimators.TD0
+    SUPPORTED_VALUE_ESTIMATORS = (ValueEstimators.TD0,)
+
+    actor_network: FlowActor
+    actor_network_params: TensorDictParams
+    target_actor_network_params: TensorDictParams
+    qvalue_network: TensorDictModule
+    qvalue_network_params: TensorDictParams
+    target_qvalue_network_params: TensorDictParams
+    reference_actor_network_params: TensorDictParams
+
+    def __init__(
+        self,
+        actor_network: FlowActor,
+        qvalue_network: TensorDictModule,
+        *,
+        num_qvalue_nets: int = 2,
+        num_particles: int = 8,
+        num_target_samples: int = 2,
+        transport: SVGDTransport | None = None,
+        rl_coef: float = 1.0,
+        consistency_coef: float = 0.5,
+        reference_coef: float = 0.2,
+        rl_objective: Literal["inner_product", "regression"] = "inner_product",
+        loss_function: str = "l2",
+        reduction: str | None = None,
+        use_prioritized_weights: str | bool = "auto",
+    ) -> None:
+        if not isinstance(actor_network, FlowActor):
+            raise TypeError(
+                f"actor_network must be a FlowActor, got {type(actor_network).__name__}."
+            )
+        for name, value in (
+            ("num_qvalue_nets", num_qvalue_nets),
+            ("num_particles", num_particles),
+            ("num_target_samples", num_target_samples),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+        for name, value in (
+            ("rl_coef", rl_coef),
+            ("consistency_coef", consistency_coef),
+            ("reference_coef", reference_coef),
+        ):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}.")
+        if rl_objective not in ("inner_product", "regression"):
+            raise ValueError(
+                f"rl_objective must be 'inner_product' or 'regression', got {rl_objective!r}."
+            )
+        if reduction is None:
+            reduction = "mean"
+        super().__init__()
+        self.reduction = reduction
+        self.use_prioritized_weights = use_prioritized_weights
+        self.num_qvalue_nets = num_qvalue_nets
+        self.num_particles = num_particles
+        self.num_target_samples = num_target_samples
+        self.transport = transport if transport is not None else SVGDTransport()
+        self.rl_coef, self.consistency_coef = rl_coef, consistency_coef
+        self.reference_coef = reference_coef
+        self.rl_objective = rl_objective
+        self.loss_function = loss_function
+
+        self.convert_to_functional(actor_network, "actor_network")
+        self.convert_to_functional(
+            qvalue_network,
+            "qvalue_network",
+            num_qvalue_nets,
+            create_target_params=True,
+            compare_against=list(actor_network.parameters()),
+        )
+        # The reference policy is a buffer: no optimiser sees it and no target updater moves it.
+        self.reference_actor_network_params = TensorDictParams(
+            self.actor_network_params.data.clone(), no_convert=True
+        )
+        self._vmap_qvalue = vmap_module_over_params(self.qvalue_network, (None, 0))
+
+    # --- TorchRL plumbing -------------------------------------------------------------------
+    def _forward_value_estimator_keys(self, **kwargs) -> None:
+        if self._value_estimator is not None:
+            self._value_estimator.set_keys(
+                value=self.tensor_keys.value,
+                reward=self.tensor_keys.reward,
+                done=self.tensor_keys.done,
+                terminated=self.tensor_keys.terminated,
+            )
+
+    def make_value_estimator(self, value_type: ValueEstimators | None = None, **hyperparams):
+        """Builds the TD(0) estimator of the critic target; ``gamma`` is given here.
+
+        Args:
+            value_type: only ``ValueEstimators.TD0`` (the default) is supported: the target is a
+                one-step bootstrap over a chunk transition.
+            **hyperparams: estimator hyper-parameters, e.g. ``gamma=0.99``.
+        """
+        value_type, hp = self._prepare_value_estimator_kwargs(value_type, **hyperparams)
+        if value_type is None:
+            return self
+        dispatch_value_estimator(
+            self,
+            value_type,
+            supported=self.SUPPORTED_VALUE_ESTIMATORS,
+            tensor_keys={
+                "value_target": "value_target",
+                "value": self.tensor_keys.value,
+                "reward": self.tensor_keys.reward,
+                "done": self.tensor_keys.done,
+                "terminated": self.tensor_keys.terminated,
+            },
+            value_network=None,
+            **hp,
+        )
+
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        keys = [
+            self.tensor_keys.observation,
+            self.tensor_keys.action,
+            ("next", self.tensor_keys.observation),
+            ("next", self.tensor_keys.reward),
+            ("next", self.tensor_keys.done),
+            ("next", self.tensor_keys.terminated),
+        ]
+        return list(dict.fromkeys(keys))
+
+    @property
+    def out_keys(self) -> list[str]:
+        return [
+            "loss_qvalue",
+            "loss_rl",
+            "loss_consistency",
+            "loss_reference",
+            "td_error_mean",
+            "q_gradient_norm",
+            "transport_norm",
+            "transport_bandwidth",
+            "transport_temperature",
+            "particle_spread",
+        ]
+
+    @torch.no_grad()
+    def reset_reference(self) -> None:
+        """Re-anchors the reference policy of ``L_ref`` to the current actor parameters."""
+        self.reference_actor_network_params.data.copy_(self.actor_network_params.data)
+
+    # --- helpers ----------------------------------------------------------------------------
+    def _q_values(self, observation, action, params) -> torch.Tensor:
+        """Every ensemble member's Q ``[E, *B]`` at ``(observation, action)``."""
+        batch_shape = action.shape[:-2]
+        td = TensorDict(batch_size=batch_shape, device=action.device)
+        td.set(self.qvalue_network.in_keys[0], observation)
+        td.set(self.qvalue_network.in_keys[1], action)
+        values = self._vmap_qvalue(td, params).get(self.tensor_keys.state_action_value)
+        return values.squeeze(-1)
+
+    def _sample(self, observation: torch.Tensor, return_chain: bool = False):
+        with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+            with self.actor_network_params.to_module(self.actor_network):
+                return self.actor_network.sample(observation, return_chain=return_chain)
+
+    # --- critic ------------------------------------------------------------------------------
+    def _target_value(self, tensordict: TensorDictBase) -> torch.Tensor:
+        next_observation = tensordict.get(("next", self.tensor_keys.observation))
+        samples = next_observation.expand(self.num_target_samples, *next_observation.shape)
+        with torch.no_grad():
+            next_action = self._sample(samples)  # [M, *B, H, A]
+            next_q = self._q_values(samples, next_action, self.target_qvalue_network_params)
+            next_value = next_q.min(0).values.mean(0)  # min over critics, mean over samples
+            target_td = tensordict.select(
+                ("next", self.tensor_keys.reward),
+                ("next", self.tensor_keys.done),
+                ("next", self.tensor_keys.terminated),
+            )
+            target_td.set(("next", self.tensor_keys.value), next_value.unsqueeze(-1))
+            return self.value_estimator.value_estimate(target_td).squeeze(-1)
+
+    def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict]:
+        """The critic loss ``sum_e (Q_e(s, a) - y)^2`` and its TD error.
+
+        Args:
+            tensordict: a batch of chunk transitions.
+
+        Returns:
+            The reduced loss and a dict with ``"td_error"`` ``[*B]`` (max over the ensemble).
+        """
+        if self._value_estimator is None:
+            self.make_value_estimator()
+        target = self._target_value(tensordict)
+        predicted = self._q_values(
+            tensordict.get(self.tensor_keys.observation),
+            tensordict.get(self.tensor_keys.action),
+            self.qvalue_network_params,
+        )
+        loss = distance_loss(
+            predicted, target.expand_as(predicted), loss_function=self.loss_function
+        ).sum(0)
+        td_error = (predicted - target).abs().max(0).values.detach()
+        weights = self._maybe_get_priority_weight(tensordict)
+        return self._reduce_loss(loss, tensordict, weights=weights), {"td_error": td_error}
+
+    # --- actor -------------------------------------------------------------------------------
+    def _critic_action_gradient(self, observation, action) -> torch.Tensor:
+        """``mean_e dQ_e/da`` at ``action``; the critic parameters get no gradient."""
+        with torch.enable_grad():
+            action = action.detach().requires_grad_(True)
+            q = self._q_values(observation, action, self.qvalue_network_params.detach())
+            (gradient,) = torch.autograd.grad(q.mean(0).sum(), action)
+        return gradient
+
+    def actor_loss(self, tensordict: TensorDictBase) -> TensorDict:
+        """The three policy terms and the transport statistics.
+
+        Args:
+            tensordict: a batch holding the observations (other entries are ignored).
+
+        Returns:
+            A TensorDict with ``loss_rl``, ``loss_consistency``, ``loss_reference`` (weighted,
+            reduced) and detached statistics: ``q_gradient_norm``, ``transport_norm``,
+            ``transport_bandwidth``, ``transport_temperature``, ``particle_spread``.
+        """
+        actor = self.actor_network
+        num_steps, num_particles = actor.num_steps, self.num_particles
+        observation = tensordict.get(self.tensor_keys.observation)
+        batch_shape = observation.shape[:-1]
+        observation = observation.unsqueeze(-2).expand(*batch_shape, num_particles, -1)
+
+        # K particles per state: full chains of the current policy (no gradient).
+        particles, chain = self._sample(observation, return_chain=True)
+        query_step = torch.randint(num_steps, (*batch_shape, num_particles), device=chain.device)
+        time = query_step.to(chain.dtype) / num_steps
+        index = query_step[..., None, None, None].expand(*query_step.shape, 1, *chain.shape[-2:])
+        x_t = chain.gather(-3, index).squeeze(-3)
+        reference_time = (
+            torch.randint(num_steps, time.shape, device=time.device).to(time.dtype) / num_steps
+        )
+        tr = reference_time[..., None, None]
+        x_ref = (1 - tr) * torch.randn_like(particles) + tr * particles
+
+        with self.actor_network_params.to_module(actor):
+            velocity = actor.velocity(observation, x_t, time)
+            velocity_at_ref = actor.velocity(observation, x_ref, reference_time)
+        with torch.no_grad(), self.reference_actor_network_params.to_module(actor):
+            reference_velocity = actor.velocity(observation, x_ref, reference_time)
+        remaining = (1 - time)[..., None, None]
+        landing = x_t + remaining * velocity  # a_hat: gradient (1 - t) dv/dtheta
+
+        # The transport field at the landing points (a stop-gradient target).
+        flat = lambda x: x.flatten(-2)  # noqa: E731
+        if self.transport.kernel == "delta":
+            gradient = self._critic_action_gradient(observation, landing.detach())
+        else:
+            gradient = self._critic_action_gradient(observation, particles)
+        field, info = self.transport.field(
+            flat(particles), flat(gradient), queries=flat(landing.detach())
+        )
+        field = field.unflatten(-1, particles.shape[-2:])
+
+        scale = num_steps * (1 - time)  # N (1 - t) >= 1
+        if self.rl_objective == "inner_product":
+            rl = -(velocity * field).sum((-2, -1)) / scale
+        else:
+            target = (velocity + field / scale[..., None, None]).detach()
+            rl = 0.5 * (velocity - target).pow(2).sum((-2, -1))
+        consistency = (landing - particles).pow(2).sum((-2, -1)) / scale.pow(2)
+        reference = (velocity_at_ref - reference_velocity).pow(2).sum((-2, -1))
+
+        def reduce(per_particle: torch.Tensor, coef: float) -> torch.Tensor:
+            return self._reduce_loss(coef * per_particle.mean(-1), tensordict)
+
+        spread = (particles - particles.mean(-3, keepdim=True)).flatten(-2).norm(dim=-1)
+        stats = {
+            "q_gradient_norm": flat(gradient).norm(dim=-1).mean(),
+            "transport_norm": flat(field).norm(dim=-1).mean(),
+            "transport_temperature": info["temperature"].mean(),
+            "particle_spread": spread.mean(),
+        }
+        if "bandwidth" in info:
+            stats["transport_bandwidth"] = info["bandwidth"].mean()
+        return TensorDict(
+            {
+                "loss_rl": reduce(rl, self.rl_coef),
+                "loss_consistency": reduce(consistency, self.consistency_coef),
+                "loss_reference": reduce(reference, self.reference_coef),
+                **{key: value.detach() for key, value in stats.items()},
+            }
+        )
+
+    @dispatch
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """Critic and policy losses on one batch; writes the TD error into ``tensordict``."""
+        loss_qvalue, metadata = self.qvalue_loss(tensordict)
+        tensordict.set(self.tensor_keys.priority, metadata["td_error"])
+        out = self.actor_loss(tensordict)
+        out.set("loss_qvalue", loss_qvalue)
+        out.set("td_error_mean", metadata["td_error"].mean())
+        return out
