@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
 from tensordict.nn import TensorDictModule, dispatch
-from tensordict.utils import NestedKey
+from tensordict.utils import NestedKey, unravel_key
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.objectives import LossModule
 from torchrl.objectives.utils import ValueEstimators, dispatch_value_estimator, distance_loss
@@ -269,7 +269,7 @@ class RLDTLoss(LossModule):
             ("next", self.tensor_keys.done),
             ("next", self.tensor_keys.terminated),
         ]
-        return list(dict.fromkeys(keys))
+        return list(dict.fromkeys(unravel_key(key) for key in keys))
 
     @property
     def out_keys(self) -> list[str]:
@@ -298,7 +298,13 @@ class RLDTLoss(LossModule):
         td = TensorDict(batch_size=batch_shape, device=action.device)
         td.set(self.qvalue_network.in_keys[0], observation)
         td.set(self.qvalue_network.in_keys[1], action)
-        values = self._vmap_qvalue(td, params).get(self.tensor_keys.state_action_value)
+        key = self.tensor_keys.state_action_value
+        values = self._vmap_qvalue(td, params).get(key, None)
+        if values is None:
+            raise KeyError(
+                f"the critic wrote no {key!r} (its out_keys are {self.qvalue_network.out_keys}); "
+                f"make them match, e.g. loss.set_keys(state_action_value=...)."
+            )
         return values.squeeze(-1)
 
     def _sample(self, observation: torch.Tensor, return_chain: bool = False):

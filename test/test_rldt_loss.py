@@ -1,0 +1,228 @@
+# This source code is licensed under the MIT license found in the
+# LICENSE file in the root directory of this source tree.
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModule
+from torch import nn
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+from torchrl.modules import ValueOperator
+from torchrl.objectives import SoftUpdate
+
+from torchrl_rldt.modules import ChunkQValueMLP, FlowActor, SVGDTransport, VelocityMLP
+from torchrl_rldt.objectives import FlowMatchingBCLoss, RLDTLoss
+
+OBS, ACT, H, N = 5, 2, 3, 4
+
+
+def make_actor():
+    return FlowActor(VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=32), ACT, N, chunk_len=H,
+                     low=-2.0, high=2.0)
+
+
+def make_critic(observation_key="observation", action_key="action"):
+    return ValueOperator(ChunkQValueMLP(OBS, ACT, chunk_len=H, hidden_dim=32),
+                         in_keys=[observation_key, action_key], out_keys=["state_action_value"])
+
+
+def make_loss(**kwargs):
+    loss = RLDTLoss(make_actor(), make_critic(), num_particles=4, **kwargs)
+    loss.make_value_estimator(gamma=0.9)
+    return loss
+
+
+def make_batch(batch=6, *, obs_key="observation", action_key="action", reward_key="reward",
+               done_key="done", terminated_key="terminated", terminated=False):
+    td = TensorDict(batch_size=[batch])
+    td.set(obs_key, torch.randn(batch, OBS))
+    td.set(action_key, torch.rand(batch, H, ACT) * 2 - 1)
+    td.set(("next", obs_key), torch.randn(batch, OBS))
+    td.set(("next", reward_key), torch.randn(batch, 1))
+    td.set(("next", done_key), torch.full((batch, 1), terminated))
+    td.set(("next", terminated_key), torch.full((batch, 1), terminated))
+    return td
+
+
+class QuadraticCritic(nn.Module):
+    """Q(s, a) = -w ||a - goal||^2: its action-gradient points at ``goal``."""
+
+    def __init__(self, goal):
+        super().__init__()
+        self.goal = goal
+        self.weight = nn.Parameter(torch.ones(()))
+
+    def forward(self, observation, action):
+        return -self.weight * (action - self.goal).pow(2).sum((-2, -1)).unsqueeze(-1)
+
+
+POLICY_TERMS = ("loss_rl", "loss_consistency", "loss_reference")
+
+
+class TestRLDTLoss:
+    def test_outputs_and_keys(self):
+        loss = make_loss()
+        out = loss(make_batch())
+        assert set(loss.out_keys) == set(out.keys())
+        assert all(out[key].shape == () and torch.isfinite(out[key]) for key in out.keys())
+        assert loss.in_keys == ["observation", "action", ("next", "observation"),
+                                ("next", "reward"), ("next", "done"), ("next", "terminated")]
+
+    def test_set_keys_with_nested_keys(self):
+        actor = make_actor()
+        actor.observation_key = ("agent", "obs")
+        loss = RLDTLoss(actor, make_critic(("agent", "obs"), ("agent", "chunk")), num_particles=3)
+        loss.set_keys(observation=("agent", "obs"), action=("agent", "chunk"),
+                      reward=("agent", "reward"), done=("agent", "done"),
+                      terminated=("agent", "terminated"), priority=("agent", "td"))
+        loss.make_value_estimator(gamma=0.9)
+        batch = make_batch(obs_key=("agent", "obs"), action_key=("agent", "chunk"),
+                           reward_key=("agent", "reward"), done_key=("agent", "done"),
+                           terminated_key=("agent", "terminated"))
+        out = loss(batch)
+        assert torch.isfinite(out["loss_qvalue"]) and torch.isfinite(out["loss_rl"])
+        assert batch["agent", "td"].shape == (6,)
+        assert ("next", "agent", "reward") in loss.in_keys
+
+    @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+    def test_reduction(self, reduction):
+        out = make_loss(reduction=reduction)(make_batch(6))
+        for key in ("loss_qvalue",) + POLICY_TERMS:
+            assert out[key].shape == ((6,) if reduction == "none" else ())
+
+    def test_tensordict_free_call_and_determinism(self):
+        loss = make_loss()
+        batch = make_batch(6)
+        torch.manual_seed(3)
+        expected = loss(batch.clone())
+        torch.manual_seed(3)
+        values = loss(
+            observation=batch["observation"], action=batch["action"],
+            next_observation=batch["next", "observation"], next_reward=batch["next", "reward"],
+            next_done=batch["next", "done"], next_terminated=batch["next", "terminated"],
+        )
+        for key, value in zip(loss.out_keys, values):
+            torch.testing.assert_close(value, expected[key])
+
+    def test_parameters_seen_by_the_optimiser(self):
+        loss = make_loss()
+        actor_params = sum(p.numel() for p in loss.actor_network.parameters())
+        critic_params = sum(p.numel() for p in make_critic().parameters())
+        assert sum(p.numel() for p in loss.parameters()) == actor_params + 2 * critic_params
+        # the targets and the reference policy are buffers, not optimised
+        trainable = {id(p) for p in loss.parameters()}
+        assert not any(id(t) in trainable for t in loss.target_qvalue_network_params.values(True, True))
+        assert not any(id(t) in trainable for t in loss.reference_actor_network_params.values(True, True))
+
+    def test_actor_loss_gives_no_gradient_to_the_critic(self):
+        loss = make_loss()
+        terms = loss.actor_loss(make_batch())
+        sum(terms[key] for key in POLICY_TERMS).backward()
+        assert all(p.grad is None for p in loss.qvalue_network_params.values(True, True))
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in loss.actor_network.parameters())
+
+    def test_critic_loss_gives_no_gradient_to_the_actor(self):
+        loss = make_loss()
+        value, _ = loss.qvalue_loss(make_batch())
+        value.backward()
+        assert all(p.grad is None for p in loss.actor_network.parameters())
+        assert all(p.grad is not None for p in loss.qvalue_network_params.values(True, True))
+
+    def test_rl_gradient_equals_its_regression_form(self):
+        """grad of -<v, sg(phi)>/(N(1-t)) == grad of 0.5 ||v - sg(v + phi/(N(1-t)))||^2."""
+        torch.manual_seed(0)
+        inner = make_loss(consistency_coef=0.0, reference_coef=0.0)
+        torch.manual_seed(0)
+        regression = make_loss(consistency_coef=0.0, reference_coef=0.0, rl_objective="regression")
+        batch = make_batch(8)
+        grads = []
+        for loss in (inner, regression):
+            torch.manual_seed(11)
+            loss.actor_loss(batch)["loss_rl"].backward()
+            grads.append([p.grad.clone() for p in loss.actor_network.parameters()])
+        assert any(g.abs().sum() > 0 for g in grads[0])
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+    def test_td_target_bootstraps_on_terminated_only(self):
+        loss = make_loss()
+        batch = make_batch(6, terminated=True)
+        predicted = []
+        for params in loss.qvalue_network_params.unbind(0):
+            with params.to_module(loss.qvalue_network):
+                q = loss.qvalue_network.module(batch["observation"], batch["action"])
+            predicted.append(q.squeeze(-1))
+        predicted = torch.stack(predicted)
+        # a terminated transition: the target is the reward alone
+        expected = (predicted - batch["next", "reward"].squeeze(-1)).pow(2).sum(0).mean()
+        value, info = loss.qvalue_loss(batch)
+        torch.testing.assert_close(value, expected.detach(), rtol=1e-5, atol=1e-6)
+        # a truncated transition (done, not terminated) bootstraps: another target
+        truncated = batch.clone()
+        truncated["next", "terminated"] = torch.zeros(6, 1, dtype=torch.bool)
+        assert not torch.allclose(loss.qvalue_loss(truncated)[0], value)
+
+    def test_soft_update_and_reference_reanchoring(self):
+        loss = make_loss()
+        updater = SoftUpdate(loss, eps=0.5)
+        optim = torch.optim.Adam(loss.parameters(), lr=1e-2)
+        target_before = loss.target_qvalue_network_params.clone()
+        reference_before = loss.reference_actor_network_params.clone()
+        out = loss(make_batch())
+        (out["loss_qvalue"] + sum(out[key] for key in POLICY_TERMS)).backward()
+        optim.step()
+        updater.step()
+        moved = (loss.target_qvalue_network_params - target_before).abs().sum()
+        assert sum(moved.values(True, True)) > 0
+        assert (loss.reference_actor_network_params == reference_before).all()
+        loss.reset_reference()
+        assert (loss.reference_actor_network_params == loss.actor_network_params.data).all()
+
+    @pytest.mark.parametrize("kernel", ["rbf", "delta"])
+    def test_policy_moves_up_the_critic(self, kernel):
+        """A few actor steps against Q = -||a - goal||^2 bring the actions towards ``goal``."""
+        torch.manual_seed(0)
+        goal = torch.full((H, ACT), 0.8)
+        critic = TensorDictModule(QuadraticCritic(goal), ["observation", "action"],
+                                  ["state_action_value"])
+        loss = RLDTLoss(make_actor(), critic, num_particles=8, reference_coef=0.0,
+                        transport=SVGDTransport(kernel))
+        optim = torch.optim.Adam(loss.actor_network.parameters(), lr=3e-3)
+        batch = make_batch(32)
+
+        def distance():
+            with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+                action = loss.actor_network(batch.select("observation").clone())["action"]
+            return (action - goal).pow(2).sum((-2, -1)).mean()
+
+        before = distance()
+        for _ in range(60):
+            terms = loss.actor_loss(batch)
+            optim.zero_grad()
+            sum(terms[key] for key in POLICY_TERMS).backward()
+            optim.step()
+        assert distance() < 0.5 * before
+
+    def test_composes_with_another_objective(self):
+        actor = make_actor()
+        rldt = RLDTLoss(actor, make_critic(), num_particles=2)
+        bc = FlowMatchingBCLoss(actor)
+        batch = make_batch()
+        (rldt.actor_loss(batch)["loss_rl"] + bc(batch)["loss_flow_bc"]).backward()
+        assert all(p.grad is not None for p in actor.parameters() if p.requires_grad)
+
+    def test_bad_arguments(self):
+        with pytest.raises(ValueError, match="num_particles must be an integer >= 1"):
+            RLDTLoss(make_actor(), make_critic(), num_particles=0)
+        with pytest.raises(ValueError, match="reference_coef must be >= 0"):
+            RLDTLoss(make_actor(), make_critic(), reference_coef=-1.0)
+        with pytest.raises(TypeError, match="FlowActor"):
+            RLDTLoss(make_critic(), make_critic())
+
+
+if __name__ == "__main__":
+    args, unknown = argparse.ArgumentParser().parse_known_args()
+    pytest.main([__file__, "--capture", "no", "--exitfirst"] + unknown)
