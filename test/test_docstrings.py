@@ -16,7 +16,11 @@ MODULES = [
     "torchrl_rldt.data.datasets",
     "torchrl_rldt.checkpoint",
     "torchrl_rldt.modules.flow",
+    "torchrl_rldt.modules.critic",
+    "torchrl_rldt.modules.transport",
+    "torchrl_rldt.modules.exploration",
     "torchrl_rldt.objectives.flow_bc",
+    "torchrl_rldt.objectives.rldt",
 ]
 
 

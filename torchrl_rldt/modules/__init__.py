@@ -2,7 +2,15 @@
 from __future__ import annotations
 
 from torchrl_rldt.modules.critic import ChunkQValueMLP
+from torchrl_rldt.modules.exploration import LandingPointExploration
 from torchrl_rldt.modules.flow import FlowActor, SinusoidalTimeEmbedding, VelocityMLP
 from torchrl_rldt.modules.transport import SVGDTransport
 
-__all__ = ["ChunkQValueMLP", "FlowActor", "SVGDTransport", "SinusoidalTimeEmbedding", "VelocityMLP"]
+__all__ = [
+    "ChunkQValueMLP",
+    "FlowActor",
+    "LandingPointExploration",
+    "SVGDTransport",
+    "SinusoidalTimeEmbedding",
+    "VelocityMLP",
+]

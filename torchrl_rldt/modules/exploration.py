@@ -1,0 +1,86 @@
+# This source code is licensed under the MIT license found in the
+# LICENSE file in the root directory of this source tree.
+"""RLDT's rollout exploration: noise scaled by how much the last flow steps still move the action."""
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from torchrl.envs.utils import exploration_type
+
+from torchrl_rldt.modules.flow import _DETERMINISTIC_TYPES, FlowActor
+
+__all__ = ["LandingPointExploration"]
+
+
+class LandingPointExploration(TensorDictModuleBase):
+    """A collection policy around a :class:`FlowActor` with RLDT's exploration noise.
+
+    Under a random exploration type (TorchRL collectors' default) it samples the chunk
+    ``a = x_N`` from noise, draws for each env a late step ``i ~ U{min_step .. N - 1}``, and
+    writes ``a + ||a - a_hat(x_{t_i}, t_i)|| * eps`` with ``eps ~ N(0, I)`` (clamped to the
+    actor's bounds): the noise is large where the flow is still moving the action late in the
+    chain and vanishes where it has settled. Under DETERMINISTIC (and MODE, MEAN, MEDIAN) it is
+    the actor alone, sampling from ``x0 = 0`` without noise.
+
+    Reference: RLDT, arXiv 2606.08602, section 6 of ``docs/rldt-algorithm.md`` ("min_extrp"
+    in the authors' code).
+
+    Args:
+        actor: the flow actor; its keys are this module's keys.
+        min_step: the earliest step ``m`` of the landing point (reference: 6 with N = 8). Must be
+            below the actor's ``num_steps`` when the module runs.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.envs.utils import ExplorationType, set_exploration_type
+        >>> from torchrl_rldt.modules import FlowActor, LandingPointExploration, VelocityMLP
+        >>> actor = FlowActor(VelocityMLP(11, 3, chunk_len=4, hidden_dim=32), 3, 8, chunk_len=4)
+        >>> policy = LandingPointExploration(actor, min_step=6)
+        >>> obs = TensorDict(observation=torch.randn(5, 11), batch_size=[5])
+        >>> policy(obs.clone())["action"].shape
+        torch.Size([5, 4, 3])
+        >>> with set_exploration_type(ExplorationType.DETERMINISTIC):
+        ...     torch.equal(policy(obs.clone())["action"], actor(obs.clone())["action"])
+        True
+    """
+
+    def __init__(self, actor: FlowActor, min_step: int = 6) -> None:
+        super().__init__()
+        if not isinstance(actor, FlowActor):
+            raise TypeError(f"actor must be a FlowActor, got {type(actor).__name__}.")
+        if min_step < 0:
+            raise ValueError(f"min_step must be >= 0, got {min_step}.")
+        self.actor = actor
+        self.min_step = min_step
+        self.in_keys = list(actor.in_keys)
+        self.out_keys = list(actor.out_keys)
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """Writes the (explored) action chunk into ``tensordict``."""
+        if exploration_type() in _DETERMINISTIC_TYPES:
+            return self.actor(tensordict)
+        actor = self.actor
+        num_steps = actor.num_steps
+        if self.min_step >= num_steps:
+            raise ValueError(
+                f"min_step={self.min_step} must be below the actor's num_steps={num_steps}."
+            )
+        observation = tensordict.get(actor.observation_key)
+        noise = tensordict.get(actor.noise_key, None)
+        _, chain = actor.sample(observation, noise, return_chain=True)
+        batch_shape = chain.shape[:-3]
+        step = torch.randint(self.min_step, num_steps, batch_shape, device=chain.device)
+        index = step[..., None, None, None].expand(*batch_shape, 1, *chain.shape[-2:])
+        x_step = chain.gather(-3, index).squeeze(-3)
+        landing = actor.expected_action(x_step, step.to(chain.dtype) / num_steps, observation)
+        final = chain[..., -1, :, :]
+        scale = (final - landing).flatten(-2).norm(dim=-1)[..., None, None]
+        action = final + scale * torch.randn_like(final)
+        if actor.low is not None or actor.high is not None:
+            action = action.clamp(actor.low, actor.high)
+        tensordict.set(actor.action_key, action)
+        if actor.chain_key is not None:
+            tensordict.set(actor.chain_key, chain)
+        return tensordict
