@@ -8,6 +8,13 @@ policy. SAC is TorchRL's ``SACLoss`` with a ``Collector`` and a replay buffer ov
 
     python examples/make_dataset.py task=Hopper-v5
     python examples/make_dataset.py task=HalfCheetah-v5 seed=1 dataset.num_transitions=50000
+
+SAC stops at the first evaluation whose mean stochastic return lies in the medium band
+``[medium_return, medium_band * medium_return]``; a policy that jumps past the band (Hopper can
+go from 1000 to 3000 within 10k steps) is not medium, so training goes on until an evaluation
+lands in the band. At every evaluation the SAC state (networks, optimisers, replay buffer,
+counters) is saved atomically under ``state_dir``; a killed run started again with the same
+command resumes from there.
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ import json
 import logging
 import math
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -37,6 +45,32 @@ from utils import make_env, make_replay_buffer, make_sac_agent, make_sac_loss
 
 log = logging.getLogger("make_dataset")
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def save_sac_state(state_dir: Path, loss, optimizers, replay_buffer, progress: dict) -> None:
+    """Writes the resumable SAC state; the replay buffer goes first, the state file last, atomically."""
+    buffer_dir = state_dir / "replay_buffer"
+    staging = state_dir / "replay_buffer.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    replay_buffer.dumps(staging)
+    shutil.rmtree(buffer_dir, ignore_errors=True)
+    staging.rename(buffer_dir)
+    state = {
+        "loss": loss.state_dict(),
+        "optimizers": [optim.state_dict() for optim in optimizers],
+        "progress": progress,
+        "rng": torch.get_rng_state(),
+    }
+    atomic_save(state, state_dir / "sac_state.pt")
+
+
+def restore_sac_state(state: dict, state_dir: Path, loss, optimizers, replay_buffer) -> None:
+    """Loads what :func:`save_sac_state` wrote into freshly built SAC objects."""
+    loss.load_state_dict(state["loss"])
+    for optim, optim_state in zip(optimizers, state["optimizers"]):
+        optim.load_state_dict(optim_state)
+    replay_buffer.loads(state_dir / "replay_buffer")
+    torch.set_rng_state(state["rng"])
 
 
 def stochastic_and_deterministic_returns(env, actor) -> dict:
@@ -61,13 +95,27 @@ def main(cfg: DictConfig) -> None:
                 f"{list(cfg.medium_defaults)}); pass medium_return=<return>."
             )
         threshold = cfg.medium_defaults[cfg.task]
+    upper = math.inf if cfg.medium_band is None else cfg.medium_band * threshold
+    if upper < threshold:
+        raise ValueError(f"medium_band={cfg.medium_band} must be >= 1 (or null for no upper bound).")
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.num_threads)
     device = torch.device(cfg.device)
     sac = cfg.sac
 
-    # --- SAC until the medium threshold -------------------------------------------------
-    train_env = make_env(cfg.task, sac.num_envs, seed=cfg.seed)
+    # --- SAC until the medium band -------------------------------------------------------
+    state_dir = Path(cfg.state_dir)
+    if not state_dir.is_absolute():
+        state_dir = REPO_ROOT / state_dir
+    state_dir.mkdir(parents=True, exist_ok=True)
+    saved = None
+    if cfg.resume and (state_dir / "sac_state.pt").exists():
+        # Our own file, written by save_sac_state: it holds the pickled progress dict and RNG state.
+        saved = torch.load(state_dir / "sac_state.pt", weights_only=False)
+    progress = saved["progress"] if saved else {"frames": 0, "updates": 0, "history": [], "train_seconds": 0.0}
+    frames, updates, history = progress["frames"], progress["updates"], progress["history"]
+    # A resumed run re-seeds its environments so that it does not replay the episodes it began with.
+    train_env = make_env(cfg.task, sac.num_envs, seed=cfg.seed + frames)
     eval_env = make_env(cfg.task, sac.eval_episodes, seed=cfg.seed + 10_000)
     actor, qvalue = make_sac_agent(train_env, sac.hidden_sizes, device)
     loss, target_updater = make_sac_loss(
@@ -77,19 +125,23 @@ def main(cfg: DictConfig) -> None:
     optim_critic = torch.optim.Adam(loss.qvalue_network_params.values(True, True), lr=sac.lr)
     optim_alpha = torch.optim.Adam([loss.log_alpha], lr=sac.lr)
     replay_buffer = make_replay_buffer(sac.buffer_size, sac.batch_size, device)
+    optimizers = (optim_critic, optim_actor, optim_alpha)
+    if saved:
+        restore_sac_state(saved, state_dir, loss, optimizers, replay_buffer)
+        log.info("resumed from %s at %d env steps", state_dir, frames)
     collector = Collector(
         train_env,
         actor,
         frames_per_batch=sac.frames_per_batch,
-        total_frames=sac.max_frames,
-        init_random_frames=sac.init_random_frames,
+        total_frames=max(sac.max_frames - frames, sac.frames_per_batch),
+        init_random_frames=max(sac.init_random_frames - frames, 0),
         device=device,
         storing_device=device,
     )
 
-    frames, updates, next_eval = 0, 0, sac.eval_every
-    reached, history = False, []
-    start = time.perf_counter()
+    next_eval = (frames // sac.eval_every + 1) * sac.eval_every
+    reached = False
+    start = time.perf_counter() - progress["train_seconds"]
     for batch in collector:
         replay_buffer.extend(batch.reshape(-1))
         frames += batch.numel()
@@ -115,15 +167,22 @@ def main(cfg: DictConfig) -> None:
                 cfg.task, frames, time.perf_counter() - start, returns["stochastic"]["mean"],
                 returns["stochastic"]["std"], returns["deterministic"]["mean"], threshold,
             )
-            if returns["stochastic"]["mean"] >= threshold:
+            progress = {
+                "frames": frames, "updates": updates, "history": history,
+                "train_seconds": time.perf_counter() - start,
+            }
+            save_sac_state(state_dir, loss, optimizers, replay_buffer, progress)
+            if threshold <= returns["stochastic"]["mean"] <= upper:
                 reached = True
                 break
+            if returns["stochastic"]["mean"] > upper:
+                log.info("above the medium band (%d, %d]: not medium, training on", threshold, upper)
     collector.shutdown()
     train_seconds = time.perf_counter() - start
     if not reached:
         log.warning(
-            "SAC did not reach %s within sac.max_frames=%d; recording with the last policy.",
-            threshold, sac.max_frames,
+            "SAC did not land in the medium band [%s, %s] within sac.max_frames=%d; recording "
+            "with the last policy.", threshold, upper, sac.max_frames,
         )
 
     # --- record the data set with the frozen stochastic policy ---------------------------
@@ -184,6 +243,7 @@ def main(cfg: DictConfig) -> None:
             "note": "complete episodes only (the episodes cut by the end of recording excluded)",
         },
         "medium_threshold": threshold,
+        "medium_upper_bound": None if math.isinf(upper) else upper,
         "threshold_reached": reached,
         "policy_returns_at_stop": final_returns,
         "sac": {
