@@ -13,6 +13,7 @@ MODULES = [
     "torchrl_rldt.envs.chunk",
     "torchrl_rldt.envs.transforms",
     "torchrl_rldt.envs.evaluation",
+    "torchrl_rldt.envs.bandit",
     "torchrl_rldt.data.datasets",
     "torchrl_rldt.checkpoint",
     "torchrl_rldt.modules.flow",

@@ -101,3 +101,15 @@ class TestFlowActor:
 if __name__ == "__main__":
     args, unknown = argparse.ArgumentParser().parse_known_args()
     pytest.main([__file__, "--capture", "no", "--exitfirst"] + unknown)
+
+
+class TestVelocityMLP:
+    def test_expanded_time_matches_per_sample_time(self):
+        # The sampler passes one time expanded over the batch; the network embeds it once.
+        net = VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=32)
+        observation, action = torch.randn(4, 6, OBS), torch.randn(4, 6, H, ACT)
+        expanded = torch.tensor(0.375).expand(4, 6)
+        torch.testing.assert_close(net(observation, action, expanded),
+                                   net(observation, action, expanded.clone()))
+        mixed = torch.rand(4, 6)
+        assert not torch.allclose(net(observation, action, mixed), net(observation, action, expanded))

@@ -1,6 +1,7 @@
 """Environments: EnvPool for TorchRL, action-chunk execution and normalisation transforms."""
 from __future__ import annotations
 
+from torchrl_rldt.envs.bandit import PeaksBanditEnv
 from torchrl_rldt.envs.chunk import ActionChunkEnv
 from torchrl_rldt.envs.envpool import EnvPoolEnv
 from torchrl_rldt.envs.evaluation import evaluate_policy
@@ -11,5 +12,6 @@ __all__ = [
     "EnvPoolEnv",
     "evaluate_policy",
     "NormalizationStats",
+    "PeaksBanditEnv",
     "normalization_transforms",
 ]

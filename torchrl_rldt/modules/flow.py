@@ -107,9 +107,12 @@ class VelocityMLP(nn.Module):
     ) -> torch.Tensor:
         """Velocity of shape ``action.shape`` ([*B, H, A]); ``time`` has shape [*B]."""
         flat = action.flatten(-2)
-        hidden = self.activation(
-            self.input_layer(torch.cat([flat, self.time_embedding(time), observation], -1))
-        )
+        if time.ndim and not any(time.stride()):
+            # One time expanded over the batch (the Euler sampler): embed it once.
+            embedding = self.time_embedding(time.reshape(-1)[:1]).expand(*time.shape, -1)
+        else:
+            embedding = self.time_embedding(time)
+        hidden = self.activation(self.input_layer(torch.cat([flat, embedding, observation], -1)))
         for layer in self.hidden_layers:
             hidden = hidden + self.activation(layer(hidden))
         return self.output_layer(hidden).unflatten(-1, (self.chunk_len, self.action_dim))
