@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import platform
-import shutil
 import time
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchrl.collectors import Collector
 from torchrl.envs import ExplorationType
 
-from torchrl_rldt.checkpoint import atomic_save, atomic_write_text
+from torchrl_rldt.checkpoint import atomic_dump_replay_buffer, atomic_save, atomic_write_text
 from torchrl_rldt.data import d4rl_arrays, save_d4rl_dataset
 from torchrl_rldt.envs import evaluate_policy
 
@@ -48,13 +47,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def save_sac_state(state_dir: Path, loss, optimizers, replay_buffer, progress: dict) -> None:
-    """Writes the resumable SAC state; the replay buffer goes first, the state file last, atomically."""
-    buffer_dir = state_dir / "replay_buffer"
-    staging = state_dir / "replay_buffer.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    replay_buffer.dumps(staging)
-    shutil.rmtree(buffer_dir, ignore_errors=True)
-    staging.rename(buffer_dir)
+    """Writes the resumable SAC state: the replay buffer first, then the state file."""
+    atomic_dump_replay_buffer(replay_buffer, state_dir / "replay_buffer")
     state = {
         "loss": loss.state_dict(),
         "optimizers": [optim.state_dict() for optim in optimizers],

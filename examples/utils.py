@@ -1,15 +1,32 @@
 """Factories shared by the example scripts (the training loops stay in the scripts)."""
 from __future__ import annotations
 
+import math
+from numbers import Real
+from pathlib import Path
+
 import torch
+from omegaconf import DictConfig
 from tensordict.nn import NormalParamExtractor, TensorDictModule
 from torch import nn
+from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
-from torchrl.envs import EnvBase
+from torchrl.envs import Compose, EnvBase, InitTracker, RewardSum, StepCounter, TransformedEnv
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import SACLoss, SoftUpdate
 
-from torchrl_rldt.envs import EnvPoolEnv
+from torchrl_rldt.checkpoint import FlowPolicy, load_flow_policy
+from torchrl_rldt.envs import ActionChunkEnv, EnvPoolEnv, check_task_id
+from torchrl_rldt.modules import ChunkQValueMLP, FlowActor, LandingPointExploration, SVGDTransport
+from torchrl_rldt.objectives import RLDTLoss
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def repo_path(path: str | Path) -> Path:
+    """``path`` as given when absolute, else relative to the repository root."""
+    path = Path(path)
+    return path if path.is_absolute() else REPO_ROOT / path
 
 
 def make_env(task: str, num_envs: int, seed: int, device: str | torch.device = "cpu") -> EnvPoolEnv:
@@ -71,8 +88,155 @@ def make_sac_loss(
     return loss, SoftUpdate(loss, tau=tau)
 
 
-def make_replay_buffer(size: int, batch_size: int, device: str | torch.device) -> TensorDictReplayBuffer:
-    """A uniform replay buffer of transitions kept on ``device``."""
+def make_replay_buffer(
+    size: int, batch_size: int | None, device: str | torch.device
+) -> TensorDictReplayBuffer:
+    """A uniform FIFO replay buffer kept on ``device`` (``batch_size`` None: given to ``sample``)."""
     return TensorDictReplayBuffer(
         storage=LazyTensorStorage(size, device=device), batch_size=batch_size
+    )
+
+
+# --- RLDT fine-tuning (examples/rldt_gym.py) -------------------------------------------------
+
+
+def check_rldt_config(cfg: DictConfig) -> None:
+    """Refuses invalid hyper-parameters with a message naming the value, before any work."""
+    check_task_id(cfg.task)
+    problems = []
+
+    def need(condition: bool, message: str) -> None:
+        if not condition:
+            problems.append(message)
+
+    def positive_int(name: str, value, minimum: int = 1) -> None:
+        need(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+             f"{name} must be an integer >= {minimum}, got {value!r}")
+
+    def number(name: str, value, low: float, high: float = math.inf, open_low: bool = False) -> None:
+        ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+        ok = ok and (value > low if open_low else value >= low) and value <= high
+        bound = f"> {low}" if open_low else f">= {low}"
+        need(ok, f"{name} must be a finite number {bound}" + (f" and <= {high}" if high < math.inf else "")
+             + f", got {value!r}")
+
+    for name in ("env.num_envs", "env.max_episode_steps", "collector.chunks_per_env",
+                 "collector.total_env_steps", "buffer.size", "buffer.batch_size",
+                 "schedule.actor_batch_size", "rldt.num_particles", "rldt.num_steps",
+                 "critic.hidden_dim", "critic.num_layers", "critic.num_qvalue_nets",
+                 "critic.num_target_samples", "eval.every_env_steps", "eval.episodes",
+                 "eval.final_episodes", "checkpoint.every_batches", "num_threads"):
+        positive_int(name, cfg_get(cfg, name))
+    for name in ("schedule.critic_warmup_batches", "schedule.critic_steps", "schedule.actor_steps",
+                 "optim.actor_warmup_steps"):
+        positive_int(name, cfg_get(cfg, name), minimum=0)
+    for name in ("optim.actor_lr", "optim.critic_lr"):
+        number(name, cfg_get(cfg, name), 0.0, open_low=True)
+    number("optim.gamma", cfg.optim.gamma, 0.0, 1.0)
+    number("optim.tau", cfg.optim.tau, 0.0, 1.0, open_low=True)
+    if cfg.optim.reward_scale_rate is not None:
+        number("optim.reward_scale_rate", cfg.optim.reward_scale_rate, 0.0, 1.0, open_low=True)
+    for name in ("rldt.consistency_coef", "rldt.reference_coef", "rldt.temperature_coef"):
+        number(name, cfg_get(cfg, name), 0.0)
+    need(cfg.rldt.kernel in ("rbf", "delta"), f"rldt.kernel must be rbf or delta, got {cfg.rldt.kernel!r}")
+    if cfg.rldt.bandwidth is not None:
+        number("rldt.bandwidth", cfg.rldt.bandwidth, 0.0, open_low=True)
+    if cfg.rldt.temperature != "adaptive":
+        number("rldt.temperature", cfg.rldt.temperature, 0.0)
+    need(cfg.rldt.rl_objective in ("inner_product", "regression"),
+         f"rldt.rl_objective must be inner_product or regression, got {cfg.rldt.rl_objective!r}")
+    positive_int("rldt.min_step", cfg.rldt.min_step, minimum=0)
+    if isinstance(cfg.rldt.min_step, int) and isinstance(cfg.rldt.num_steps, int):
+        need(cfg.rldt.min_step < cfg.rldt.num_steps,
+             f"rldt.min_step ({cfg.rldt.min_step}) must be < rldt.num_steps ({cfg.rldt.num_steps})")
+    need(cfg.logger.backend in (None, "csv", "tensorboard", "wandb"),
+         f"logger.backend must be csv, tensorboard, wandb or null, got {cfg.logger.backend!r}")
+    if str(cfg.device).startswith("cuda"):
+        need(torch.cuda.is_available(), f"device={cfg.device} but CUDA is not available; use device=cpu")
+    if problems:
+        raise ValueError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def cfg_get(cfg: DictConfig, dotted: str):
+    """``cfg.a.b`` for ``"a.b"``."""
+    value = cfg
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def load_base_policy(cfg: DictConfig, device: torch.device) -> FlowPolicy:
+    """The pretrained flow policy of ``cfg.task``; errors name a missing file or a mismatch."""
+    path = repo_path(cfg.base_checkpoint or f"checkpoints/{cfg.task.lower()}-flow-base.pt")
+    policy = load_flow_policy(path, task=cfg.task, device=device)
+    chunk_len = policy.actor.chunk_len
+    if chunk_len > cfg.env.max_episode_steps:
+        raise ValueError(
+            f"the base policy's chunks ({chunk_len} actions) are longer than an episode "
+            f"(env.max_episode_steps={cfg.env.max_episode_steps})."
+        )
+    policy.actor.num_steps = cfg.rldt.num_steps
+    return policy
+
+
+def make_chunk_env(
+    task: str, num_envs: int, seed: int, policy: FlowPolicy, *, max_episode_steps: int,
+    device: str | torch.device = "cpu",
+) -> TransformedEnv:
+    """EnvPool ``task`` executing the policy's action chunks, in its normalised spaces.
+
+    One step is one chunk; ``("next", "reward")`` is the chunk's summed reward and
+    ``"episode_reward"`` the running return.
+    """
+    env = EnvPoolEnv(task, num_envs, seed=seed, device=device, max_episode_steps=max_episode_steps)
+    chunked = ActionChunkEnv(env, policy.actor.chunk_len)
+    transforms = policy.env_transforms()
+    for transform in (InitTracker(), StepCounter(), RewardSum()):
+        transforms.append(transform)
+    return TransformedEnv(chunked, transforms)
+
+
+def make_rldt_critic(policy: FlowPolicy, cfg: DictConfig, device: torch.device) -> ValueOperator:
+    """One Q(observation, chunk) network; RLDTLoss makes the ensemble and its targets."""
+    actor = policy.actor
+    network = ChunkQValueMLP(
+        actor.velocity_network.config["observation_dim"], actor.action_dim,
+        chunk_len=actor.chunk_len, hidden_dim=cfg.critic.hidden_dim, num_layers=cfg.critic.num_layers,
+    )
+    return ValueOperator(network, in_keys=["observation", "action"]).to(device)
+
+
+def make_rldt_loss(actor: FlowActor, critic: ValueOperator, cfg: DictConfig) -> tuple[RLDTLoss, SoftUpdate]:
+    """RLDTLoss with its SVGD transport, TD(0) estimator and the Polyak updater of its targets."""
+    transport = SVGDTransport(
+        cfg.rldt.kernel,
+        bandwidth=cfg.rldt.bandwidth,
+        temperature=cfg.rldt.temperature,
+        temperature_coef=cfg.rldt.temperature_coef,
+    )
+    loss = RLDTLoss(
+        actor,
+        critic,
+        num_qvalue_nets=cfg.critic.num_qvalue_nets,
+        num_particles=cfg.rldt.num_particles,
+        num_target_samples=cfg.critic.num_target_samples,
+        transport=transport,
+        consistency_coef=cfg.rldt.consistency_coef,
+        reference_coef=cfg.rldt.reference_coef,
+        rl_objective=cfg.rldt.rl_objective,
+    )
+    loss.make_value_estimator(gamma=cfg.optim.gamma)
+    return loss, SoftUpdate(loss, tau=cfg.optim.tau)
+
+
+def make_rldt_collector(env: EnvBase, actor: FlowActor, cfg: DictConfig, total_chunks: int) -> Collector:
+    """A Collector running the actor with RLDT's landing-point exploration."""
+    frames_per_batch = cfg.env.num_envs * cfg.collector.chunks_per_env
+    return Collector(
+        env,
+        LandingPointExploration(actor, min_step=cfg.rldt.min_step),
+        frames_per_batch=frames_per_batch,
+        total_frames=max(1, math.ceil(total_chunks / frames_per_batch)) * frames_per_batch,
+        device=cfg.device,
+        storing_device=cfg.device,
     )

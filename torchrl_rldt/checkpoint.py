@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from torchrl_rldt.modules.flow import FlowActor, VelocityMLP
 
 __all__ = [
     "FlowPolicy",
+    "atomic_dump_replay_buffer",
     "atomic_save",
     "atomic_write_text",
     "load_flow_policy",
@@ -79,6 +81,33 @@ def atomic_write_text(text: str, path: str | Path) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def atomic_dump_replay_buffer(buffer: Any, directory: str | Path) -> Path:
+    """``buffer.dumps`` into a staging directory, then swapped in for ``directory``.
+
+    A kill during the dump leaves the previous dump in place. Read it back with
+    ``buffer.loads(directory)``.
+
+    Args:
+        buffer: a TorchRL replay buffer.
+        directory: the destination directory; its parent is created.
+
+    Returns:
+        The directory written.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = directory.with_name(f"{directory.name}.partial")
+    retired = directory.with_name(f"{directory.name}.old")
+    shutil.rmtree(staging, ignore_errors=True)
+    buffer.dumps(staging)
+    shutil.rmtree(retired, ignore_errors=True)
+    if directory.exists():
+        os.replace(directory, retired)
+    os.replace(staging, directory)
+    shutil.rmtree(retired, ignore_errors=True)
+    return directory
 
 
 @dataclass

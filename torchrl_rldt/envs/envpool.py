@@ -23,7 +23,7 @@ from torchrl.envs import EnvBase
 
 from torchrl_rldt._compat import new_tensordict_unsafe
 
-__all__ = ["EnvPoolEnv"]
+__all__ = ["EnvPoolEnv", "check_task_id"]
 
 _has_envpool = importlib.util.find_spec("envpool") is not None
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -68,6 +68,25 @@ def _spec_dtypes(spec: TensorSpec) -> Any:
     if isinstance(spec, Composite):
         return {key: _spec_dtypes(leaf) for key, leaf in spec.items()}
     return spec.dtype
+
+
+def check_task_id(env_name: str) -> None:
+    """Raises a ValueError listing close matches when ``env_name`` is not an envpool task id.
+
+    Args:
+        env_name: the task id, e.g. ``"Hopper-v5"``.
+    """
+    if not _has_envpool:
+        raise ImportError("EnvPoolEnv needs the envpool package: `pip install 'envpool>=1.2.5'`.")
+    import envpool
+
+    known_ids = envpool.list_all_envs()
+    if env_name not in known_ids:
+        matches = difflib.get_close_matches(env_name, known_ids, n=5, cutoff=0.5)
+        hint = f"Close matches: {', '.join(matches)}." if matches else "No close match."
+        raise ValueError(
+            f"Unknown envpool task id {env_name!r}. {hint} `envpool.list_all_envs()` lists every id."
+        )
 
 
 class EnvPoolEnv(EnvBase):
@@ -140,18 +159,7 @@ class EnvPoolEnv(EnvBase):
 
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}.")
-        known_ids = envpool.list_all_envs()
-        if env_name not in known_ids:
-            matches = difflib.get_close_matches(env_name, known_ids, n=5, cutoff=0.5)
-            hint = (
-                f"Close matches: {', '.join(matches)}."
-                if matches
-                else "No close match."
-            )
-            raise ValueError(
-                f"Unknown envpool task id {env_name!r}. {hint} "
-                "`envpool.list_all_envs()` lists every id."
-            )
+        check_task_id(env_name)
         super().__init__(
             device=torch.device("cpu") if device is None else device,
             batch_size=torch.Size([num_envs]),

@@ -1,0 +1,147 @@
+# This source code is licensed under the MIT license found in the
+# LICENSE file in the root directory of this source tree.
+"""examples/rldt_gym.py end to end at a tiny size: outputs, resumption, Ctrl-C, bad input."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from torchrl_rldt.checkpoint import save_flow_policy
+from torchrl_rldt.envs import NormalizationStats
+from torchrl_rldt.modules import FlowActor, VelocityMLP
+
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "rldt_gym.py"
+TINY = [
+    "env.num_envs=4", "env.max_episode_steps=60", "collector.chunks_per_env=4",
+    "schedule.critic_warmup_batches=1", "schedule.critic_steps=2", "schedule.actor_steps=1",
+    "schedule.actor_batch_size=8", "buffer.batch_size=32", "critic.hidden_dim=32",
+    "eval.every_env_steps=100", "eval.episodes=2", "eval.final_episodes=2",
+    "logger.progress_bar=false", "num_threads=1",
+]
+
+
+def make_base(path: Path, task: str = "Hopper-v5", observation_dim: int = 11, action_dim: int = 3):
+    torch.manual_seed(0)
+    network = VelocityMLP(observation_dim, action_dim, chunk_len=4, hidden_dim=32, num_layers=2)
+    actor = FlowActor(network, action_dim, 8, chunk_len=4, low=-1.0, high=1.0)
+    return save_flow_policy(
+        path, actor, task=task,
+        observation_stats=NormalizationStats(torch.zeros(observation_dim), torch.ones(observation_dim)),
+        action_stats=NormalizationStats(torch.zeros(action_dim), torch.ones(action_dim)),
+    )
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    return make_base(tmp_path_factory.mktemp("base") / "hopper-tiny.pt")
+
+
+def command(run_dir: Path, base: Path, *overrides: str) -> list[str]:
+    return [sys.executable, str(SCRIPT), f"base_checkpoint={base}", f"hydra.run.dir={run_dir}",
+            *TINY, *overrides]
+
+
+def run(run_dir: Path, base: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(command(run_dir, base, *overrides), capture_output=True, text=True,
+                          timeout=300)
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def test_smoke_writes_everything(tmp_path, base):
+    result = run(tmp_path / "run", base, "collector.total_env_steps=300")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["counters"]["env_steps"] >= 300
+    assert summary["counters"]["actor_updates"] > 0
+    assert summary["history"][0]["env_steps"] == 0  # the base policy
+    assert summary["history"][-1] == {**summary["final"], "env_steps": summary["counters"]["env_steps"],
+                                      "wall_seconds": summary["history"][-1]["wall_seconds"]}
+    assert "fine-tuned" in result.stderr + result.stdout
+    assert (run_dir / "learning_curve.png").stat().st_size > 0
+    assert (run_dir / "rldt_gym" / "scalars" / "loss_qvalue.csv").is_file()
+    checkpoint = load_checkpoint(run_dir / "checkpoint.pt")  # weights_only=True reads it
+    assert checkpoint["counters"] == summary["counters"]
+
+
+def test_resume_reaches_the_same_counters(tmp_path, base):
+    straight = run(tmp_path / "straight", base, "collector.total_env_steps=400")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    first = run(tmp_path / "split", base, "collector.total_env_steps=200",
+                "checkpoint.save_replay_buffer=true")
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = load_checkpoint(tmp_path / "split" / "checkpoint.pt")
+    resumed = run(tmp_path / "elsewhere", base, "collector.total_env_steps=400",
+                  f"resume={tmp_path / 'split' / 'checkpoint.pt'}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = load_checkpoint(tmp_path / "split" / "checkpoint.pt")  # resumed in its own directory
+    expected = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["counters"]
+    counters = after["counters"]
+    for key in ("batches", "critic_updates", "actor_updates", "chunks"):
+        assert counters[key] == expected[key], (key, counters, expected)
+    assert counters["env_steps"] >= 400
+    # Nothing finished is lost: the evaluations of the first part are still in the history.
+    assert after["history"][: len(before["history"])] == before["history"]
+    assert "resumed" in resumed.stderr + resumed.stdout
+
+
+def test_ctrl_c_writes_a_checkpoint_and_exits_cleanly(tmp_path, base):
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        command(run_dir, base, "collector.total_env_steps=100000", "checkpoint.every_batches=2"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 240
+    while not (run_dir / "checkpoint.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert (run_dir / "checkpoint.pt").exists()
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output[-3000:]
+    assert "interrupted" in output
+    assert load_checkpoint(run_dir / "checkpoint.pt")["counters"]["batches"] >= 2
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["optim.actor_lr=-1e-4"], "optim.actor_lr must be a finite number > 0.0"),
+        (["rldt.num_particles=0"], "rldt.num_particles must be an integer >= 1"),
+        (["env.max_episode_steps=2"], "longer than an episode"),
+        (["task=Hoper-v5"], "Close matches: Hopper-v5"),
+        (["base_checkpoint=/nonexistent/base.pt"], "/nonexistent/base.pt"),
+    ],
+)
+def test_bad_input_is_refused_before_any_work(tmp_path, base, overrides, message):
+    result = run(tmp_path / "run", base, *overrides)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr[-3000:]
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_checkpoint_of_another_task_is_refused(tmp_path):
+    other = make_base(tmp_path / "walker.pt", task="Walker2d-v5", observation_dim=17, action_dim=6)
+    result = run(tmp_path / "run", other)
+    assert result.returncode != 0
+    assert "Walker2d-v5" in result.stderr and "Hopper-v5" in result.stderr, result.stderr[-3000:]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, base):
+    run_dir = tmp_path / "run"
+    result = run(run_dir, base, "collector.total_env_steps=2000", "checkpoint.every_batches=1",
+                 "optim.critic_lr=1e30")
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "is not finite" in result.stderr and "last good checkpoint" in result.stderr
+    checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
+    assert all(torch.isfinite(value).all() for value in checkpoint["loss"].values()
+               if isinstance(value, torch.Tensor) and value.is_floating_point())
