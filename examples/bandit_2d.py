@@ -40,8 +40,9 @@ from torchrl_rldt.modules import (  # noqa: E402
 )
 from torchrl_rldt.objectives import FlowMatchingBCLoss, RLDTLoss  # noqa: E402
 
+from utils import repo_path  # noqa: E402
+
 log = logging.getLogger("bandit_2d")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 POLICY_TERMS = ("loss_rl", "loss_consistency", "loss_reference")
 
 
@@ -152,8 +153,7 @@ def main(cfg: DictConfig) -> dict:
             result["mean_reward"], *result["share_near_each_peak"],
         )
 
-    out_dir = Path(cfg.out_dir) if cfg.out_dir else Path.cwd()
-    out_dir = out_dir if out_dir.is_absolute() else REPO_ROOT / out_dir
+    out_dir = repo_path(cfg.out_dir) if cfg.out_dir else Path.cwd()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bandit_2d.json").write_text(json.dumps(
         {"results": results, "peaks": env.peaks.tolist(), "width": env.width,

@@ -40,10 +40,9 @@ from torchrl_rldt.checkpoint import atomic_dump_replay_buffer, atomic_save, atom
 from torchrl_rldt.data import d4rl_arrays, save_d4rl_dataset
 from torchrl_rldt.envs import evaluate_policy
 
-from utils import make_env, make_replay_buffer, make_sac_agent, make_sac_loss
+from utils import make_env, make_replay_buffer, make_sac_agent, make_sac_loss, repo_path
 
 log = logging.getLogger("make_dataset")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def save_sac_state(state_dir: Path, loss, optimizers, replay_buffer, progress: dict) -> None:
@@ -98,9 +97,7 @@ def main(cfg: DictConfig) -> None:
     sac = cfg.sac
 
     # --- SAC until the medium band -------------------------------------------------------
-    state_dir = Path(cfg.state_dir)
-    if not state_dir.is_absolute():
-        state_dir = REPO_ROOT / state_dir
+    state_dir = repo_path(cfg.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     saved = None
     if cfg.resume and (state_dir / "sac_state.pt").exists():
@@ -207,9 +204,7 @@ def main(cfg: DictConfig) -> None:
     transitions["next", "truncated"][-1] = True
     arrays = d4rl_arrays(transitions)
 
-    out_dir = Path(data_cfg.out_dir)
-    if not out_dir.is_absolute():
-        out_dir = REPO_ROOT / out_dir
+    out_dir = repo_path(data_cfg.out_dir)
     name = f"{cfg.task.lower()}-medium"
     path = save_d4rl_dataset(out_dir / f"{name}.npz", arrays)
 

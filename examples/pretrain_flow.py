@@ -36,16 +36,9 @@ from torchrl_rldt.envs import (
 from torchrl_rldt.modules import FlowActor, VelocityMLP
 from torchrl_rldt.objectives import FlowMatchingBCLoss
 
-from utils import make_env
+from utils import make_env, repo_path
 
 log = logging.getLogger("pretrain_flow")
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def repo_path(path: str) -> Path:
-    path = Path(path)
-    return path if path.is_absolute() else REPO_ROOT / path
-
 
 def evaluate(actor, env, cfg, mode: ExplorationType) -> dict:
     max_chunks = math.ceil(cfg.eval.max_env_steps / cfg.model.chunk_len)
