@@ -216,8 +216,9 @@ def main(cfg: DictConfig) -> None:
                     actor_warmup.step()
                     counters["actor_updates"] += 1
                     metrics.update({key: value.item() for key, value in terms.items()})
-                if cfg.schedule.reanchor_reference:
-                    loss.reset_reference()
+                    reanchor_every = cfg.schedule.reanchor_every
+                    if reanchor_every and counters["actor_updates"] % reanchor_every == 0:
+                        loss.reset_reference()
 
             done = batch["next", "done"].squeeze(-1)
             if done.any():

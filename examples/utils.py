@@ -130,6 +130,8 @@ def check_rldt_config(cfg: DictConfig) -> None:
     for name in ("schedule.critic_warmup_batches", "schedule.critic_steps", "schedule.actor_steps",
                  "optim.actor_warmup_steps"):
         positive_int(name, cfg_get(cfg, name), minimum=0)
+    if cfg.schedule.reanchor_every is not None:
+        positive_int("schedule.reanchor_every", cfg.schedule.reanchor_every)
     for name in ("optim.actor_lr", "optim.critic_lr"):
         number(name, cfg_get(cfg, name), 0.0, open_low=True)
     number("optim.gamma", cfg.optim.gamma, 0.0, 1.0)
