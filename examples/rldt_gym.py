@@ -205,7 +205,8 @@ def main(cfg: DictConfig) -> None:
                 target_updater.step()
                 counters["critic_updates"] += 1
                 metrics["loss_qvalue"] = critic_loss.item()
-            if counters["batches"] > cfg.schedule.critic_warmup_batches:
+            after_warmup = counters["batches"] - cfg.schedule.critic_warmup_batches
+            if after_warmup > 0 and after_warmup % cfg.schedule.actor_every_batches == 0:
                 for _ in range(cfg.schedule.actor_steps):
                     terms = loss.actor_loss(replay_buffer.sample(cfg.schedule.actor_batch_size))
                     actor_loss = sum(terms[key] for key in POLICY_TERMS)

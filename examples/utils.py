@@ -125,7 +125,8 @@ def check_rldt_config(cfg: DictConfig) -> None:
                  "schedule.actor_batch_size", "rldt.num_particles", "rldt.num_steps",
                  "critic.hidden_dim", "critic.num_layers", "critic.num_qvalue_nets",
                  "critic.num_target_samples", "eval.every_env_steps", "eval.episodes",
-                 "eval.final_episodes", "checkpoint.every_batches", "num_threads"):
+                 "eval.final_episodes", "checkpoint.every_batches", "num_threads",
+                 "schedule.actor_every_batches"):
         positive_int(name, cfg_get(cfg, name))
     for name in ("schedule.critic_warmup_batches", "schedule.critic_steps", "schedule.actor_steps",
                  "optim.actor_warmup_steps"):

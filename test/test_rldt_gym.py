@@ -138,10 +138,14 @@ def test_checkpoint_of_another_task_is_refused(tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, base):
     run_dir = tmp_path / "run"
+    # One critic step per batch: batch 1 ends with huge but finite weights and is checkpointed,
+    # batch 2's critic loss overflows.
     result = run(run_dir, base, "collector.total_env_steps=2000", "checkpoint.every_batches=1",
-                 "optim.critic_lr=1e30")
-    assert result.returncode == 1, result.stderr[-3000:]
-    assert "is not finite" in result.stderr and "last good checkpoint" in result.stderr
+                 "schedule.critic_steps=1", "optim.critic_lr=1e30")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    assert "is not finite" in output and "last good checkpoint" in output, output[-3000:]
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
+    assert checkpoint["counters"]["batches"] >= 1
     assert all(torch.isfinite(value).all() for value in checkpoint["loss"].values()
                if isinstance(value, torch.Tensor) and value.is_floating_point())
