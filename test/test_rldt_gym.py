@@ -21,6 +21,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "rldt_gym.py"
 TINY = [
     "env.num_envs=4", "env.max_episode_steps=60", "collector.chunks_per_env=4",
     "schedule.critic_warmup_batches=1", "schedule.critic_steps=2", "schedule.actor_steps=1",
+    "schedule.actor_every_batches=1",
     "schedule.actor_batch_size=8", "buffer.batch_size=32", "critic.hidden_dim=32",
     "eval.every_env_steps=100", "eval.episodes=2", "eval.final_episodes=2",
     "logger.progress_bar=false", "num_threads=1",
