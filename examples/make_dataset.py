@@ -101,8 +101,7 @@ def main(cfg: DictConfig) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     saved = None
     if cfg.resume and (state_dir / "sac_state.pt").exists():
-        # Our own file, written by save_sac_state: it holds the pickled progress dict and RNG state.
-        saved = torch.load(state_dir / "sac_state.pt", weights_only=False)
+        saved = torch.load(state_dir / "sac_state.pt", weights_only=True)
     progress = saved["progress"] if saved else {"frames": 0, "updates": 0, "history": [], "train_seconds": 0.0}
     frames, updates, history = progress["frames"], progress["updates"], progress["history"]
     # A resumed run re-seeds its environments so that it does not replay the episodes it began with.

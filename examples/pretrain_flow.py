@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -27,29 +26,16 @@ from tqdm import tqdm
 
 from torchrl_rldt.checkpoint import atomic_write_text, save_flow_policy
 from torchrl_rldt.data import action_chunks, load_offline_dataset, make_offline_replay_buffer
-from torchrl_rldt.envs import (
-    ActionChunkEnv,
-    NormalizationStats,
-    evaluate_policy,
-    normalization_transforms,
-)
+from torchrl_rldt.envs import NormalizationStats, normalization_transforms
 from torchrl_rldt.modules import FlowActor, VelocityMLP
 from torchrl_rldt.objectives import FlowMatchingBCLoss
 
-from utils import make_env, repo_path
+from utils import episode_returns, make_chunk_env, repo_path
 
 log = logging.getLogger("pretrain_flow")
 
 def evaluate(actor, env, cfg, mode: ExplorationType) -> dict:
-    max_chunks = math.ceil(cfg.eval.max_env_steps / cfg.model.chunk_len)
-    result = evaluate_policy(env, actor, max_steps=max_chunks, exploration_type=mode)
-    returns = result["return"]
-    return {
-        "mean": returns.mean().item(),
-        "std": returns.std().item(),
-        "episodes": returns.numel(),
-        "mean_length": result["length"].float().mean().item(),
-    }
+    return episode_returns(env, actor, max_env_steps=cfg.eval.max_env_steps, exploration_type=mode)
 
 
 @hydra.main(version_base="1.3", config_path="config", config_name="pretrain_flow")
@@ -74,10 +60,11 @@ def main(cfg: DictConfig) -> None:
 
     # --- the flow policy, acting in the normalised space of its eval env ----------------
     def make_eval_env(num_episodes: int, seed: int) -> TransformedEnv:
-        base = ActionChunkEnv(
-            make_env(cfg.task, num_episodes, seed=seed, device=device), cfg.model.chunk_len
+        return make_chunk_env(
+            cfg.task, num_episodes, seed, cfg.model.chunk_len,
+            normalization_transforms(observation_stats, action_stats),
+            max_episode_steps=cfg.eval.max_env_steps, device=device,
         )
-        return TransformedEnv(base, normalization_transforms(observation_stats, action_stats))
 
     eval_env = make_eval_env(cfg.eval.episodes, cfg.seed + 1000)
     bounds = eval_env.action_spec.space

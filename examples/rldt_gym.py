@@ -40,10 +40,10 @@ from torchrl_rldt.checkpoint import (  # noqa: E402
     atomic_save,
     atomic_write_text,
 )
-from torchrl_rldt.envs import evaluate_policy  # noqa: E402
 
 from utils import (  # noqa: E402
     check_rldt_config,
+    episode_returns,
     load_base_policy,
     make_chunk_env,
     make_replay_buffer,
@@ -68,10 +68,8 @@ def check_finite(name: str, value: torch.Tensor, env_steps: int) -> None:
 
 
 def evaluate(env, actor, cfg: DictConfig) -> dict:
-    max_chunks = math.ceil(cfg.env.max_episode_steps / actor.chunk_len)
-    result = evaluate_policy(env, actor, max_steps=max_chunks, exploration_type=ExplorationType.DETERMINISTIC)
-    returns = result["return"]
-    return {"mean": returns.mean().item(), "std": returns.std().item(), "episodes": returns.numel()}
+    return episode_returns(env, actor, max_env_steps=cfg.env.max_episode_steps,
+                           exploration_type=ExplorationType.DETERMINISTIC)
 
 
 @hydra.main(version_base="1.3", config_path="config", config_name="rldt_gym")
@@ -97,12 +95,13 @@ def main(cfg: DictConfig) -> None:
     # --- environments, actor, critic, loss, optimisers, buffer --------------------------------
     env_steps = state["counters"]["env_steps"] if state else 0
     # A resumed run reseeds its envs so that it does not replay the episodes it began with.
-    train_env = make_chunk_env(cfg.task, cfg.env.num_envs, cfg.seed + env_steps, base,
-                               max_episode_steps=cfg.env.max_episode_steps, device=device)
-    eval_env = make_chunk_env(cfg.task, cfg.eval.episodes, cfg.seed + 10_000, base,
+    def chunk_env(num_envs: int, seed: int):
+        return make_chunk_env(cfg.task, num_envs, seed, base.actor.chunk_len, base.env_transforms(),
                               max_episode_steps=cfg.env.max_episode_steps, device=device)
-    final_env = make_chunk_env(cfg.task, cfg.eval.final_episodes, cfg.seed + 20_000, base,
-                               max_episode_steps=cfg.env.max_episode_steps, device=device)
+
+    train_env = chunk_env(cfg.env.num_envs, cfg.seed + env_steps)
+    eval_env = chunk_env(cfg.eval.episodes, cfg.seed + 10_000)
+    final_env = chunk_env(cfg.eval.final_episodes, cfg.seed + 20_000)
     actor = base.actor
     loss, target_updater = make_rldt_loss(actor, make_rldt_critic(base, cfg, device), cfg)
     actor_optim = torch.optim.Adam(loss.actor_network_params.values(True, True), lr=cfg.optim.actor_lr)

@@ -11,12 +11,20 @@ from tensordict.nn import NormalParamExtractor, TensorDictModule
 from torch import nn
 from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
-from torchrl.envs import Compose, EnvBase, InitTracker, RewardSum, StepCounter, TransformedEnv
+from torchrl.envs import (
+    Compose,
+    EnvBase,
+    ExplorationType,
+    InitTracker,
+    RewardSum,
+    StepCounter,
+    TransformedEnv,
+)
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import SACLoss, SoftUpdate
 
 from torchrl_rldt.checkpoint import FlowPolicy, load_flow_policy
-from torchrl_rldt.envs import ActionChunkEnv, EnvPoolEnv, check_task_id
+from torchrl_rldt.envs import ActionChunkEnv, EnvPoolEnv, check_task_id, evaluate_policy
 from torchrl_rldt.modules import ChunkQValueMLP, FlowActor, LandingPointExploration, SVGDTransport
 from torchrl_rldt.objectives import RLDTLoss
 
@@ -183,20 +191,33 @@ def load_base_policy(cfg: DictConfig, device: torch.device) -> FlowPolicy:
 
 
 def make_chunk_env(
-    task: str, num_envs: int, seed: int, policy: FlowPolicy, *, max_episode_steps: int,
-    device: str | torch.device = "cpu",
+    task: str, num_envs: int, seed: int, chunk_len: int, transforms: Compose, *,
+    max_episode_steps: int, device: str | torch.device = "cpu",
 ) -> TransformedEnv:
-    """EnvPool ``task`` executing the policy's action chunks, in its normalised spaces.
+    """EnvPool ``task`` executing action chunks, behind ``transforms`` (e.g. a policy's normalisation).
 
     One step is one chunk; ``("next", "reward")`` is the chunk's summed reward and
     ``"episode_reward"`` the running return.
     """
     env = EnvPoolEnv(task, num_envs, seed=seed, device=device, max_episode_steps=max_episode_steps)
-    chunked = ActionChunkEnv(env, policy.actor.chunk_len)
-    transforms = policy.env_transforms()
     for transform in (InitTracker(), StepCounter(), RewardSum()):
         transforms.append(transform)
-    return TransformedEnv(chunked, transforms)
+    return TransformedEnv(ActionChunkEnv(env, chunk_len), transforms)
+
+
+def episode_returns(
+    env: EnvBase, actor: FlowActor, *, max_env_steps: int, exploration_type: ExplorationType
+) -> dict:
+    """Mean and standard deviation of one episode per env of a chunk env (see ``evaluate_policy``)."""
+    max_chunks = math.ceil(max_env_steps / actor.chunk_len)
+    result = evaluate_policy(env, actor, max_steps=max_chunks, exploration_type=exploration_type)
+    returns = result["return"]
+    return {
+        "mean": returns.mean().item(),
+        "std": returns.std().item(),
+        "episodes": returns.numel(),
+        "mean_length": result["length"].float().mean().item(),
+    }
 
 
 def make_rldt_critic(policy: FlowPolicy, cfg: DictConfig, device: torch.device) -> ValueOperator:
