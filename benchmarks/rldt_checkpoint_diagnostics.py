@@ -1,0 +1,88 @@
+"""Diagnostics of an ``examples/rldt_gym.py`` checkpoint against its base policy.
+
+Re-evaluates the base and the fine-tuned policy on fresh episodes in both sampling modes, and
+probes the critic on data states: mean Q, the gap between ensemble members, and the cosine
+between the members' action-gradients at policy samples. Writes a JSON file.
+
+    python benchmarks/rldt_checkpoint_diagnostics.py outputs/rldt_gym/<run>/checkpoint.pt \
+        --data data/halfcheetah-v5-medium.npz --out benchmarks/results/rldt_diagnostics.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from torchrl.envs import ExplorationType, set_exploration_type
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+from torchrl_rldt.data import load_offline_dataset  # noqa: E402
+
+import utils  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--data", type=Path, required=True, help="a data set of the same task")
+    parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument("--states", type=int, default=1000, help="data states for the critic probe")
+    parser.add_argument("--seed", type=int, default=12345, help="seed of the evaluation envs")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    state = torch.load(args.checkpoint, weights_only=True)
+    cfg = OmegaConf.create(state["config"])
+    base = utils.load_base_policy(cfg, torch.device("cpu"))
+    env = utils.make_chunk_env(cfg.task, args.episodes, args.seed, base.actor.chunk_len,
+                               base.env_transforms(), max_episode_steps=cfg.env.max_episode_steps)
+    modes = {"deterministic": ExplorationType.DETERMINISTIC, "stochastic": ExplorationType.RANDOM}
+    report = {"checkpoint": str(args.checkpoint), "counters": state["counters"], "returns": {}}
+
+    def returns(name: str) -> None:
+        report["returns"][name] = {
+            mode: utils.episode_returns(env, base.actor, max_env_steps=cfg.env.max_episode_steps,
+                                        exploration_type=exploration)
+            for mode, exploration in modes.items()
+        }
+
+    returns("base")
+    loss, _ = utils.make_rldt_loss(base.actor, utils.make_rldt_critic(base, cfg, "cpu"), cfg)
+    loss.load_state_dict(state["loss"])  # the actor now holds the fine-tuned weights
+    returns("fine_tuned")
+
+    data = load_offline_dataset(str(args.data))
+    stride = max(1, data.shape[0] // args.states)
+    observation = base.observation_stats.normalize(data["observation"][::stride][: args.states])
+    with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+        action = base.actor.sample(observation)
+    action.requires_grad_(True)
+    q = loss._q_values(observation, action, loss.qvalue_network_params.detach())  # [E, B]
+    gradients = [torch.autograd.grad(q[e].sum(), action, retain_graph=True)[0].flatten(-2)
+                 for e in range(q.shape[0])]
+    cosine = torch.nn.functional.cosine_similarity(gradients[0], gradients[1], dim=-1)
+    report["critic"] = {
+        "states": observation.shape[0],
+        "mean_q": q.mean().item(),
+        "mean_member_gap": (q[0] - q[1]).abs().mean().item(),
+        "gradient_norms": [g.norm(dim=-1).mean().item() for g in gradients],
+        "member_gradient_cosine_mean": cosine.mean().item(),
+        "member_gradient_cosine_median": cosine.median().item(),
+        "share_negative_cosine": (cosine < 0).float().mean().item(),
+        "reward_abs_mean": state["reward_abs_mean"],
+        "gamma": cfg.optim.gamma,
+    }
+    report["command"] = "python benchmarks/rldt_checkpoint_diagnostics.py " + " ".join(sys.argv[1:])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({"returns": report["returns"], "critic": report["critic"]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
