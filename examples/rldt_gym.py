@@ -196,7 +196,7 @@ def main(cfg: DictConfig) -> None:
                 sample = replay_buffer.sample(cfg.buffer.batch_size)
                 if reward_abs_mean:
                     sample["next", "reward"] = sample["next", "reward"] / max(reward_abs_mean, 1e-8)
-                critic_loss, _ = loss.qvalue_loss(sample)
+                critic_loss, critic_info = loss.qvalue_loss(sample)
                 check_finite("the critic loss", critic_loss, counters["env_steps"])
                 critic_optim.zero_grad()
                 critic_loss.backward()
@@ -204,6 +204,7 @@ def main(cfg: DictConfig) -> None:
                 target_updater.step()
                 counters["critic_updates"] += 1
                 metrics["loss_qvalue"] = critic_loss.item()
+                metrics["q_mean"] = critic_info["state_action_value"].mean().item()
             after_warmup = counters["batches"] - cfg.schedule.critic_warmup_batches
             if after_warmup > 0 and after_warmup % cfg.schedule.actor_every_batches == 0:
                 for _ in range(cfg.schedule.actor_steps):

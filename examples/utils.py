@@ -147,7 +147,7 @@ def check_rldt_config(cfg: DictConfig) -> None:
     number("optim.tau", cfg.optim.tau, 0.0, 1.0, open_low=True)
     if cfg.optim.reward_scale_rate is not None:
         number("optim.reward_scale_rate", cfg.optim.reward_scale_rate, 0.0, 1.0, open_low=True)
-    for name in ("rldt.consistency_coef", "rldt.reference_coef", "rldt.temperature_coef"):
+    for name in ("rldt.rl_coef", "rldt.consistency_coef", "rldt.reference_coef", "rldt.temperature_coef"):
         number(name, cfg_get(cfg, name), 0.0)
     need(cfg.rldt.kernel in ("rbf", "delta"), f"rldt.kernel must be rbf or delta, got {cfg.rldt.kernel!r}")
     if cfg.rldt.bandwidth is not None:
@@ -245,6 +245,7 @@ def make_rldt_loss(actor: FlowActor, critic: ValueOperator, cfg: DictConfig) -> 
         num_particles=cfg.rldt.num_particles,
         num_target_samples=cfg.critic.num_target_samples,
         transport=transport,
+        rl_coef=cfg.rldt.rl_coef,
         consistency_coef=cfg.rldt.consistency_coef,
         reference_coef=cfg.rldt.reference_coef,
         rl_objective=cfg.rldt.rl_objective,

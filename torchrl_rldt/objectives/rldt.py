@@ -335,7 +335,8 @@ class RLDTLoss(LossModule):
             tensordict: a batch of chunk transitions.
 
         Returns:
-            The reduced loss and a dict with ``"td_error"`` ``[*B]`` (max over the ensemble).
+            The reduced loss and a dict with ``"td_error"`` ``[*B]`` (max over the ensemble) and
+            ``"state_action_value"`` ``[E, *B]`` (every member's prediction, detached).
         """
         if self._value_estimator is None:
             self.make_value_estimator()
@@ -350,7 +351,8 @@ class RLDTLoss(LossModule):
         ).sum(0)
         td_error = (predicted - target).abs().max(0).values.detach()
         weights = self._maybe_get_priority_weight(tensordict)
-        return self._reduce_loss(loss, tensordict, weights=weights), {"td_error": td_error}
+        metadata = {"td_error": td_error, "state_action_value": predicted.detach()}
+        return self._reduce_loss(loss, tensordict, weights=weights), metadata
 
     # --- actor -------------------------------------------------------------------------------
     def _critic_action_gradient(self, observation, action) -> torch.Tensor:
