@@ -160,6 +160,8 @@ class TestRLDTLoss:
         expected = (predicted - batch["next", "reward"].squeeze(-1)).pow(2).sum(0).mean()
         value, info = loss.qvalue_loss(batch)
         torch.testing.assert_close(value, expected.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(info["state_action_value"], predicted.detach())
+        assert not info["state_action_value"].requires_grad
         # a truncated transition (done, not terminated) bootstraps: another target
         truncated = batch.clone()
         truncated["next", "terminated"] = torch.zeros(6, 1, dtype=torch.bool)
