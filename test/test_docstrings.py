@@ -20,6 +20,7 @@ MODULES = [
     "torchrl_rldt.modules.critic",
     "torchrl_rldt.modules.transport",
     "torchrl_rldt.modules.exploration",
+    "torchrl_rldt.modules.noisy_flow",
     "torchrl_rldt.objectives.flow_bc",
     "torchrl_rldt.objectives.rldt",
 ]
