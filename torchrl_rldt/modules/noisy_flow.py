@@ -15,7 +15,7 @@ from torchrl.envs.utils import exploration_type
 
 from torchrl_rldt.modules.flow import _DETERMINISTIC_TYPES, FlowActor, SinusoidalTimeEmbedding
 
-__all__ = ["FlowNoiseMLP", "NoisyFlowActor"]
+__all__ = ["FlowChainDistribution", "FlowNoiseMLP", "NoisyFlowActor"]
 
 
 class FlowNoiseMLP(nn.Module):
@@ -108,6 +108,10 @@ class NoisyFlowActor(TensorDictModuleBase):
             Defaults to ``"flow_chain"``.
         log_prob_key (NestedKey, optional): where its log-likelihood ``[*B]`` is written.
             Defaults to ``"sample_log_prob"``.
+        average_log_prob (bool, optional): divide the log-likelihood and the entropy by the
+            number of Gaussian dimensions ``N * H * A``, as ReinFlow's code does (it then clips
+            the PPO ratio at 0.01 on that per-dimension scale). Defaults to ``False`` (the
+            exact log-likelihood).
 
     Examples:
         >>> import torch
@@ -133,12 +137,14 @@ class NoisyFlowActor(TensorDictModuleBase):
         *,
         chain_key: NestedKey = "flow_chain",
         log_prob_key: NestedKey = "sample_log_prob",
+        average_log_prob: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(flow_actor, FlowActor):
             raise TypeError(f"flow_actor must be a FlowActor, got {type(flow_actor).__name__}.")
         self.flow_actor, self.noise_network = flow_actor, noise_network
         self.chain_key, self.log_prob_key = chain_key, log_prob_key
+        self.average_log_prob = average_log_prob
         self.in_keys = list(flow_actor.in_keys)
         self.out_keys = [flow_actor.action_key, chain_key, log_prob_key]
 
@@ -160,12 +166,25 @@ class NoisyFlowActor(TensorDictModuleBase):
                 f"num_steps={self.flow_actor.num_steps}."
             )
         mean, std = self._transitions(observation, chain)
-        return torch.distributions.Normal(mean, std).log_prob(chain[..., 1:, :, :]).sum((-3, -2, -1))
+        log_prob = torch.distributions.Normal(mean, std).log_prob(chain[..., 1:, :, :])
+        return self._reduce(log_prob)
 
     def entropy(self, observation: torch.Tensor, chain: torch.Tensor) -> torch.Tensor:
         """Sum of the transitions' Gaussian entropies ``[*B]`` along ``chain``."""
         _, std = self._transitions(observation, chain)
-        return (0.5 * math.log(2 * math.pi * math.e) + std.log()).sum((-3, -2, -1))
+        return self._reduce(0.5 * math.log(2 * math.pi * math.e) + std.log())
+
+    def get_dist(self, tensordict: TensorDictBase) -> FlowChainDistribution:
+        """The chain distribution at ``tensordict``'s observations, along its stored chains."""
+        return FlowChainDistribution(
+            self, tensordict.get(self.flow_actor.observation_key), tensordict.get(self.chain_key)
+        )
+
+    def _reduce(self, per_dimension: torch.Tensor) -> torch.Tensor:
+        """Sums ``[*B, N, H, A]`` to ``[*B]`` (or averages, with ``average_log_prob``)."""
+        if self.average_log_prob:
+            return per_dimension.mean((-3, -2, -1))
+        return per_dimension.sum((-3, -2, -1))
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         """Samples a chunk (and, when random, its chain and log-likelihood) into ``tensordict``."""
@@ -178,14 +197,15 @@ class NoisyFlowActor(TensorDictModuleBase):
         if x is None:
             x = torch.randn(*batch_shape, *actor.action_shape, device=observation.device)
         num_steps = actor.num_steps
-        chain, log_prob = [x], torch.zeros(batch_shape, device=observation.device)
+        chain, log_prob = [x], []
         for k in range(num_steps):
             time = torch.full(batch_shape, k / num_steps, device=observation.device)
             mean = x + actor.velocity(observation, x, time) / num_steps
             std = self.noise_network(observation, time)
             x = mean + std * torch.randn_like(mean)
-            log_prob = log_prob + torch.distributions.Normal(mean, std).log_prob(x).sum((-2, -1))
+            log_prob.append(torch.distributions.Normal(mean, std).log_prob(x))
             chain.append(x)
+        log_prob = self._reduce(torch.stack(log_prob, dim=-3))
         action = x
         if actor.low is not None or actor.high is not None:
             action = action.clamp(actor.low, actor.high)
@@ -194,3 +214,35 @@ class NoisyFlowActor(TensorDictModuleBase):
         tensordict.set(self.chain_key, torch.stack(chain, dim=-3).detach())
         tensordict.set(self.log_prob_key, log_prob.detach())
         return tensordict
+
+
+class FlowChainDistribution(torch.distributions.Distribution):
+    """The distribution of a :class:`NoisyFlowActor`'s Euler chain at some observations.
+
+    It is what ``NoisyFlowActor.get_dist`` returns, so that TorchRL's PPO losses can score
+    stored chains (``log_prob(chain)``) and read the entropy of the transitions along the
+    stored chain. Sampling goes through the module, not through this object.
+
+    Args:
+        policy (NoisyFlowActor): the policy whose current parameters define the density.
+        observation (torch.Tensor): observations ``[*B, D]``.
+        chain (torch.Tensor): the chains ``[*B, N + 1, H, A]`` the entropy is read along.
+    """
+
+    arg_constraints: dict = {}
+    has_rsample = False
+
+    def __init__(self, policy: NoisyFlowActor, observation: torch.Tensor, chain: torch.Tensor) -> None:
+        self.policy, self.observation, self.chain = policy, observation, chain
+        super().__init__(observation.shape[:-1], chain.shape[-3:], validate_args=False)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return self.policy.log_prob(self.observation, value)
+
+    def entropy(self) -> torch.Tensor:
+        return self.policy.entropy(self.observation, self.chain)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        raise NotImplementedError(
+            "FlowChainDistribution scores chains; sample them with the NoisyFlowActor module."
+        )

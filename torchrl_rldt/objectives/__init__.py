@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from torchrl_rldt.objectives.flow_bc import FlowMatchingBCLoss
+from torchrl_rldt.objectives.reinflow import ReinFlowLoss
 from torchrl_rldt.objectives.rldt import RLDTLoss
 
-__all__ = ["FlowMatchingBCLoss", "RLDTLoss"]
+__all__ = ["FlowMatchingBCLoss", "RLDTLoss", "ReinFlowLoss"]
