@@ -22,6 +22,7 @@ MODULES = [
     "torchrl_rldt.modules.exploration",
     "torchrl_rldt.modules.noisy_flow",
     "torchrl_rldt.objectives.reinflow",
+    "torchrl_rldt.objectives.fpo",
     "torchrl_rldt.objectives.flow_bc",
     "torchrl_rldt.objectives.rldt",
 ]

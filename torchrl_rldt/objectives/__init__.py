@@ -1,8 +1,9 @@
-"""Losses: flow-matching behaviour cloning, and in time RLDT and the baselines."""
+"""Losses: flow-matching behaviour cloning, RLDT and the baselines (ReinFlow, FPO / FPO++)."""
 from __future__ import annotations
 
 from torchrl_rldt.objectives.flow_bc import FlowMatchingBCLoss
+from torchrl_rldt.objectives.fpo import FPOLoss
 from torchrl_rldt.objectives.reinflow import ReinFlowLoss
 from torchrl_rldt.objectives.rldt import RLDTLoss
 
-__all__ = ["FlowMatchingBCLoss", "RLDTLoss", "ReinFlowLoss"]
+__all__ = ["FPOLoss", "FlowMatchingBCLoss", "RLDTLoss", "ReinFlowLoss"]

@@ -1,0 +1,93 @@
+# This source code is licensed under the MIT license found in the
+# LICENSE file in the root directory of this source tree.
+from __future__ import annotations
+
+import pytest
+import torch
+from tensordict import TensorDict
+from torchrl.modules import MLP, ValueOperator
+from torchrl.objectives import ValueEstimators
+
+from torchrl_rldt.modules import FlowActor, VelocityMLP
+from torchrl_rldt.objectives import FPOLoss
+
+OBS, ACT, H, N, M = 5, 2, 3, 4, 8
+
+
+def make_loss(**kwargs):
+    actor = FlowActor(VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=32), ACT, N, chunk_len=H)
+    critic = ValueOperator(MLP(in_features=OBS, out_features=1, num_cells=[16]), in_keys=["observation"])
+    kwargs.setdefault("num_cfm_samples", M)
+    return FPOLoss(actor, critic, **kwargs)
+
+
+def make_batch(loss, batch=12, advantage=None):
+    data = TensorDict(observation=torch.randn(batch, OBS), action=torch.rand(batch, H, ACT) * 2 - 1,
+                      batch_size=[batch])
+    data["next"] = TensorDict(
+        observation=torch.randn(batch, OBS), reward=torch.randn(batch, 1),
+        done=torch.zeros(batch, 1, dtype=torch.bool), terminated=torch.zeros(batch, 1, dtype=torch.bool),
+        batch_size=[batch],
+    )
+    if advantage is not None:
+        # a precomputed advantage comes with its value target, as GAE writes both
+        data["advantage"] = torch.full((batch, 1), float(advantage))
+        data["value_target"] = torch.zeros(batch, 1)
+    return loss.record_cfm_losses(data)
+
+
+def cfm_loss_of_taken_actions(loss, data):
+    return loss._cfm_losses(data["observation"], data["action"], data["cfm_time"],
+                            data["cfm_noise"]).mean()
+
+
+class TestFPOLoss:
+    @pytest.mark.parametrize("variant", ["fpo++", "fpo"])
+    def test_outputs_and_first_ratio(self, variant):
+        torch.manual_seed(0)
+        loss = make_loss(variant=variant)
+        loss.make_value_estimator(ValueEstimators.GAE, gamma=0.99, lmbda=0.95)
+        data = make_batch(loss)
+        assert data["cfm_noise"].shape == (12, M, H, ACT)
+        out = loss(data)
+        for key in ("loss_objective", "loss_critic"):
+            assert out[key].shape == () and torch.isfinite(out[key])
+        torch.testing.assert_close(out["mean_ratio"], torch.tensor(1.0))
+
+    @pytest.mark.parametrize("variant", ["fpo++", "fpo"])
+    @pytest.mark.parametrize("sign", [1.0, -1.0])
+    def test_a_step_moves_the_cfm_loss_against_the_advantage(self, variant, sign):
+        # a positive advantage makes the taken chunk more likely: its CFM loss goes down
+        torch.manual_seed(0)
+        loss = make_loss(variant=variant, normalize_advantage=False)
+        data = make_batch(loss, advantage=sign)
+        before = cfm_loss_of_taken_actions(loss, data)
+        optim = torch.optim.SGD(loss.actor_network_params.values(True, True), lr=1e-2)
+        loss(data)["loss_objective"].backward()
+        optim.step()
+        assert sign * (cfm_loss_of_taken_actions(loss, data) - before) < 0
+
+    def test_fpo_plus_plus_keeps_pulling_a_ratio_back_where_ppo_clips(self):
+        torch.manual_seed(0)
+        grads = {}
+        for variant in ("fpo", "fpo++"):
+            torch.manual_seed(0)
+            loss = make_loss(variant=variant, normalize_advantage=False)
+            data = make_batch(loss, advantage=-1.0)
+            data["cfm_old_loss"] = data["cfm_old_loss"] - 1.0  # ratio e^-1 < 1 - epsilon
+            loss(data)["loss_objective"].backward()
+            grads[variant] = sum(p.grad.abs().sum() for p in loss.actor_network_params.values(True, True)
+                                 if p.grad is not None)
+        assert grads["fpo"] == 0  # PPO's clip: no gradient
+        assert grads["fpo++"] > 0  # the quadratic penalty pulls the ratio back towards 1
+
+    def test_missing_record_and_bad_arguments(self):
+        loss = make_loss()
+        data = make_batch(loss)
+        del data["cfm_old_loss"]
+        with pytest.raises(KeyError, match="record_cfm_losses"):
+            loss(data)
+        with pytest.raises(ValueError, match="variant"):
+            make_loss(variant="ppo")
+        with pytest.raises(ValueError, match="num_cfm_samples"):
+            make_loss(num_cfm_samples=0)
