@@ -39,7 +39,7 @@ def main() -> None:
 
     state = torch.load(args.checkpoint, weights_only=True)
     cfg = OmegaConf.create(state["config"])
-    base = utils.load_base_policy(cfg, torch.device("cpu"))
+    base = utils.load_base_policy(cfg, torch.device("cpu"), cfg.rldt.num_steps)
     env = utils.make_chunk_env(cfg.task, args.episodes, args.seed, base.actor.chunk_len,
                                base.env_transforms(), max_episode_steps=cfg.env.max_episode_steps)
     modes = {"deterministic": ExplorationType.DETERMINISTIC, "stochastic": ExplorationType.RANDOM}

@@ -88,7 +88,7 @@ def main(cfg: DictConfig) -> None:
             raise ValueError(f"{resume_path} is not an rldt_gym checkpoint.")
         if state["task"] != cfg.task:
             raise ValueError(f"{resume_path} is a {state['task']} run; this run is task={cfg.task}.")
-    base = load_base_policy(cfg, device)
+    base = load_base_policy(cfg, device, cfg.rldt.num_steps)
     run_dir = resume_path.parent if resume_path else Path(HydraConfig.get().runtime.output_dir)
     torch.manual_seed(cfg.seed)
 

@@ -108,25 +108,47 @@ def make_replay_buffer(
 # --- RLDT fine-tuning (examples/rldt_gym.py) -------------------------------------------------
 
 
-def check_rldt_config(cfg: DictConfig) -> None:
-    """Refuses invalid hyper-parameters with a message naming the value, before any work."""
-    check_task_id(cfg.task)
-    problems = []
+class ConfigCheck:
+    """Collects every problem of a config, then refuses it at once with all the reasons."""
 
-    def need(condition: bool, message: str) -> None:
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg, self.problems = cfg, []
+
+    def need(self, condition: bool, message: str) -> None:
         if not condition:
-            problems.append(message)
+            self.problems.append(message)
 
-    def positive_int(name: str, value, minimum: int = 1) -> None:
-        need(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
-             f"{name} must be an integer >= {minimum}, got {value!r}")
+    def positive_int(self, name: str, minimum: int = 1) -> None:
+        value = cfg_get(self.cfg, name)
+        self.need(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+                  f"{name} must be an integer >= {minimum}, got {value!r}")
 
-    def number(name: str, value, low: float, high: float = math.inf, open_low: bool = False) -> None:
+    def number(self, name: str, low: float, high: float = math.inf, open_low: bool = False) -> None:
+        value = cfg_get(self.cfg, name)
         ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
         ok = ok and (value > low if open_low else value >= low) and value <= high
         bound = f"> {low}" if open_low else f">= {low}"
-        need(ok, f"{name} must be a finite number {bound}" + (f" and <= {high}" if high < math.inf else "")
-             + f", got {value!r}")
+        self.need(ok, f"{name} must be a finite number {bound}"
+                  + (f" and <= {high}" if high < math.inf else "") + f", got {value!r}")
+
+    def common(self) -> None:
+        """What every fine-tuning example shares: the logger and the device."""
+        self.need(self.cfg.logger.backend in (None, "csv", "tensorboard", "wandb"),
+                  f"logger.backend must be csv, tensorboard, wandb or null, got {self.cfg.logger.backend!r}")
+        if str(self.cfg.device).startswith("cuda"):
+            self.need(torch.cuda.is_available(),
+                      f"device={self.cfg.device} but CUDA is not available; use device=cpu")
+
+    def done(self) -> None:
+        if self.problems:
+            raise ValueError("invalid configuration:\n  - " + "\n  - ".join(self.problems))
+
+
+def check_rldt_config(cfg: DictConfig) -> None:
+    """Refuses invalid hyper-parameters with a message naming the value, before any work."""
+    check = ConfigCheck(cfg)
+    check_task_id(cfg.task)
+    need, positive_int, number = check.need, check.positive_int, check.number
 
     for name in ("env.num_envs", "env.max_episode_steps", "collector.chunks_per_env",
                  "collector.total_env_steps", "buffer.size", "buffer.batch_size",
@@ -135,37 +157,33 @@ def check_rldt_config(cfg: DictConfig) -> None:
                  "critic.num_target_samples", "eval.every_env_steps", "eval.episodes",
                  "eval.final_episodes", "checkpoint.every_batches", "num_threads",
                  "schedule.actor_every_batches"):
-        positive_int(name, cfg_get(cfg, name))
+        positive_int(name)
     for name in ("schedule.critic_warmup_batches", "schedule.critic_steps", "schedule.actor_steps",
                  "optim.actor_warmup_steps"):
-        positive_int(name, cfg_get(cfg, name), minimum=0)
+        positive_int(name, minimum=0)
     if cfg.schedule.reanchor_every is not None:
-        positive_int("schedule.reanchor_every", cfg.schedule.reanchor_every)
+        positive_int("schedule.reanchor_every")
     for name in ("optim.actor_lr", "optim.critic_lr"):
-        number(name, cfg_get(cfg, name), 0.0, open_low=True)
-    number("optim.gamma", cfg.optim.gamma, 0.0, 1.0)
-    number("optim.tau", cfg.optim.tau, 0.0, 1.0, open_low=True)
+        number(name, 0.0, open_low=True)
+    number("optim.gamma", 0.0, 1.0)
+    number("optim.tau", 0.0, 1.0, open_low=True)
     if cfg.optim.reward_scale_rate is not None:
-        number("optim.reward_scale_rate", cfg.optim.reward_scale_rate, 0.0, 1.0, open_low=True)
+        number("optim.reward_scale_rate", 0.0, 1.0, open_low=True)
     for name in ("rldt.rl_coef", "rldt.consistency_coef", "rldt.reference_coef", "rldt.temperature_coef"):
-        number(name, cfg_get(cfg, name), 0.0)
+        number(name, 0.0)
     need(cfg.rldt.kernel in ("rbf", "delta"), f"rldt.kernel must be rbf or delta, got {cfg.rldt.kernel!r}")
     if cfg.rldt.bandwidth is not None:
-        number("rldt.bandwidth", cfg.rldt.bandwidth, 0.0, open_low=True)
+        number("rldt.bandwidth", 0.0, open_low=True)
     if cfg.rldt.temperature != "adaptive":
-        number("rldt.temperature", cfg.rldt.temperature, 0.0)
+        number("rldt.temperature", 0.0)
     need(cfg.rldt.rl_objective in ("inner_product", "regression"),
          f"rldt.rl_objective must be inner_product or regression, got {cfg.rldt.rl_objective!r}")
-    positive_int("rldt.min_step", cfg.rldt.min_step, minimum=0)
+    positive_int("rldt.min_step", minimum=0)
     if isinstance(cfg.rldt.min_step, int) and isinstance(cfg.rldt.num_steps, int):
         need(cfg.rldt.min_step < cfg.rldt.num_steps,
              f"rldt.min_step ({cfg.rldt.min_step}) must be < rldt.num_steps ({cfg.rldt.num_steps})")
-    need(cfg.logger.backend in (None, "csv", "tensorboard", "wandb"),
-         f"logger.backend must be csv, tensorboard, wandb or null, got {cfg.logger.backend!r}")
-    if str(cfg.device).startswith("cuda"):
-        need(torch.cuda.is_available(), f"device={cfg.device} but CUDA is not available; use device=cpu")
-    if problems:
-        raise ValueError("invalid configuration:\n  - " + "\n  - ".join(problems))
+    check.common()
+    check.done()
 
 
 def cfg_get(cfg: DictConfig, dotted: str):
@@ -176,8 +194,11 @@ def cfg_get(cfg: DictConfig, dotted: str):
     return value
 
 
-def load_base_policy(cfg: DictConfig, device: torch.device) -> FlowPolicy:
-    """The pretrained flow policy of ``cfg.task``; errors name a missing file or a mismatch."""
+def load_base_policy(cfg: DictConfig, device: torch.device, num_steps: int) -> FlowPolicy:
+    """The pretrained flow policy of ``cfg.task``, sampling with ``num_steps`` Euler steps.
+
+    Errors name a missing file or a mismatch (task, dimensions, chunks longer than an episode).
+    """
     path = repo_path(cfg.base_checkpoint or f"checkpoints/{cfg.task.lower()}-flow-base.pt")
     policy = load_flow_policy(path, task=cfg.task, device=device)
     chunk_len = policy.actor.chunk_len
@@ -186,7 +207,7 @@ def load_base_policy(cfg: DictConfig, device: torch.device) -> FlowPolicy:
             f"the base policy's chunks ({chunk_len} actions) are longer than an episode "
             f"(env.max_episode_steps={cfg.env.max_episode_steps})."
         )
-    policy.actor.num_steps = cfg.rldt.num_steps
+    policy.actor.num_steps = num_steps
     return policy
 
 
