@@ -116,7 +116,9 @@ def main(cfg: DictConfig) -> None:
         critic_optim.load_state_dict(state["critic_optim"])
         counters, history = state["counters"], state["history"]
         reward_abs_mean, base_returns = state["reward_abs_mean"], state["base_returns"]
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"])
         log.info("resumed %s at %d env steps", resume_path, counters["env_steps"])
 
     def chunk_env(num_envs: int, seed: int):
@@ -207,7 +209,9 @@ def main(cfg: DictConfig) -> None:
              "loss": loss.state_dict(), "actor_optim": actor_optim.state_dict(),
              "critic_optim": critic_optim.state_dict(), "counters": dict(counters),
              "history": history, "reward_abs_mean": reward_abs_mean, "base_returns": base_returns,
-             "rng": torch.get_rng_state(), "config": OmegaConf.to_container(cfg, resolve=True)},
+             "rng": {"torch": torch.get_rng_state(),
+                     "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None},
+             "config": OmegaConf.to_container(cfg, resolve=True)},
             run_dir / "checkpoint.pt",
         )
     progress.close()

@@ -91,3 +91,5 @@ class TestFPOLoss:
             make_loss(variant="ppo")
         with pytest.raises(ValueError, match="num_cfm_samples"):
             make_loss(num_cfm_samples=0)
+        with pytest.raises(ValueError, match="delay_actor"):
+            make_loss(delay_actor=True)

@@ -107,3 +107,5 @@ class TestReinFlowLoss:
             ReinFlowLoss(flow, make_critic())
         with pytest.raises(ValueError, match="clip_epsilon"):
             ReinFlowLoss(make_policy(), make_critic(), clip_epsilon=0.0)
+        with pytest.raises(ValueError, match="delay_actor"):
+            ReinFlowLoss(make_policy(), make_critic(), delay_actor=True)

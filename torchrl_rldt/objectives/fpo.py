@@ -103,6 +103,11 @@ class FPOLoss(ClipPPOLoss):
             raise ValueError(f"variant must be 'fpo++' or 'fpo', got {variant!r}.")
         if not isinstance(num_cfm_samples, int) or num_cfm_samples < 1:
             raise ValueError(f"num_cfm_samples must be an integer >= 1, got {num_cfm_samples!r}.")
+        unsupported = [name for name in ("delay_actor", "max_importance_ratio", "entropy_coeff",
+                                         "entropy_bonus", "functional") if name in kwargs]
+        if unsupported:
+            raise ValueError(f"FPOLoss does not support {unsupported} (its ratio is built from CFM "
+                             "losses under the current parameters, without an entropy term).")
         for name, value in (("clip_epsilon", clip_epsilon), ("max_cfm_loss", max_cfm_loss),
                             ("max_log_ratio", max_log_ratio)):
             if value <= 0:
@@ -160,6 +165,7 @@ class FPOLoss(ClipPPOLoss):
                 "collected data before the updates."
             )
         advantage = tensordict.get(self.tensor_keys.advantage, None)
+        update_norm = advantage is None  # running advantage statistics: only on fresh estimates
         if advantage is None:
             self.value_estimator(
                 tensordict,
@@ -167,7 +173,7 @@ class FPOLoss(ClipPPOLoss):
                 target_params=self.target_critic_network_params,
             )
             advantage = tensordict.get(self.tensor_keys.advantage)
-        advantage = self._maybe_normalize_advantage(advantage, tensordict, update_norm=True)
+        advantage = self._maybe_normalize_advantage(advantage, tensordict, update_norm=update_norm)
         new = self._cfm_losses(
             tensordict.get(self.actor_network.observation_key),
             tensordict.get(self.tensor_keys.action),
@@ -193,7 +199,9 @@ class FPOLoss(ClipPPOLoss):
         out = TensorDict(
             {
                 "loss_objective": -gain.mean(-1, keepdim=True),
-                "clip_fraction": ((ratio - clipped).abs() > 0).float().mean(),
+                # where the trust region is PPO's clip (FPO++: positive advantages only)
+                "clip_fraction": (((ratio - clipped).abs() > 0)
+                                  & ((advantage > 0) | (self.variant == "fpo"))).float().mean(),
                 "mean_ratio": ratio.detach().mean(),
                 "cfm_loss": new.detach().mean(),
             }

@@ -89,6 +89,10 @@ class ReinFlowLoss(ClipPPOLoss):
             )
         if clip_epsilon <= 0:
             raise ValueError(f"clip_epsilon must be > 0, got {clip_epsilon}.")
+        if kwargs.get("delay_actor") or kwargs.get("functional") is False:
+            # the chain distribution evaluates the networks when it scores, i.e. with the
+            # module's current parameters: a separate proximal parameter set would be ignored
+            raise ValueError("ReinFlowLoss supports neither delay_actor=True nor functional=False.")
         super().__init__(
             actor_network,
             critic_network,
