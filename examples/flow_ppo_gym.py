@@ -26,16 +26,22 @@ import tqdm
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torchrl.collectors import Collector
-from torchrl.envs import ExplorationType
 from torchrl.modules import MLP, ValueOperator
 from torchrl.objectives import ValueEstimators
 from torchrl.record.loggers import get_logger
 
 from torchrl_rldt.checkpoint import atomic_save, atomic_write_text
-from torchrl_rldt.envs import check_task_id
 from torchrl_rldt.modules import FlowNoiseMLP, NoisyFlowActor
 from torchrl_rldt.objectives import FPOLoss, ReinFlowLoss
-from utils import ConfigCheck, episode_returns, load_base_policy, make_chunk_env, repo_path
+from utils import (
+    ConfigCheck,
+    deterministic_returns,
+    load_base_policy,
+    load_run_state,
+    make_policy_chunk_env,
+    restore_rng_state,
+    rng_state,
+)
 
 log = logging.getLogger("flow_ppo_gym")
 CHECKPOINT_FORMAT = "torchrl_rldt.flow_ppo_gym"
@@ -67,21 +73,10 @@ def check_config(cfg: DictConfig) -> None:
 
 @hydra.main(version_base="1.3", config_path="config", config_name="flow_ppo_gym")
 def main(cfg: DictConfig) -> None:
-    check_task_id(cfg.task)  # first: an unknown task makes every other message moot
     check_config(cfg)
     device = torch.device(cfg.device)
     torch.set_num_threads(cfg.num_threads)
-    resume_path = repo_path(cfg.resume) if cfg.resume else None
-    state = None
-    if resume_path is not None:
-        if not resume_path.is_file():
-            raise FileNotFoundError(f"resume={cfg.resume}: no such checkpoint ({resume_path}).")
-        state = torch.load(resume_path, map_location=device, weights_only=True)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{resume_path} is not a flow_ppo_gym checkpoint.")
-        if (state["task"], state["method"]) != (cfg.task, cfg.method):
-            raise ValueError(f"{resume_path} is a {state['method']} run on {state['task']}; this run "
-                             f"is method={cfg.method} task={cfg.task}.")
+    resume_path, state = load_run_state(cfg, device, CHECKPOINT_FORMAT, task=cfg.task, method=cfg.method)
     method_cfg = cfg.reinflow if cfg.method == "reinflow" else cfg.fpo
     base = load_base_policy(cfg, device, method_cfg.num_steps)
     run_dir = resume_path.parent if resume_path else Path(HydraConfig.get().runtime.output_dir)
@@ -116,27 +111,17 @@ def main(cfg: DictConfig) -> None:
         critic_optim.load_state_dict(state["critic_optim"])
         counters, history = state["counters"], state["history"]
         reward_abs_mean, base_returns = state["reward_abs_mean"], state["base_returns"]
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"])
+        restore_rng_state(state["rng"], device)
         log.info("resumed %s at %d env steps", resume_path, counters["env_steps"])
 
-    def chunk_env(num_envs: int, seed: int):
-        return make_chunk_env(cfg.task, num_envs, seed, actor.chunk_len, base.env_transforms(),
-                              max_episode_steps=cfg.env.max_episode_steps, device=device)
-
-    train_env = chunk_env(cfg.env.num_envs, cfg.seed + counters["env_steps"])
-    eval_env = chunk_env(cfg.eval.episodes, cfg.seed + 10_000)
-    final_env = chunk_env(cfg.eval.final_episodes, cfg.seed + 20_000)
-
-    def evaluate(env) -> dict:
-        return episode_returns(env, actor, max_env_steps=cfg.env.max_episode_steps,
-                               exploration_type=ExplorationType.DETERMINISTIC)
+    train_env = make_policy_chunk_env(base, cfg, cfg.env.num_envs, cfg.seed + counters["env_steps"], device)
+    eval_env = make_policy_chunk_env(base, cfg, cfg.eval.episodes, cfg.seed + 10_000, device)
+    final_env = make_policy_chunk_env(base, cfg, cfg.eval.final_episodes, cfg.seed + 20_000, device)
 
     logger = get_logger(cfg.logger.backend, logger_name=str(run_dir),
                         experiment_name="flow_ppo_gym") if cfg.logger.backend else None
     if base_returns is None:
-        base_returns = evaluate(final_env)
+        base_returns = deterministic_returns(final_env, actor, cfg)
         history.append({"env_steps": 0, "wall_seconds": 0.0, **base_returns})
         log.info("%s base policy: deterministic return %.1f +- %.1f", cfg.task,
                  base_returns["mean"], base_returns["std"])
@@ -194,7 +179,7 @@ def main(cfg: DictConfig) -> None:
             metrics["train_return"] = batch["next", "episode_reward"][done].mean().item()
         if counters["env_steps"] >= next_eval:
             next_eval += cfg.eval.every_env_steps
-            returns = evaluate(eval_env)
+            returns = deterministic_returns(eval_env, actor, cfg)
             history.append({"env_steps": counters["env_steps"],
                             "wall_seconds": wall_offset + time.perf_counter() - start, **returns})
             metrics["eval_return"] = returns["mean"]
@@ -209,15 +194,14 @@ def main(cfg: DictConfig) -> None:
              "loss": loss.state_dict(), "actor_optim": actor_optim.state_dict(),
              "critic_optim": critic_optim.state_dict(), "counters": dict(counters),
              "history": history, "reward_abs_mean": reward_abs_mean, "base_returns": base_returns,
-             "rng": {"torch": torch.get_rng_state(),
-                     "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None},
+             "rng": rng_state(device),
              "config": OmegaConf.to_container(cfg, resolve=True)},
             run_dir / "checkpoint.pt",
         )
     progress.close()
     collector.shutdown()
 
-    final_returns = evaluate(final_env)
+    final_returns = deterministic_returns(final_env, actor, cfg)
     history.append({"env_steps": counters["env_steps"],
                     "wall_seconds": wall_offset + time.perf_counter() - start, **final_returns})
     summary = {"task": cfg.task, "method": cfg.method, "seed": cfg.seed, "counters": counters,

@@ -32,7 +32,6 @@ import torch  # noqa: E402
 import tqdm  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
-from torchrl.envs import ExplorationType  # noqa: E402
 from torchrl.record.loggers import get_logger  # noqa: E402
 
 from torchrl_rldt.checkpoint import (  # noqa: E402
@@ -43,14 +42,16 @@ from torchrl_rldt.checkpoint import (  # noqa: E402
 
 from utils import (  # noqa: E402
     check_rldt_config,
-    episode_returns,
+    deterministic_returns,
     load_base_policy,
-    make_chunk_env,
+    load_run_state,
+    make_policy_chunk_env,
     make_replay_buffer,
     make_rldt_collector,
     make_rldt_critic,
     make_rldt_loss,
-    repo_path,
+    restore_rng_state,
+    rng_state,
 )
 
 log = logging.getLogger("rldt_gym")
@@ -67,27 +68,13 @@ def check_finite(name: str, value: torch.Tensor, env_steps: int) -> None:
         raise NonFiniteError(f"{name} is not finite at {env_steps} env steps")
 
 
-def evaluate(env, actor, cfg: DictConfig) -> dict:
-    return episode_returns(env, actor, max_env_steps=cfg.env.max_episode_steps,
-                           exploration_type=ExplorationType.DETERMINISTIC)
-
-
 @hydra.main(version_base="1.3", config_path="config", config_name="rldt_gym")
 def main(cfg: DictConfig) -> None:
     # --- everything that can be refused is checked before any work ---------------------------
     check_rldt_config(cfg)
     device = torch.device(cfg.device)
     torch.set_num_threads(cfg.num_threads)
-    resume_path = repo_path(cfg.resume) if cfg.resume else None
-    state = None
-    if resume_path is not None:
-        if not resume_path.is_file():
-            raise FileNotFoundError(f"resume={cfg.resume}: no such checkpoint ({resume_path}).")
-        state = torch.load(resume_path, map_location=device, weights_only=True)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{resume_path} is not an rldt_gym checkpoint.")
-        if state["task"] != cfg.task:
-            raise ValueError(f"{resume_path} is a {state['task']} run; this run is task={cfg.task}.")
+    resume_path, state = load_run_state(cfg, device, CHECKPOINT_FORMAT, task=cfg.task)
     base = load_base_policy(cfg, device, cfg.rldt.num_steps)
     run_dir = resume_path.parent if resume_path else Path(HydraConfig.get().runtime.output_dir)
     torch.manual_seed(cfg.seed)
@@ -95,13 +82,9 @@ def main(cfg: DictConfig) -> None:
     # --- environments, actor, critic, loss, optimisers, buffer --------------------------------
     env_steps = state["counters"]["env_steps"] if state else 0
     # A resumed run reseeds its envs so that it does not replay the episodes it began with.
-    def chunk_env(num_envs: int, seed: int):
-        return make_chunk_env(cfg.task, num_envs, seed, base.actor.chunk_len, base.env_transforms(),
-                              max_episode_steps=cfg.env.max_episode_steps, device=device)
-
-    train_env = chunk_env(cfg.env.num_envs, cfg.seed + env_steps)
-    eval_env = chunk_env(cfg.eval.episodes, cfg.seed + 10_000)
-    final_env = chunk_env(cfg.eval.final_episodes, cfg.seed + 20_000)
+    train_env = make_policy_chunk_env(base, cfg, cfg.env.num_envs, cfg.seed + env_steps, device)
+    eval_env = make_policy_chunk_env(base, cfg, cfg.eval.episodes, cfg.seed + 10_000, device)
+    final_env = make_policy_chunk_env(base, cfg, cfg.eval.final_episodes, cfg.seed + 20_000, device)
     actor = base.actor
     loss, target_updater = make_rldt_loss(actor, make_rldt_critic(base, cfg, device), cfg)
     actor_optim = torch.optim.Adam(loss.actor_network_params.values(True, True), lr=cfg.optim.actor_lr)
@@ -120,9 +103,7 @@ def main(cfg: DictConfig) -> None:
         critic_optim.load_state_dict(state["critic_optim"])
         counters, history = state["counters"], state["history"]
         reward_abs_mean, base_returns = state["reward_abs_mean"], state["base_returns"]
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"])
+        restore_rng_state(state["rng"], device)
         if (run_dir / "replay_buffer").is_dir():
             replay_buffer.loads(run_dir / "replay_buffer")
         log.info("resumed %s at %d env steps (%d transitions in the buffer)", resume_path,
@@ -135,22 +116,20 @@ def main(cfg: DictConfig) -> None:
     def save_checkpoint() -> Path:
         if cfg.checkpoint.save_replay_buffer:
             atomic_dump_replay_buffer(replay_buffer, run_dir / "replay_buffer")
-        rng = {"torch": torch.get_rng_state(),
-               "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}
         return atomic_save(
             {
                 "format": CHECKPOINT_FORMAT, "task": cfg.task, "loss": loss.state_dict(),
                 "actor_optim": actor_optim.state_dict(), "actor_warmup": actor_warmup.state_dict(),
                 "critic_optim": critic_optim.state_dict(), "counters": dict(counters),
                 "history": history, "reward_abs_mean": reward_abs_mean,
-                "base_returns": base_returns, "rng": rng,
+                "base_returns": base_returns, "rng": rng_state(device),
                 "config": OmegaConf.to_container(cfg, resolve=True),
             },
             run_dir / "checkpoint.pt",
         )
 
     if base_returns is None:
-        base_returns = evaluate(final_env, actor, cfg)
+        base_returns = deterministic_returns(final_env, actor, cfg)
         log.info("%s base policy: deterministic return %.1f +- %.1f (%d episodes)", cfg.task,
                  base_returns["mean"], base_returns["std"], base_returns["episodes"])
         history.append({"env_steps": 0, "wall_seconds": 0.0, **base_returns})
@@ -228,7 +207,7 @@ def main(cfg: DictConfig) -> None:
                 time.perf_counter() - start)
             if counters["env_steps"] >= next_eval:
                 next_eval += cfg.eval.every_env_steps
-                returns = evaluate(eval_env, actor, cfg)
+                returns = deterministic_returns(eval_env, actor, cfg)
                 history.append({"env_steps": counters["env_steps"],
                                 "wall_seconds": wall_offset + time.perf_counter() - start, **returns})
                 metrics["eval_return"] = returns["mean"]
@@ -260,7 +239,7 @@ def main(cfg: DictConfig) -> None:
         collector.shutdown()
 
     # --- final evaluation, checkpoint, curve and summary -------------------------------------
-    final_returns = evaluate(final_env, actor, cfg)
+    final_returns = deterministic_returns(final_env, actor, cfg)
     history.append({"env_steps": counters["env_steps"],
                     "wall_seconds": wall_offset + time.perf_counter() - start, **final_returns})
     save_checkpoint()

@@ -112,6 +112,7 @@ class ConfigCheck:
     """Collects every problem of a config, then refuses it at once with all the reasons."""
 
     def __init__(self, cfg: DictConfig) -> None:
+        check_task_id(cfg.task)  # first: an unknown task makes every other message moot
         self.cfg, self.problems = cfg, []
 
     def need(self, condition: bool, message: str) -> None:
@@ -147,7 +148,6 @@ class ConfigCheck:
 def check_rldt_config(cfg: DictConfig) -> None:
     """Refuses invalid hyper-parameters with a message naming the value, before any work."""
     check = ConfigCheck(cfg)
-    check_task_id(cfg.task)
     need, positive_int, number = check.need, check.positive_int, check.number
 
     for name in ("env.num_envs", "env.max_episode_steps", "collector.chunks_per_env",
@@ -239,6 +239,56 @@ def episode_returns(
         "episodes": returns.numel(),
         "mean_length": result["length"].float().mean().item(),
     }
+
+
+def deterministic_returns(env: EnvBase, actor: FlowActor, cfg: DictConfig) -> dict:
+    """``episode_returns`` of the deterministic (x0 = 0) policy within ``cfg.env.max_episode_steps``."""
+    return episode_returns(env, actor, max_env_steps=cfg.env.max_episode_steps,
+                           exploration_type=ExplorationType.DETERMINISTIC)
+
+
+def make_policy_chunk_env(policy: FlowPolicy, cfg: DictConfig, num_envs: int, seed: int,
+                          device: torch.device) -> TransformedEnv:
+    """A chunk env of ``cfg.task`` in ``policy``'s normalised spaces, with its chunk length."""
+    return make_chunk_env(cfg.task, num_envs, seed, policy.actor.chunk_len, policy.env_transforms(),
+                          max_episode_steps=cfg.env.max_episode_steps, device=device)
+
+
+def load_run_state(cfg: DictConfig, device: torch.device, checkpoint_format: str,
+                   **identity) -> tuple[Path | None, dict | None]:
+    """The checkpoint named by ``cfg.resume`` (``None, None`` without one), checked before any work.
+
+    Refuses a missing file, a checkpoint of another example (``checkpoint_format``) and one whose
+    entries differ from ``identity`` (e.g. ``task=...``), naming the difference.
+    """
+    if not cfg.resume:
+        return None, None
+    path = repo_path(cfg.resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"resume={cfg.resume}: no such checkpoint ({path}).")
+    state = torch.load(path, map_location=device, weights_only=True)
+    if state.get("format") != checkpoint_format:
+        raise ValueError(f"{path} is not a {checkpoint_format} checkpoint.")
+    saved = {key: state.get(key) for key in identity}
+    if saved != identity:
+        raise ValueError(
+            f"{path} is a run with " + " ".join(f"{k}={v}" for k, v in saved.items())
+            + "; this run has " + " ".join(f"{k}={v}" for k, v in identity.items()) + "."
+        )
+    return path, state
+
+
+def rng_state(device: torch.device) -> dict:
+    """The torch (and, on CUDA, the CUDA) random state, for a checkpoint."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}
+
+
+def restore_rng_state(rng: dict, device: torch.device) -> None:
+    """Restores what :func:`rng_state` saved."""
+    torch.set_rng_state(rng["torch"])
+    if device.type == "cuda" and rng.get("cuda") is not None:
+        torch.cuda.set_rng_state(rng["cuda"])
 
 
 def make_rldt_critic(policy: FlowPolicy, cfg: DictConfig, device: torch.device) -> ValueOperator:
