@@ -38,10 +38,10 @@ def main() -> None:
     torch.manual_seed(0)
 
     state = torch.load(args.checkpoint, weights_only=True)
-    cfg = OmegaConf.create(state["config"])
+    # checkpoints written before a config value existed take its current default
+    cfg = OmegaConf.merge(OmegaConf.load(ROOT / "examples" / "config" / "rldt_gym.yaml"), state["config"])
     base = utils.load_base_policy(cfg, torch.device("cpu"), cfg.rldt.num_steps)
-    env = utils.make_chunk_env(cfg.task, args.episodes, args.seed, base.actor.chunk_len,
-                               base.env_transforms(), max_episode_steps=cfg.env.max_episode_steps)
+    env = utils.make_policy_chunk_env(base, cfg, args.episodes, args.seed, torch.device("cpu"))
     modes = {"deterministic": ExplorationType.DETERMINISTIC, "stochastic": ExplorationType.RANDOM}
     report = {"checkpoint": str(args.checkpoint), "counters": state["counters"], "returns": {}}
 
