@@ -11,6 +11,8 @@ from torchrl.objectives import ValueEstimators
 from torchrl_rldt.modules import FlowActor, VelocityMLP
 from torchrl_rldt.objectives import FPOLoss
 
+from ppo_batches import add_transition
+
 OBS, ACT, H, N, M = 5, 2, 3, 4, 8
 
 
@@ -24,15 +26,7 @@ def make_loss(**kwargs):
 def make_batch(loss, batch=12, advantage=None):
     data = TensorDict(observation=torch.randn(batch, OBS), action=torch.rand(batch, H, ACT) * 2 - 1,
                       batch_size=[batch])
-    data["next"] = TensorDict(
-        observation=torch.randn(batch, OBS), reward=torch.randn(batch, 1),
-        done=torch.zeros(batch, 1, dtype=torch.bool), terminated=torch.zeros(batch, 1, dtype=torch.bool),
-        batch_size=[batch],
-    )
-    if advantage is not None:
-        # a precomputed advantage comes with its value target, as GAE writes both
-        data["advantage"] = torch.full((batch, 1), float(advantage))
-        data["value_target"] = torch.zeros(batch, 1)
+    add_transition(data, OBS, advantage)
     return loss.record_cfm_losses(data)
 
 

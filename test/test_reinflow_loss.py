@@ -12,6 +12,8 @@ from torchrl.objectives import ValueEstimators
 from torchrl_rldt.modules import FlowActor, FlowNoiseMLP, NoisyFlowActor, VelocityMLP
 from torchrl_rldt.objectives import ReinFlowLoss
 
+from ppo_batches import add_transition
+
 OBS, ACT, H, N = 5, 2, 3, 4
 
 
@@ -28,15 +30,7 @@ def make_batch(policy, batch=16, advantage=None):
     data = TensorDict(observation=torch.randn(batch, OBS), batch_size=[batch])
     with set_exploration_type(ExplorationType.RANDOM), torch.no_grad():
         data = policy(data)
-    data["next"] = TensorDict(
-        observation=torch.randn(batch, OBS), reward=torch.randn(batch, 1),
-        done=torch.zeros(batch, 1, dtype=torch.bool), terminated=torch.zeros(batch, 1, dtype=torch.bool),
-        batch_size=[batch],
-    )
-    if advantage is not None:
-        # a precomputed advantage comes with its value target, as GAE writes both
-        data["advantage"] = torch.full((batch, 1), float(advantage))
-        data["value_target"] = torch.zeros(batch, 1)
+    add_transition(data, OBS, advantage)
     return data
 
 
