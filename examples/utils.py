@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from tensordict.nn import NormalParamExtractor, TensorDictModule
+from tensordict.nn import NormalParamExtractor, TensorDictModule, TensorDictModuleBase
 from torch import nn
 from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
@@ -45,44 +45,58 @@ def make_env(task: str, num_envs: int, seed: int, device: str | torch.device = "
 def make_sac_agent(
     env: EnvBase, hidden_sizes, device: str | torch.device
 ) -> tuple[ProbabilisticActor, ValueOperator]:
-    """SAC's tanh-Gaussian actor and one Q network (SACLoss makes the ensemble)."""
+    """SAC's tanh-Gaussian actor and one Q network (SACLoss makes the ensemble).
+
+    Actions are per step (``[*B, A]``) or, in an :class:`~torchrl_rldt.envs.ActionChunkEnv`,
+    chunks (``[*B, H, A]``): then the actor's Gaussian and the critic's input span the whole
+    ``H x A`` chunk, one SAC action. The actor's spec is the env's unbatched action spec, so
+    ``SACLoss``'s automatic target entropy is minus the number of action dimensions (``-H * A``),
+    not that times the number of envs.
+    """
     obs_dim = env.observation_spec["observation"].shape[-1]
-    action_spec = env.action_spec
-    action_dim = action_spec.shape[-1]
+    action_spec = env.action_spec_unbatched.to(device)
+    action_shape = action_spec.shape
+    head = [nn.Unflatten(-1, (*action_shape[:-1], 2 * action_shape[-1]))] if len(action_shape) > 1 else []
     actor_mlp = MLP(
         in_features=obs_dim,
-        out_features=2 * action_dim,
+        out_features=2 * action_shape.numel(),
         num_cells=list(hidden_sizes),
         activation_class=nn.ReLU,
         device=device,
     )
     actor = ProbabilisticActor(
         TensorDictModule(
-            nn.Sequential(actor_mlp, NormalParamExtractor(scale_mapping="biased_softplus_1.0")),
+            nn.Sequential(actor_mlp, *head, NormalParamExtractor(scale_mapping="biased_softplus_1.0")),
             in_keys=["observation"],
             out_keys=["loc", "scale"],
         ),
         in_keys=["loc", "scale"],
-        spec=action_spec.to(device),
+        spec=action_spec,
         distribution_class=TanhNormal,
         distribution_kwargs={
-            "low": action_spec.space.low.to(device),
-            "high": action_spec.space.high.to(device),
+            "low": action_spec.space.low,
+            "high": action_spec.space.high,
+            "event_dims": len(action_shape),
         },
         return_log_prob=False,
         default_interaction_type="random",
     )
-    qvalue = ValueOperator(
-        MLP(
-            in_features=obs_dim + action_dim,
+    if len(action_shape) == 1:
+        qvalue_net = MLP(
+            in_features=obs_dim + action_shape[-1],
             out_features=1,
             num_cells=list(hidden_sizes),
             activation_class=nn.ReLU,
             device=device,
-        ),
-        in_keys=["observation", "action"],
-    )
-    return actor, qvalue
+        )
+    else:
+        if len(set(hidden_sizes)) != 1:
+            raise ValueError(f"a chunk critic has equal hidden layers; got hidden_sizes={list(hidden_sizes)}.")
+        qvalue_net = ChunkQValueMLP(
+            obs_dim, action_shape[-1], chunk_len=action_shape[-2], hidden_dim=hidden_sizes[0],
+            num_layers=len(hidden_sizes), activation=nn.ReLU,
+        ).to(device)
+    return actor, ValueOperator(qvalue_net, in_keys=["observation", "action"])
 
 
 def make_sac_loss(
@@ -227,10 +241,14 @@ def make_chunk_env(
 
 
 def episode_returns(
-    env: EnvBase, actor: FlowActor, *, max_env_steps: int, exploration_type: ExplorationType
+    env: EnvBase, actor: TensorDictModuleBase, *, max_env_steps: int,
+    exploration_type: ExplorationType, chunk_len: int | None = None,
 ) -> dict:
-    """Mean and standard deviation of one episode per env of a chunk env (see ``evaluate_policy``)."""
-    max_chunks = math.ceil(max_env_steps / actor.chunk_len)
+    """Mean and standard deviation of one episode per env of a chunk env (see ``evaluate_policy``).
+
+    ``chunk_len`` (actions per env step of ``env``) defaults to the actor's ``chunk_len``.
+    """
+    max_chunks = math.ceil(max_env_steps / (chunk_len or actor.chunk_len))
     result = evaluate_policy(env, actor, max_steps=max_chunks, exploration_type=exploration_type)
     returns = result["return"]
     return {
@@ -241,10 +259,12 @@ def episode_returns(
     }
 
 
-def deterministic_returns(env: EnvBase, actor: FlowActor, cfg: DictConfig) -> dict:
-    """``episode_returns`` of the deterministic (x0 = 0) policy within ``cfg.env.max_episode_steps``."""
+def deterministic_returns(env: EnvBase, actor: TensorDictModuleBase, cfg: DictConfig,
+                          chunk_len: int | None = None) -> dict:
+    """``episode_returns`` of the deterministic policy (a flow's x0 = 0, a Gaussian's mode)
+    within ``cfg.env.max_episode_steps``."""
     return episode_returns(env, actor, max_env_steps=cfg.env.max_episode_steps,
-                           exploration_type=ExplorationType.DETERMINISTIC)
+                           exploration_type=ExplorationType.DETERMINISTIC, chunk_len=chunk_len)
 
 
 def make_policy_chunk_env(policy: FlowPolicy, cfg: DictConfig, num_envs: int, seed: int,

@@ -1,0 +1,213 @@
+"""SAC from scratch on EnvPool MuJoCo: the non-pretrained reference of the fine-tuning examples.
+
+TorchRL's ``SACLoss`` (two Q nets with Polyak targets, a learned temperature) with a ``Collector``
+over the same environments, time limit and deterministic evaluation as ``examples/rldt_gym.py``
+and ``examples/flow_ppo_gym.py``, but no demonstrations and no base policy. ``env.chunk_len=1``
+(the default) is plain SAC; ``env.chunk_len=4`` makes one SAC action a chunk of 4 env actions,
+as the flow policies act.
+
+    python examples/sac_gym.py
+    python examples/sac_gym.py task=Walker2d-v5 collector.total_env_steps=300_000
+    python examples/sac_gym.py resume=outputs/sac_gym/Hopper-v5/<run>/checkpoint.pt
+
+Writes into the run directory: ``checkpoint.pt`` and ``replay_buffer/`` (atomically, every
+``checkpoint.every_env_steps`` and at the end: a kill loses at most that much; ``resume=``
+continues), the logger's files and ``summary.json``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import hydra
+import torch
+import tqdm
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from torchrl.collectors import Collector
+from torchrl.envs import Compose
+from torchrl.record.loggers import get_logger
+
+from torchrl_rldt.checkpoint import atomic_dump_replay_buffer, atomic_save, atomic_write_text
+from utils import (
+    ConfigCheck,
+    deterministic_returns,
+    load_run_state,
+    make_chunk_env,
+    make_replay_buffer,
+    make_sac_agent,
+    make_sac_loss,
+    restore_rng_state,
+    rng_state,
+)
+
+log = logging.getLogger("sac_gym")
+CHECKPOINT_FORMAT = "torchrl_rldt.sac_gym"
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuses invalid hyper-parameters with a message naming the value, before any work."""
+    check = ConfigCheck(cfg)
+    for name in ("env.num_envs", "env.max_episode_steps", "env.chunk_len", "collector.frames_per_batch",
+                 "collector.total_env_steps", "sac.batch_size", "sac.buffer_size",
+                 "eval.every_env_steps", "eval.episodes", "eval.final_episodes",
+                 "checkpoint.every_env_steps", "num_threads"):
+        check.positive_int(name)
+    check.positive_int("collector.init_random_env_steps", minimum=0)
+    for name in ("sac.utd_ratio", "sac.lr", "sac.alpha_init"):
+        check.number(name, 0.0, open_low=True)
+    check.number("sac.gamma", 0.0, 1.0)
+    check.number("sac.tau", 0.0, 1.0, open_low=True)
+    hidden = cfg.sac.hidden_sizes
+    check.need(len(hidden) > 0 and all(isinstance(size, int) and size > 0 for size in hidden),
+               f"sac.hidden_sizes must be a non-empty list of positive integers, got {hidden}")
+    check.need(cfg.env.chunk_len == 1 or len(set(hidden)) == 1,
+               f"a chunk critic (env.chunk_len > 1) has equal hidden layers; got sac.hidden_sizes={hidden}")
+    check.common()
+    check.done()
+
+
+@hydra.main(version_base="1.3", config_path="config", config_name="sac_gym")
+def main(cfg: DictConfig) -> None:
+    check_config(cfg)
+    device = torch.device(cfg.device)
+    torch.set_num_threads(cfg.num_threads)
+    resume_path, state = load_run_state(cfg, device, CHECKPOINT_FORMAT, task=cfg.task,
+                                        chunk_len=cfg.env.chunk_len)
+    run_dir = resume_path.parent if resume_path else Path(HydraConfig.get().runtime.output_dir)
+    torch.manual_seed(cfg.seed)
+    chunk_len = cfg.env.chunk_len
+
+    def make_env(num_envs: int, seed: int):
+        return make_chunk_env(cfg.task, num_envs, seed, chunk_len, Compose(),
+                              max_episode_steps=cfg.env.max_episode_steps, device=device)
+
+    # --- environments, agent, loss, optimisers, buffer ----------------------------------------
+    env_steps = state["counters"]["env_steps"] if state else 0
+    # A resumed run reseeds its envs so that it does not replay the episodes it began with.
+    train_env = make_env(cfg.env.num_envs, cfg.seed + env_steps)
+    eval_env = make_env(cfg.eval.episodes, cfg.seed + 10_000)
+    final_env = make_env(cfg.eval.final_episodes, cfg.seed + 20_000)
+    actor, qvalue = make_sac_agent(train_env, cfg.sac.hidden_sizes, device)
+    loss, target_updater = make_sac_loss(actor, qvalue, gamma=cfg.sac.gamma, tau=cfg.sac.tau,
+                                         alpha_init=cfg.sac.alpha_init)
+    optimizers = {
+        "critic": torch.optim.Adam(loss.qvalue_network_params.values(True, True), lr=cfg.sac.lr),
+        "actor": torch.optim.Adam(loss.actor_network_params.values(True, True), lr=cfg.sac.lr),
+        "alpha": torch.optim.Adam([loss.log_alpha], lr=cfg.sac.lr),
+    }
+    replay_buffer = make_replay_buffer(cfg.sac.buffer_size, cfg.sac.batch_size, device)
+    counters = {"env_steps": 0, "frames": 0, "updates": 0}
+    history, initial_returns = [], None
+    if state:
+        loss.load_state_dict(state["loss"])
+        for name, optim in optimizers.items():
+            optim.load_state_dict(state["optimizers"][name])
+        counters, history, initial_returns = state["counters"], state["history"], state["initial_returns"]
+        restore_rng_state(state["rng"], device)
+        replay_buffer.loads(run_dir / "replay_buffer")
+        log.info("resumed %s at %d env steps (%d transitions in the buffer)", resume_path,
+                 counters["env_steps"], len(replay_buffer))
+
+    logger = get_logger(cfg.logger.backend, logger_name=str(run_dir),
+                        experiment_name="sac_gym") if cfg.logger.backend else None
+
+    def save_checkpoint() -> None:
+        # The buffer first: a checkpoint never points at a buffer older than itself.
+        atomic_dump_replay_buffer(replay_buffer, run_dir / "replay_buffer")
+        atomic_save(
+            {"format": CHECKPOINT_FORMAT, "task": cfg.task, "chunk_len": chunk_len,
+             "loss": loss.state_dict(),
+             "optimizers": {name: optim.state_dict() for name, optim in optimizers.items()},
+             "counters": dict(counters), "history": history, "initial_returns": initial_returns,
+             "rng": rng_state(device), "config": OmegaConf.to_container(cfg, resolve=True)},
+            run_dir / "checkpoint.pt",
+        )
+
+    if initial_returns is None:
+        initial_returns = deterministic_returns(final_env, actor, cfg, chunk_len=chunk_len)
+        history.append({"env_steps": 0, "wall_seconds": 0.0, **initial_returns})
+
+    # --- training loop: collect, then utd_ratio SAC updates per collected action ---------------
+    frames_per_batch = cfg.collector.frames_per_batch
+    # No frame budget: chunks cut short at episode ends make frames and env steps differ; the
+    # loop stops on env steps.
+    collector = Collector(
+        train_env, actor, frames_per_batch=frames_per_batch, total_frames=-1,
+        init_random_frames=max(0, math.ceil(cfg.collector.init_random_env_steps / chunk_len)
+                               - counters["frames"]),
+        device=device, storing_device=device,
+    )
+    updates_per_batch = max(1, round(frames_per_batch * cfg.sac.utd_ratio))
+    next_eval = (counters["env_steps"] // cfg.eval.every_env_steps + 1) * cfg.eval.every_env_steps
+    next_checkpoint = (counters["env_steps"] // cfg.checkpoint.every_env_steps + 1) * cfg.checkpoint.every_env_steps
+    progress = tqdm.tqdm(total=cfg.collector.total_env_steps, initial=counters["env_steps"],
+                         desc=f"SAC {cfg.task}", disable=not cfg.logger.progress_bar, mininterval=2)
+    wall_offset, start = history[-1]["wall_seconds"], time.perf_counter()
+    for batch in collector:
+        if counters["env_steps"] >= cfg.collector.total_env_steps:
+            break
+        steps = int(batch["next", "chunk_steps"].sum())
+        counters["env_steps"] += steps
+        counters["frames"] += batch.numel()
+        replay_buffer.extend(batch.reshape(-1))
+        metrics = {}
+        if counters["env_steps"] >= cfg.collector.init_random_env_steps:
+            for _ in range(updates_per_batch):
+                terms = loss(replay_buffer.sample())
+                # SACLoss detaches what each term must not train, so one backward serves all three.
+                total = terms["loss_qvalue"] + terms["loss_actor"] + terms["loss_alpha"]
+                if not torch.isfinite(total):
+                    raise SystemExit(f"non-finite SAC loss at {counters['env_steps']} env steps; the "
+                                     f"last checkpoint is {run_dir / 'checkpoint.pt'}")
+                for optim in optimizers.values():
+                    optim.zero_grad()
+                total.backward()
+                for optim in optimizers.values():
+                    optim.step()
+                target_updater.step()
+                counters["updates"] += 1
+            metrics.update({key: value.item() for key, value in terms.items() if value.numel() == 1})
+        done = batch["next", "done"].squeeze(-1)
+        if done.any():
+            metrics["train_return"] = batch["next", "episode_reward"][done].mean().item()
+        if counters["env_steps"] >= next_eval:
+            next_eval += cfg.eval.every_env_steps
+            returns = deterministic_returns(eval_env, actor, cfg, chunk_len=chunk_len)
+            history.append({"env_steps": counters["env_steps"],
+                            "wall_seconds": wall_offset + time.perf_counter() - start, **returns})
+            metrics["eval_return"] = returns["mean"]
+            log.info("%d env steps: deterministic return %.1f +- %.1f", counters["env_steps"],
+                     returns["mean"], returns["std"])
+        if logger is not None:
+            for key, value in metrics.items():
+                logger.log_scalar(key, value, step=counters["env_steps"])
+        progress.update(steps)
+        if counters["env_steps"] >= next_checkpoint:
+            next_checkpoint += cfg.checkpoint.every_env_steps
+            save_checkpoint()
+    progress.close()
+    collector.shutdown()
+
+    final_returns = deterministic_returns(final_env, actor, cfg, chunk_len=chunk_len)
+    history.append({"env_steps": counters["env_steps"],
+                    "wall_seconds": wall_offset + time.perf_counter() - start, **final_returns})
+    save_checkpoint()
+    summary = {"task": cfg.task, "method": "sac", "seed": cfg.seed, "counters": counters,
+               "base": initial_returns, "final": final_returns, "history": history,
+               "command": "python examples/sac_gym.py " + " ".join(HydraConfig.get().overrides.task)}
+    atomic_write_text(json.dumps(summary, indent=2) + "\n", run_dir / "summary.json")
+    log.info(
+        "\n%s (SAC from scratch, chunk_len %d), deterministic return over %d episodes:\n"
+        "  initial %8.1f +- %.1f\n  final   %8.1f +- %.1f   (%d env steps, %d updates)\n"
+        "  run directory: %s",
+        cfg.task, chunk_len, final_returns["episodes"], initial_returns["mean"], initial_returns["std"],
+        final_returns["mean"], final_returns["std"], counters["env_steps"], counters["updates"], run_dir,
+    )
+
+
+if __name__ == "__main__":
+    main()
