@@ -1,0 +1,189 @@
+"""RLDT against the baselines in one harness: the same task, base policy, env-step budget and seeds.
+
+Runs, for every method and seed, its example with its default config (``rldt``:
+``examples/rldt_gym.py``; ``reinflow`` and ``fpo`` (FPO++): ``examples/flow_ppo_gym.py``; ``sac``,
+from scratch: ``examples/sac_gym.py``). The fine-tuning methods start from the task's shipped base
+policy; all are evaluated the same way (deterministic policy, 10 episodes every 20k env steps, 20
+episodes at the start and the end, the same evaluation seeds). Each run has its own directory under
+``--runs``: a run whose ``summary.json`` reached the budget is not run again, a run with a
+checkpoint is resumed (also to extend a finished run to a larger budget). Then gathers the
+evaluation returns against env steps and wall-clock into ``<out>/<name>.csv``, a plot
+``<out>/<name>.png``, a markdown table ``<out>/<name>.md`` and ``<out>/<name>.json``.
+
+    python benchmarks/compare_gym.py --task Hopper-v5 --seeds 1 2 --env-steps 100000 --jobs 2
+    python benchmarks/compare_gym.py --methods reinflow fpo --seeds 0 --set ppo.actor_lr=1e-4 \\
+        --name ppo_lr_1e-4
+
+``--set [METHOD:]KEY=VALUE`` adds a Hydra override to every run (or to METHOD's runs). With
+``--jobs 2`` two runs share the machine's cores, so their wall-clock is longer than alone: compare
+wall-clock only between runs made with the same ``--jobs``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+# method -> (example, overrides that select it, label)
+METHODS = {
+    "rldt": ("rldt_gym.py", [], "RLDT"),
+    "reinflow": ("flow_ppo_gym.py", ["method=reinflow"], "ReinFlow"),
+    "fpo": ("flow_ppo_gym.py", ["method=fpo"], "FPO++"),
+    "sac": ("sac_gym.py", [], "SAC (from scratch)"),
+}
+
+
+def parse_overrides(settings: list[str], methods: list[str]) -> dict[str, list[str]]:
+    """``[METHOD:]KEY=VALUE`` strings -> the Hydra overrides of each method."""
+    overrides = {method: [] for method in methods}
+    for setting in settings:
+        target, _, override = setting.partition(":") if ":" in setting.split("=")[0] else ("", "", setting)
+        if "=" not in override:
+            raise SystemExit(f"--set {setting!r}: expected [METHOD:]KEY=VALUE")
+        if target and target not in METHODS:
+            raise SystemExit(f"--set {setting!r}: unknown method {target!r} (one of {list(METHODS)})")
+        for method in methods if not target else [target] if target in methods else []:
+            overrides[method].append(override)
+    return overrides
+
+
+def run(method: str, task: str, seed: int, env_steps: int, run_dir: Path, overrides: list[str]) -> dict:
+    """Runs (or resumes, or skips) one method on one seed and returns its ``summary.json``."""
+    summary_path = run_dir / "summary.json"
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        if summary["counters"]["env_steps"] >= env_steps:
+            return summary
+    example, selector, _ = METHODS[method]
+    command = [
+        sys.executable, str(ROOT / "examples" / example), *selector, f"task={task}", f"seed={seed}",
+        f"collector.total_env_steps={env_steps}", f"hydra.run.dir={run_dir}",
+        "logger.progress_bar=false", *overrides,
+    ]
+    if (run_dir / "checkpoint.pt").exists():
+        command.append(f"resume={run_dir / 'checkpoint.pt'}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir.parent / f"{run_dir.name}.log", "a") as log:
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{started} {method} seed {seed}: {' '.join(command)}", flush=True)
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+    return json.loads(summary_path.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="Hopper-v5")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1])
+    parser.add_argument("--env-steps", type=int, default=100_000)
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="[METHOD:]KEY=VALUE")
+    parser.add_argument("--name", default=None, help="output file stem (default: compare_gym_<task>)")
+    parser.add_argument("--runs", type=Path, default=ROOT / "outputs" / "benchmarks" / "compare_gym")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    if args.jobs < 1 or args.env_steps < 1:
+        raise SystemExit("--jobs and --env-steps must be positive")
+    overrides = parse_overrides(args.settings, args.methods)
+    name = args.name or f"compare_gym_{args.task.lower()}"
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    # the longest runs first, so that parallel jobs end together
+    order = sorted(((method, seed) for seed in args.seeds for method in args.methods),
+                   key=lambda item: ["sac", "rldt", "fpo", "reinflow"].index(item[0]))
+    run_root = args.runs / name
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {
+            (method, seed): pool.submit(run, method, args.task, seed, args.env_steps,
+                                        run_root / f"{method}-seed{seed}", overrides[method])
+            for method, seed in order
+        }
+        summaries = {key: future.result() for key, future in futures.items()}
+
+    with open(args.out / f"{name}.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method", "seed", "env_steps", "wall_seconds", "return_mean", "return_std", "episodes"])
+        for (method, seed), summary in sorted(summaries.items()):
+            for point in summary["history"]:
+                writer.writerow([method, seed, point["env_steps"], round(point["wall_seconds"], 1),
+                                 round(point["mean"], 2), round(point["std"], 2), point["episodes"]])
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    colors = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for (method, seed), summary in sorted(summaries.items()):
+        history = summary["history"]
+        returns = [point["mean"] for point in history]
+        label = METHODS[method][2] if seed == min(args.seeds) else None
+        axes[0].plot([p["env_steps"] for p in history], returns, marker="o", color=colors[method], label=label)
+        axes[1].plot([p["wall_seconds"] / 60 for p in history], returns, marker="o", color=colors[method])
+    axes[0].set_xlabel("env steps")
+    axes[1].set_xlabel(f"wall-clock minutes (2 CPU cores, {args.jobs} run(s) at a time)")
+    axes[0].set_ylabel("deterministic return")
+    axes[0].legend()
+    fig.suptitle(f"{args.task}: seeds {args.seeds}, {args.env_steps} env steps")
+    fig.tight_layout()
+    fig.savefig(args.out / f"{name}.png", dpi=100)
+    plt.close(fig)
+
+    def spread(values: list[float]) -> float:
+        return statistics.stdev(values) if len(values) > 1 else 0.0
+
+    rows, report = [], {}
+    for method in args.methods:
+        runs = [summaries[(method, seed)] for seed in args.seeds]
+        start = [run_summary["base"]["mean"] for run_summary in runs]
+        final = [run_summary["final"]["mean"] for run_summary in runs]
+        minutes = [run_summary["history"][-1]["wall_seconds"] / 60 for run_summary in runs]
+        steps = [run_summary["counters"]["env_steps"] for run_summary in runs]
+        report[method] = {
+            "start_mean": statistics.mean(start), "final_mean": statistics.mean(final),
+            "final_std_over_seeds": spread(final), "per_seed": {
+                seed: {"start": s["base"], "final": s["final"], "counters": s["counters"],
+                       "wall_seconds": s["history"][-1]["wall_seconds"], "command": s["command"]}
+                for seed, s in zip(args.seeds, runs)},
+        }
+        # one seed: the spread over its 20 final episodes; several: over the seeds' means
+        final_spread = runs[0]["final"]["std"] if len(runs) == 1 else spread(final)
+        rows.append(
+            f"| {METHODS[method][2]} | {statistics.mean(start):.0f} | {statistics.mean(final):.0f} "
+            f"+- {final_spread:.0f} | {statistics.mean(final) - statistics.mean(start):+.0f} "
+            f"| {statistics.mean(steps):.0f} | {statistics.mean(minutes):.1f} |"
+        )
+    episodes = summaries[(args.methods[0], args.seeds[0])]["final"]["episodes"]
+    spread_note = (f"+- the standard deviation over the {episodes} final episodes" if len(args.seeds) == 1
+                   else "+- the standard deviation of the seeds' means")
+    command = "python benchmarks/compare_gym.py " + " ".join(sys.argv[1:])
+    table = "\n".join([
+        f"{args.task}, seeds {args.seeds}, {args.env_steps} env steps per run, deterministic "
+        f"return of the final policy over {episodes} episodes ({spread_note}); start: the policy before "
+        f"training (the shipped base, or SAC's random initialisation). Wall-clock on 2 CPU cores "
+        f"with {args.jobs} run(s) at a time.",
+        "",
+        "| method | start | final | change | env steps | wall-clock (min) |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *rows,
+        "",
+        f"Made by `{command}`.",
+        "",
+    ])
+    (args.out / f"{name}.md").write_text(table)
+    (args.out / f"{name}.json").write_text(json.dumps(
+        {"task": args.task, "seeds": args.seeds, "env_steps": args.env_steps, "jobs": args.jobs,
+         "settings": args.settings, "methods": report, "command": command}, indent=2) + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
