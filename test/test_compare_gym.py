@@ -1,0 +1,63 @@
+# This source code is licensed under the MIT license found in the
+# LICENSE file in the root directory of this source tree.
+"""benchmarks/compare_gym.py: the per-method overrides and the gathered outputs."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+from compare_gym import parse_overrides  # noqa: E402
+
+
+def test_overrides_go_to_every_method_or_to_the_one_named():
+    overrides = parse_overrides(
+        ["eval.episodes=2", "sac:env.chunk_len=4", "fpo:logger.backend=null", "ppo.x=a:b"],
+        ["rldt", "sac"],
+    )
+    assert overrides == {"rldt": ["eval.episodes=2", "ppo.x=a:b"],
+                         "sac": ["eval.episodes=2", "env.chunk_len=4", "ppo.x=a:b"]}
+
+
+@pytest.mark.parametrize("setting, message", [("sacc:env.chunk_len=4", "unknown method 'sacc'"),
+                                              ("eval.episodes", "expected [METHOD:]KEY=VALUE")])
+def test_bad_overrides_are_refused(setting, message):
+    with pytest.raises(SystemExit, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_overrides([setting], ["sac"])
+
+
+def test_runs_skips_finished_runs_and_gathers_them(tmp_path):
+    """Two methods at a tiny size; a second call with the same budget runs nothing again."""
+    command = [
+        sys.executable, str(BENCHMARKS / "compare_gym.py"), "--methods", "fpo", "sac", "--seeds", "0",
+        "--env-steps", "160", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+        "--set", "env.max_episode_steps=40", "--set", "env.num_envs=2", "--set", "eval.episodes=2",
+        "--set", "eval.final_episodes=2", "--set", "eval.every_env_steps=80",
+        "--set", "fpo:collector.chunks_per_env=8", "--set", "fpo:ppo.minibatch_size=8",
+        "--set", "sac:collector.frames_per_batch=16", "--set", "sac:collector.init_random_env_steps=32",
+        "--set", "sac:sac.batch_size=16", "--set", "sac:sac.buffer_size=1000", "--set", "sac:sac.utd_ratio=0.25",
+    ]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    out = tmp_path / "out"
+    with open(out / "compare_gym_hopper-v5.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["method"] for row in rows} == {"fpo", "sac"}
+    report = json.loads((out / "compare_gym_hopper-v5.json").read_text())
+    for method in ("fpo", "sac"):
+        run = report["methods"][method]["per_seed"]["0"]
+        assert run["counters"]["env_steps"] >= 160
+        # the curve starts at 0 env steps and ends with the final evaluation
+        curve = [row for row in rows if row["method"] == method]
+        assert int(curve[0]["env_steps"]) == 0
+        assert float(curve[-1]["return_mean"]) == pytest.approx(run["final"]["mean"], abs=0.01)
+    assert "| FPO++ |" in (out / "compare_gym_hopper-v5.md").read_text()
+    assert (out / "compare_gym_hopper-v5.png").stat().st_size > 0
+    second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0 and " seed 0: " not in second.stdout
