@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -38,7 +39,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 # method -> (example, overrides that select it, label)
 METHODS = {
-    "rldt": ("rldt_gym.py", [], "RLDT"),
+    # with its replay buffer, so that a killed or extended run resumes exactly
+    "rldt": ("rldt_gym.py", ["checkpoint.save_replay_buffer=true"], "RLDT"),
     "reinflow": ("flow_ppo_gym.py", ["method=reinflow"], "ReinFlow"),
     "fpo": ("flow_ppo_gym.py", ["method=fpo"], "FPO++"),
     "sac": ("sac_gym.py", [], "SAC (from scratch)"),
@@ -46,7 +48,12 @@ METHODS = {
 
 
 def parse_overrides(settings: list[str], methods: list[str]) -> dict[str, list[str]]:
-    """``[METHOD:]KEY=VALUE`` strings -> the Hydra overrides of each method."""
+    """The Hydra overrides of each of ``methods`` from ``[METHOD:]KEY=VALUE`` strings.
+
+    Args:
+        settings: the ``--set`` values; without ``METHOD:`` one applies to every method.
+        methods: the methods being run.
+    """
     overrides = {method: [] for method in methods}
     for setting in settings:
         target, _, override = setting.partition(":") if ":" in setting.split("=")[0] else ("", "", setting)
@@ -59,26 +66,60 @@ def parse_overrides(settings: list[str], methods: list[str]) -> dict[str, list[s
     return overrides
 
 
+# Options that change neither what a run learns nor how it is evaluated: a finished run whose
+# command differs from the requested one only in these is the requested run.
+NEUTRAL_OPTIONS = ("resume", "collector.total_env_steps", "checkpoint.", "logger.", "hydra.")
+
+
+def run_options(command: list[str]) -> set[str]:
+    """The options of a run's command that define its result (see ``NEUTRAL_OPTIONS``)."""
+    return {token for token in command if "=" in token and not token.startswith(NEUTRAL_OPTIONS)}
+
+
 def run(method: str, task: str, seed: int, env_steps: int, run_dir: Path, overrides: list[str]) -> dict:
-    """Runs (or resumes, or skips) one method on one seed and returns its ``summary.json``."""
+    """Runs, resumes or reuses one method on one seed and returns its ``summary.json``.
+
+    Args:
+        method: a key of ``METHODS``.
+        task: the EnvPool task id.
+        seed: the run's seed.
+        env_steps: the env-step budget.
+        run_dir: the run's directory (its log goes to ``<run_dir>.log``).
+        overrides: Hydra overrides of this run.
+
+    A finished run is reused only if its command had the same options (up to ``NEUTRAL_OPTIONS``)
+    and a budget no larger than ``env_steps``; a smaller budget is extended through ``resume=``.
+    """
+    example, selector, _ = METHODS[method]
+    options = [*selector, f"task={task}", f"seed={seed}", *overrides]
     summary_path = run_dir / "summary.json"
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
+        done = summary["command"].split()
+        if Path(done[1]).name != example or run_options(done) != run_options(options):
+            raise SystemExit(
+                f"{run_dir} holds a run of `{summary['command']}`, not of the options asked for "
+                f"({' '.join(sorted(run_options(options)))}); use another --runs or --name."
+            )
+        budget = next((int(token.split("=")[1]) for token in done
+                       if token.startswith("collector.total_env_steps=")), None)
+        if budget is not None and budget > env_steps:
+            raise SystemExit(f"{run_dir} ran for {budget} env steps, more than --env-steps {env_steps}.")
         if summary["counters"]["env_steps"] >= env_steps:
             return summary
-    example, selector, _ = METHODS[method]
     command = [
-        sys.executable, str(ROOT / "examples" / example), *selector, f"task={task}", f"seed={seed}",
-        f"collector.total_env_steps={env_steps}", f"hydra.run.dir={run_dir}",
-        "logger.progress_bar=false", *overrides,
+        sys.executable, str(ROOT / "examples" / example), *options,
+        f"collector.total_env_steps={env_steps}", f"hydra.run.dir={run_dir}", "logger.progress_bar=false",
     ]
     if (run_dir / "checkpoint.pt").exists():
         command.append(f"resume={run_dir / 'checkpoint.pt'}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir.parent / f"{run_dir.name}.log", "a") as log:
+    log_path = run_dir.parent / f"{run_dir.name}.log"
+    with open(log_path, "a") as log:
         started = time.strftime("%Y-%m-%d %H:%M:%S")
         print(f"{started} {method} seed {seed}: {' '.join(command)}", flush=True)
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+        if subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
+            raise SystemExit(f"{method} seed {seed} failed; its output is in {log_path}")
     return json.loads(summary_path.read_text())
 
 
@@ -96,6 +137,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.jobs < 1 or args.env_steps < 1:
         raise SystemExit("--jobs and --env-steps must be positive")
+    args.methods, args.seeds = list(dict.fromkeys(args.methods)), list(dict.fromkeys(args.seeds))
+    cores = len(os.sched_getaffinity(0))
     overrides = parse_overrides(args.settings, args.methods)
     name = args.name or f"compare_gym_{args.task.lower()}"
     args.out.mkdir(parents=True, exist_ok=True)
@@ -129,7 +172,7 @@ def main() -> None:
         axes[0].plot([p["env_steps"] for p in history], returns, marker="o", color=colors[method], label=label)
         axes[1].plot([p["wall_seconds"] / 60 for p in history], returns, marker="o", color=colors[method])
     axes[0].set_xlabel("env steps")
-    axes[1].set_xlabel(f"wall-clock minutes (2 CPU cores, {args.jobs} run(s) at a time)")
+    axes[1].set_xlabel(f"wall-clock minutes ({cores} CPU cores, {args.jobs} run(s) at a time)")
     axes[0].set_ylabel("deterministic return")
     axes[0].legend()
     fig.suptitle(f"{args.task}: seeds {args.seeds}, {args.env_steps} env steps")
@@ -168,8 +211,8 @@ def main() -> None:
     table = "\n".join([
         f"{args.task}, seeds {args.seeds}, {args.env_steps} env steps per run, deterministic "
         f"return of the final policy over {episodes} episodes ({spread_note}); start: the policy before "
-        f"training (the shipped base, or SAC's random initialisation). Wall-clock on 2 CPU cores "
-        f"with {args.jobs} run(s) at a time.",
+        f"training (the shipped base, or SAC's random initialisation). Wall-clock on {cores} CPU "
+        f"cores with {args.jobs} run(s) at a time.",
         "",
         "| method | start | final | change | env steps | wall-clock (min) |",
         "| --- | --- | --- | --- | --- | --- |",

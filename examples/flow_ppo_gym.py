@@ -134,9 +134,7 @@ def main(cfg: DictConfig) -> None:
     progress = tqdm.tqdm(total=cfg.collector.total_env_steps, initial=counters["env_steps"],
                          desc=f"{cfg.method} {cfg.task}", disable=not cfg.logger.progress_bar)
     wall_offset, start = (history[-1]["wall_seconds"] if history else 0.0), time.perf_counter()
-    for batch in collector:
-        if counters["env_steps"] >= cfg.collector.total_env_steps:
-            break
+    for batch in collector if counters["env_steps"] < cfg.collector.total_env_steps else ():
         steps = int(batch["next", "chunk_steps"].sum())
         counters["env_steps"] += steps
         counters["iterations"] += 1
@@ -198,6 +196,8 @@ def main(cfg: DictConfig) -> None:
              "config": OmegaConf.to_container(cfg, resolve=True)},
             run_dir / "checkpoint.pt",
         )
+        if counters["env_steps"] >= cfg.collector.total_env_steps:
+            break
     progress.close()
     collector.shutdown()
 

@@ -36,33 +36,37 @@ from omegaconf import DictConfig, OmegaConf
 from torchrl.collectors import Collector
 from torchrl.envs import ExplorationType
 
-from torchrl_rldt.checkpoint import atomic_dump_replay_buffer, atomic_save, atomic_write_text
+from torchrl_rldt.checkpoint import (
+    atomic_save,
+    atomic_write_text,
+    load_checkpoint_buffer,
+    save_checkpoint,
+)
 from torchrl_rldt.data import d4rl_arrays, save_d4rl_dataset
 from torchrl_rldt.envs import evaluate_policy
 
-from utils import make_env, make_replay_buffer, make_sac_agent, make_sac_loss, repo_path
+from utils import make_env, make_replay_buffer, make_sac_agent, make_sac_loss, make_sac_optimizers, repo_path
 
 log = logging.getLogger("make_dataset")
 
 
 def save_sac_state(state_dir: Path, loss, optimizers, replay_buffer, progress: dict) -> None:
-    """Writes the resumable SAC state: the replay buffer first, then the state file."""
-    atomic_dump_replay_buffer(replay_buffer, state_dir / "replay_buffer")
+    """Writes the resumable SAC state with its replay buffer."""
     state = {
         "loss": loss.state_dict(),
-        "optimizers": [optim.state_dict() for optim in optimizers],
+        "optimizers": {name: optim.state_dict() for name, optim in optimizers.items()},
         "progress": progress,
         "rng": torch.get_rng_state(),
     }
-    atomic_save(state, state_dir / "sac_state.pt")
+    save_checkpoint(state, state_dir / "sac_state.pt", replay_buffer)
 
 
 def restore_sac_state(state: dict, state_dir: Path, loss, optimizers, replay_buffer) -> None:
     """Loads what :func:`save_sac_state` wrote into freshly built SAC objects."""
     loss.load_state_dict(state["loss"])
-    for optim, optim_state in zip(optimizers, state["optimizers"]):
-        optim.load_state_dict(optim_state)
-    replay_buffer.loads(state_dir / "replay_buffer")
+    for name, optim in optimizers.items():
+        optim.load_state_dict(state["optimizers"][name])
+    load_checkpoint_buffer(state, state_dir / "sac_state.pt", replay_buffer)
     torch.set_rng_state(state["rng"])
 
 
@@ -111,11 +115,8 @@ def main(cfg: DictConfig) -> None:
     loss, target_updater = make_sac_loss(
         actor, qvalue, gamma=sac.gamma, tau=sac.tau, alpha_init=sac.alpha_init
     )
-    optim_actor = torch.optim.Adam(loss.actor_network_params.values(True, True), lr=sac.lr)
-    optim_critic = torch.optim.Adam(loss.qvalue_network_params.values(True, True), lr=sac.lr)
-    optim_alpha = torch.optim.Adam([loss.log_alpha], lr=sac.lr)
+    optimizers = make_sac_optimizers(loss, sac.lr)
     replay_buffer = make_replay_buffer(sac.buffer_size, sac.batch_size, device)
-    optimizers = (optim_critic, optim_actor, optim_alpha)
     if saved:
         restore_sac_state(saved, state_dir, loss, optimizers, replay_buffer)
         log.info("resumed from %s at %d env steps", state_dir, frames)
@@ -141,10 +142,10 @@ def main(cfg: DictConfig) -> None:
                 losses = loss(sample)
                 # SACLoss detaches what each term must not train, so one backward serves all three.
                 total = losses["loss_qvalue"] + losses["loss_actor"] + losses["loss_alpha"]
-                for optim in (optim_critic, optim_actor, optim_alpha):
+                for optim in optimizers.values():
                     optim.zero_grad()
                 total.backward()
-                for optim in (optim_critic, optim_actor, optim_alpha):
+                for optim in optimizers.values():
                     optim.step()
                 target_updater.step()
                 updates += 1

@@ -35,9 +35,9 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from torchrl.record.loggers import get_logger  # noqa: E402
 
 from torchrl_rldt.checkpoint import (  # noqa: E402
-    atomic_dump_replay_buffer,
-    atomic_save,
     atomic_write_text,
+    load_checkpoint_buffer,
+    save_checkpoint,
 )
 
 from utils import (  # noqa: E402
@@ -104,8 +104,7 @@ def main(cfg: DictConfig) -> None:
         counters, history = state["counters"], state["history"]
         reward_abs_mean, base_returns = state["reward_abs_mean"], state["base_returns"]
         restore_rng_state(state["rng"], device)
-        if (run_dir / "replay_buffer").is_dir():
-            replay_buffer.loads(run_dir / "replay_buffer")
+        load_checkpoint_buffer(state, resume_path, replay_buffer)
         log.info("resumed %s at %d env steps (%d transitions in the buffer)", resume_path,
                  counters["env_steps"], len(replay_buffer))
 
@@ -113,10 +112,8 @@ def main(cfg: DictConfig) -> None:
     if cfg.logger.backend:
         logger = get_logger(cfg.logger.backend, logger_name=str(run_dir), experiment_name="rldt_gym")
 
-    def save_checkpoint() -> Path:
-        if cfg.checkpoint.save_replay_buffer:
-            atomic_dump_replay_buffer(replay_buffer, run_dir / "replay_buffer")
-        return atomic_save(
+    def write_checkpoint() -> Path:
+        return save_checkpoint(
             {
                 "format": CHECKPOINT_FORMAT, "task": cfg.task, "loss": loss.state_dict(),
                 "actor_optim": actor_optim.state_dict(), "actor_warmup": actor_warmup.state_dict(),
@@ -126,6 +123,7 @@ def main(cfg: DictConfig) -> None:
                 "config": OmegaConf.to_container(cfg, resolve=True),
             },
             run_dir / "checkpoint.pt",
+            replay_buffer if cfg.checkpoint.save_replay_buffer else None,
         )
 
     if base_returns is None:
@@ -223,10 +221,10 @@ def main(cfg: DictConfig) -> None:
                 postfix["train"] = f"{metrics['train_return']:.0f}"
             progress.set_postfix(postfix, refresh=False)
             if counters["batches"] % cfg.checkpoint.every_batches == 0:
-                save_checkpoint()
+                write_checkpoint()
             if stop_requested:
                 log.warning("interrupted at %d env steps: wrote %s; resume=%s continues the run",
-                            counters["env_steps"], save_checkpoint(), run_dir / "checkpoint.pt")
+                            counters["env_steps"], write_checkpoint(), run_dir / "checkpoint.pt")
                 return
     except NonFiniteError as error:
         last = run_dir / "checkpoint.pt"
@@ -242,7 +240,7 @@ def main(cfg: DictConfig) -> None:
     final_returns = deterministic_returns(final_env, actor, cfg)
     history.append({"env_steps": counters["env_steps"],
                     "wall_seconds": wall_offset + time.perf_counter() - start, **final_returns})
-    save_checkpoint()
+    write_checkpoint()
     summary = {
         "task": cfg.task, "seed": cfg.seed, "counters": counters,
         "base": base_returns, "final": final_returns, "history": history,

@@ -10,7 +10,7 @@ as the flow policies act.
     python examples/sac_gym.py task=Walker2d-v5 collector.total_env_steps=300_000
     python examples/sac_gym.py resume=outputs/sac_gym/Hopper-v5/<run>/checkpoint.pt
 
-Writes into the run directory: ``checkpoint.pt`` and ``replay_buffer/`` (atomically, every
+Writes into the run directory: ``checkpoint.pt`` and its replay buffer (atomically, every
 ``checkpoint.every_env_steps`` and at the end: a kill loses at most that much; ``resume=``
 continues), the logger's files and ``summary.json``.
 """
@@ -31,7 +31,7 @@ from torchrl.collectors import Collector
 from torchrl.envs import Compose
 from torchrl.record.loggers import get_logger
 
-from torchrl_rldt.checkpoint import atomic_dump_replay_buffer, atomic_save, atomic_write_text
+from torchrl_rldt.checkpoint import atomic_write_text, load_checkpoint_buffer, save_checkpoint
 from utils import (
     ConfigCheck,
     deterministic_returns,
@@ -40,6 +40,7 @@ from utils import (
     make_replay_buffer,
     make_sac_agent,
     make_sac_loss,
+    make_sac_optimizers,
     restore_rng_state,
     rng_state,
 )
@@ -64,8 +65,8 @@ def check_config(cfg: DictConfig) -> None:
     hidden = cfg.sac.hidden_sizes
     check.need(len(hidden) > 0 and all(isinstance(size, int) and size > 0 for size in hidden),
                f"sac.hidden_sizes must be a non-empty list of positive integers, got {hidden}")
-    check.need(cfg.env.chunk_len == 1 or len(set(hidden)) == 1,
-               f"a chunk critic (env.chunk_len > 1) has equal hidden layers; got sac.hidden_sizes={hidden}")
+    # the actions are chunks, also of one action, and the chunk critic's layers have one width
+    check.need(len(set(hidden)) <= 1, f"sac.hidden_sizes needs equal sizes (the critic is a ChunkQValueMLP), got {hidden}")
     check.common()
     check.done()
 
@@ -94,11 +95,7 @@ def main(cfg: DictConfig) -> None:
     actor, qvalue = make_sac_agent(train_env, cfg.sac.hidden_sizes, device)
     loss, target_updater = make_sac_loss(actor, qvalue, gamma=cfg.sac.gamma, tau=cfg.sac.tau,
                                          alpha_init=cfg.sac.alpha_init)
-    optimizers = {
-        "critic": torch.optim.Adam(loss.qvalue_network_params.values(True, True), lr=cfg.sac.lr),
-        "actor": torch.optim.Adam(loss.actor_network_params.values(True, True), lr=cfg.sac.lr),
-        "alpha": torch.optim.Adam([loss.log_alpha], lr=cfg.sac.lr),
-    }
+    optimizers = make_sac_optimizers(loss, cfg.sac.lr)
     replay_buffer = make_replay_buffer(cfg.sac.buffer_size, cfg.sac.batch_size, device)
     counters = {"env_steps": 0, "frames": 0, "updates": 0}
     history, initial_returns = [], None
@@ -108,23 +105,21 @@ def main(cfg: DictConfig) -> None:
             optim.load_state_dict(state["optimizers"][name])
         counters, history, initial_returns = state["counters"], state["history"], state["initial_returns"]
         restore_rng_state(state["rng"], device)
-        replay_buffer.loads(run_dir / "replay_buffer")
+        load_checkpoint_buffer(state, resume_path, replay_buffer)
         log.info("resumed %s at %d env steps (%d transitions in the buffer)", resume_path,
                  counters["env_steps"], len(replay_buffer))
 
     logger = get_logger(cfg.logger.backend, logger_name=str(run_dir),
                         experiment_name="sac_gym") if cfg.logger.backend else None
 
-    def save_checkpoint() -> None:
-        # The buffer first: a checkpoint never points at a buffer older than itself.
-        atomic_dump_replay_buffer(replay_buffer, run_dir / "replay_buffer")
-        atomic_save(
+    def write_checkpoint() -> None:
+        save_checkpoint(
             {"format": CHECKPOINT_FORMAT, "task": cfg.task, "chunk_len": chunk_len,
              "loss": loss.state_dict(),
              "optimizers": {name: optim.state_dict() for name, optim in optimizers.items()},
              "counters": dict(counters), "history": history, "initial_returns": initial_returns,
              "rng": rng_state(device), "config": OmegaConf.to_container(cfg, resolve=True)},
-            run_dir / "checkpoint.pt",
+            run_dir / "checkpoint.pt", replay_buffer,
         )
 
     if initial_returns is None:
@@ -133,36 +128,40 @@ def main(cfg: DictConfig) -> None:
 
     # --- training loop: collect, then utd_ratio SAC updates per collected action ---------------
     frames_per_batch = cfg.collector.frames_per_batch
+    random_frames = math.ceil(cfg.collector.init_random_env_steps / chunk_len)
     # No frame budget: chunks cut short at episode ends make frames and env steps differ; the
     # loop stops on env steps.
     collector = Collector(
         train_env, actor, frames_per_batch=frames_per_batch, total_frames=-1,
-        init_random_frames=max(0, math.ceil(cfg.collector.init_random_env_steps / chunk_len)
-                               - counters["frames"]),
+        init_random_frames=max(0, random_frames - counters["frames"]),
         device=device, storing_device=device,
     )
-    updates_per_batch = max(1, round(frames_per_batch * cfg.sac.utd_ratio))
     next_eval = (counters["env_steps"] // cfg.eval.every_env_steps + 1) * cfg.eval.every_env_steps
     next_checkpoint = (counters["env_steps"] // cfg.checkpoint.every_env_steps + 1) * cfg.checkpoint.every_env_steps
     progress = tqdm.tqdm(total=cfg.collector.total_env_steps, initial=counters["env_steps"],
                          desc=f"SAC {cfg.task}", disable=not cfg.logger.progress_bar, mininterval=2)
     wall_offset, start = history[-1]["wall_seconds"], time.perf_counter()
-    for batch in collector:
-        if counters["env_steps"] >= cfg.collector.total_env_steps:
-            break
+
+    def stop(what: str) -> SystemExit:
+        last = run_dir / "checkpoint.pt"
+        return SystemExit(f"{what} at {counters['env_steps']} env steps; the last checkpoint is "
+                          + (f"{last} (resume={last})" if last.exists() else "none yet"))
+
+    for batch in collector if counters["env_steps"] < cfg.collector.total_env_steps else ():
+        if not torch.isfinite(batch["next", "reward"]).all():
+            raise stop("non-finite reward")
         steps = int(batch["next", "chunk_steps"].sum())
         counters["env_steps"] += steps
         counters["frames"] += batch.numel()
         replay_buffer.extend(batch.reshape(-1))
         metrics = {}
-        if counters["env_steps"] >= cfg.collector.init_random_env_steps:
-            for _ in range(updates_per_batch):
+        if counters["frames"] >= random_frames:
+            for _ in range(max(1, round(batch.numel() * cfg.sac.utd_ratio))):
                 terms = loss(replay_buffer.sample())
                 # SACLoss detaches what each term must not train, so one backward serves all three.
                 total = terms["loss_qvalue"] + terms["loss_actor"] + terms["loss_alpha"]
                 if not torch.isfinite(total):
-                    raise SystemExit(f"non-finite SAC loss at {counters['env_steps']} env steps; the "
-                                     f"last checkpoint is {run_dir / 'checkpoint.pt'}")
+                    raise stop("non-finite SAC loss")
                 for optim in optimizers.values():
                     optim.zero_grad()
                 total.backward()
@@ -188,14 +187,16 @@ def main(cfg: DictConfig) -> None:
         progress.update(steps)
         if counters["env_steps"] >= next_checkpoint:
             next_checkpoint += cfg.checkpoint.every_env_steps
-            save_checkpoint()
+            write_checkpoint()
+        if counters["env_steps"] >= cfg.collector.total_env_steps:
+            break
     progress.close()
     collector.shutdown()
 
     final_returns = deterministic_returns(final_env, actor, cfg, chunk_len=chunk_len)
     history.append({"env_steps": counters["env_steps"],
                     "wall_seconds": wall_offset + time.perf_counter() - start, **final_returns})
-    save_checkpoint()
+    write_checkpoint()
     summary = {"task": cfg.task, "method": "sac", "seed": cfg.seed, "counters": counters,
                "base": initial_returns, "final": final_returns, "history": history,
                "command": "python examples/sac_gym.py " + " ".join(HydraConfig.get().overrides.task)}

@@ -52,6 +52,15 @@ def make_sac_agent(
     ``H x A`` chunk, one SAC action. The actor's spec is the env's unbatched action spec, so
     ``SACLoss``'s automatic target entropy is minus the number of action dimensions (``-H * A``),
     not that times the number of envs.
+
+    Args:
+        env: the env the agent acts in (its observation ``"observation"`` and action specs).
+        hidden_sizes: widths of the hidden ReLU layers of both networks; equal widths for chunk
+            actions (the critic is then a :class:`~torchrl_rldt.modules.ChunkQValueMLP`).
+        device: where the networks live.
+
+    Raises:
+        ValueError: chunk actions with unequal ``hidden_sizes``.
     """
     obs_dim = env.observation_spec["observation"].shape[-1]
     action_spec = env.action_spec_unbatched.to(device)
@@ -91,7 +100,7 @@ def make_sac_agent(
         )
     else:
         if len(set(hidden_sizes)) != 1:
-            raise ValueError(f"a chunk critic has equal hidden layers; got hidden_sizes={list(hidden_sizes)}.")
+            raise ValueError(f"a chunk critic needs equal hidden layer sizes; got hidden_sizes={list(hidden_sizes)}.")
         qvalue_net = ChunkQValueMLP(
             obs_dim, action_shape[-1], chunk_len=action_shape[-2], hidden_dim=hidden_sizes[0],
             num_layers=len(hidden_sizes), activation=nn.ReLU,
@@ -108,6 +117,15 @@ def make_sac_loss(
     )
     loss.make_value_estimator(gamma=gamma)
     return loss, SoftUpdate(loss, tau=tau)
+
+
+def make_sac_optimizers(loss: SACLoss, lr: float) -> dict[str, torch.optim.Optimizer]:
+    """One Adam per part of ``loss``: the Q ensemble, the actor and the temperature."""
+    return {
+        "critic": torch.optim.Adam(loss.qvalue_network_params.values(True, True), lr=lr),
+        "actor": torch.optim.Adam(loss.actor_network_params.values(True, True), lr=lr),
+        "alpha": torch.optim.Adam([loss.log_alpha], lr=lr),
+    }
 
 
 def make_replay_buffer(
@@ -261,8 +279,11 @@ def episode_returns(
 
 def deterministic_returns(env: EnvBase, actor: TensorDictModuleBase, cfg: DictConfig,
                           chunk_len: int | None = None) -> dict:
-    """``episode_returns`` of the deterministic policy (a flow's x0 = 0, a Gaussian's mode)
-    within ``cfg.env.max_episode_steps``."""
+    """``episode_returns`` of the deterministic policy within ``cfg.env.max_episode_steps``.
+
+    Deterministic: a flow actor from x0 = 0; a TanhNormal actor takes the squashed Gaussian mean.
+    ``chunk_len`` as in :func:`episode_returns`.
+    """
     return episode_returns(env, actor, max_env_steps=cfg.env.max_episode_steps,
                            exploration_type=ExplorationType.DETERMINISTIC, chunk_len=chunk_len)
 

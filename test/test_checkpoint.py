@@ -9,7 +9,15 @@ import torch
 from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from torchrl_rldt.checkpoint import atomic_save, load_flow_policy, save_flow_policy
+from torchrl.data import LazyTensorStorage, ReplayBuffer
+
+from torchrl_rldt.checkpoint import (
+    atomic_save,
+    load_checkpoint_buffer,
+    load_flow_policy,
+    save_checkpoint,
+    save_flow_policy,
+)
 from torchrl_rldt.envs import NormalizationStats
 from torchrl_rldt.modules import FlowActor, VelocityMLP
 
@@ -95,3 +103,42 @@ class TestFlowPolicyCheckpoint:
 if __name__ == "__main__":
     args, unknown = argparse.ArgumentParser().parse_known_args()
     pytest.main([__file__, "--capture", "no", "--exitfirst"] + unknown)
+
+
+class TestTrainingCheckpoint:
+    @staticmethod
+    def buffer_with(values) -> ReplayBuffer:
+        buffer = ReplayBuffer(storage=LazyTensorStorage(100))
+        if len(values):
+            buffer.extend(TensorDict({"x": torch.as_tensor(values)}, [len(values)]))
+        return buffer
+
+    def test_the_buffer_read_back_is_the_one_saved_with_the_checkpoint(self, tmp_path):
+        path = tmp_path / "run" / "checkpoint.pt"
+        save_checkpoint({"step": 1}, path, self.buffer_with([1.0, 2.0]))
+        save_checkpoint({"step": 2}, path, self.buffer_with([1.0, 2.0, 3.0]))
+        # a dump killed half-way is never referenced, and the next save removes it
+        (tmp_path / "run" / "checkpoint.pt.buffer-1").mkdir()
+        state = torch.load(path, weights_only=True)
+        restored = self.buffer_with([])
+        assert state["step"] == 2 and load_checkpoint_buffer(state, path, restored)
+        assert restored[:]["x"].tolist() == [1.0, 2.0, 3.0]
+        save_checkpoint({"step": 3}, path, self.buffer_with([4.0]))
+        assert len(list((tmp_path / "run").glob("checkpoint.pt.buffer-*"))) == 1
+
+    def test_without_a_buffer_nothing_is_loaded_and_old_dumps_go(self, tmp_path):
+        path = tmp_path / "checkpoint.pt"
+        save_checkpoint({"step": 1}, path, self.buffer_with([1.0]))
+        save_checkpoint({"step": 2}, path)
+        restored = self.buffer_with([])
+        assert not load_checkpoint_buffer(torch.load(path, weights_only=True), path, restored)
+        assert len(restored) == 0 and not list(tmp_path.glob("checkpoint.pt.buffer-*"))
+
+    def test_a_checkpoint_copied_without_its_buffer_is_refused_by_name(self, tmp_path):
+        path = tmp_path / "checkpoint.pt"
+        save_checkpoint({"step": 1}, path, self.buffer_with([1.0]))
+        copy = tmp_path / "elsewhere" / "checkpoint.pt"
+        copy.parent.mkdir()
+        copy.write_bytes(path.read_bytes())
+        with pytest.raises(FileNotFoundError, match="was saved with its replay buffer in .*checkpoint.pt.buffer-"):
+            load_checkpoint_buffer(torch.load(copy, weights_only=True), copy, self.buffer_with([]))

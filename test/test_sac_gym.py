@@ -81,7 +81,7 @@ def test_smoke_trains_and_resumes(tmp_path, chunk_len):
     "overrides, message",
     [
         (["sac.lr=0"], "sac.lr must be a finite number > 0.0"),
-        (["env.chunk_len=4", "sac.hidden_sizes=[16,32]"], "a chunk critic (env.chunk_len > 1) has equal"),
+        (["sac.hidden_sizes=[16,32]"], "sac.hidden_sizes needs equal sizes"),
         (["task=Hoper-v5"], "Hopper-v5"),
     ],
 )

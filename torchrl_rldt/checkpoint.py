@@ -1,4 +1,4 @@
-"""Flow-policy checkpoints: atomic writes, ``weights_only`` loading and checks that name mismatches.
+"""Checkpoints: atomic writes, training checkpoints with their replay buffer, and flow policies.
 
 A flow-policy checkpoint holds what it takes to run a pretrained :class:`FlowActor` on its task:
 the velocity network's weights and sizes, the sampler settings, the data-set normalisation and
@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,11 @@ from torchrl_rldt.modules.flow import FlowActor, VelocityMLP
 
 __all__ = [
     "FlowPolicy",
-    "atomic_dump_replay_buffer",
     "atomic_save",
     "atomic_write_text",
+    "load_checkpoint_buffer",
     "load_flow_policy",
+    "save_checkpoint",
     "save_flow_policy",
 ]
 
@@ -83,31 +85,81 @@ def atomic_write_text(text: str, path: str | Path) -> Path:
     return path
 
 
-def atomic_dump_replay_buffer(buffer: Any, directory: str | Path) -> Path:
-    """``buffer.dumps`` into a staging directory, then swapped in for ``directory``.
+def save_checkpoint(state: dict, path: str | Path, replay_buffer: Any = None) -> Path:
+    """Atomically writes a training checkpoint and, optionally, the replay buffer it goes with.
 
-    A kill during the dump leaves the previous dump in place. Read it back with
-    ``buffer.loads(directory)``.
+    The buffer is dumped (``replay_buffer.dumps``) into a new directory beside ``path``, named
+    ``<file name>.buffer-<nanoseconds>``; the checkpoint, written next with :func:`atomic_save`,
+    records that name under ``"replay_buffer_dir"`` (``None`` without a buffer); older dumps are
+    removed last. A kill at any moment thus leaves a checkpoint and exactly the buffer it was
+    written with (an unfinished dump is never referenced). Read both back with
+    ``torch.load(path, weights_only=True)`` and :func:`load_checkpoint_buffer`.
 
     Args:
-        buffer: a TorchRL replay buffer.
-        directory: the destination directory; its parent is created.
+        state: what to save; only what ``torch.load(..., weights_only=True)`` reads. Its key
+            ``"replay_buffer_dir"`` is set here.
+        path: the checkpoint file; its parent is created.
+        replay_buffer: a TorchRL replay buffer to save with it, or ``None``.
 
     Returns:
-        The directory written.
+        The checkpoint path.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> from tensordict import TensorDict
+        >>> from torchrl.data import LazyTensorStorage, ReplayBuffer
+        >>> from torchrl_rldt.checkpoint import load_checkpoint_buffer, save_checkpoint
+        >>> buffer = ReplayBuffer(storage=LazyTensorStorage(10))
+        >>> _ = buffer.extend(TensorDict({"reward": torch.arange(4.0)}, [4]))
+        >>> path = Path(tempfile.mkdtemp()) / "checkpoint.pt"
+        >>> _ = save_checkpoint({"steps": 4}, path, buffer)
+        >>> restored = ReplayBuffer(storage=LazyTensorStorage(10))
+        >>> load_checkpoint_buffer(torch.load(path, weights_only=True), path, restored)
+        True
+        >>> len(restored)
+        4
     """
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = directory.with_name(f"{directory.name}.partial")
-    retired = directory.with_name(f"{directory.name}.old")
-    shutil.rmtree(staging, ignore_errors=True)
-    buffer.dumps(staging)
-    shutil.rmtree(retired, ignore_errors=True)
-    if directory.exists():
-        os.replace(directory, retired)
-    os.replace(staging, directory)
-    shutil.rmtree(retired, ignore_errors=True)
-    return directory
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {**state, "replay_buffer_dir": None}
+    if replay_buffer is not None:
+        directory = path.with_name(f"{path.name}.buffer-{time.time_ns()}")
+        replay_buffer.dumps(directory)
+        state["replay_buffer_dir"] = directory.name
+    atomic_save(state, path)
+    for old in path.parent.glob(f"{path.name}.buffer-*"):
+        if old.name != state["replay_buffer_dir"]:
+            shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def load_checkpoint_buffer(state: dict, path: str | Path, replay_buffer: Any) -> bool:
+    """Loads into ``replay_buffer`` the dump that the checkpoint ``state`` (read from ``path``) names.
+
+    Args:
+        state: the loaded checkpoint, as written by :func:`save_checkpoint`.
+        path: the checkpoint file it was read from.
+        replay_buffer: the (empty) replay buffer to fill.
+
+    Returns:
+        ``True`` when a buffer was loaded, ``False`` when the checkpoint was saved without one.
+
+    Raises:
+        FileNotFoundError: the checkpoint names a dump that is not beside it (e.g. the checkpoint
+            file was copied alone).
+    """
+    name = state.get("replay_buffer_dir")
+    if name is None:
+        return False
+    directory = Path(path).with_name(name)
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"{path} was saved with its replay buffer in {directory}, which does not exist; copy "
+            f"that directory beside the checkpoint, or start a new run."
+        )
+    replay_buffer.loads(directory)
+    return True
 
 
 @dataclass
