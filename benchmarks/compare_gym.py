@@ -88,7 +88,7 @@ def run(method: str, task: str, seed: int, env_steps: int, run_dir: Path, overri
         overrides: Hydra overrides of this run.
 
     A finished run is reused only if its command had the same options (up to ``NEUTRAL_OPTIONS``)
-    and a budget no larger than ``env_steps``; a smaller budget is extended through ``resume=``.
+    and the budget ``env_steps``; a run to a smaller budget is extended through ``resume=``.
     """
     example, selector, _ = METHODS[method]
     options = [*selector, f"task={task}", f"seed={seed}", *overrides]
@@ -101,11 +101,13 @@ def run(method: str, task: str, seed: int, env_steps: int, run_dir: Path, overri
                 f"{run_dir} holds a run of `{summary['command']}`, not of the options asked for "
                 f"({' '.join(sorted(run_options(options)))}); use another --runs or --name."
             )
-        budget = next((int(token.split("=")[1]) for token in done
-                       if token.startswith("collector.total_env_steps=")), None)
-        if budget is not None and budget > env_steps:
+        # a run ends on its own rule (RLDT a few hundred env steps short of its budget, the PPO
+        # methods up to an iteration past it): finished means run to the same budget
+        budget = next(int(token.split("=")[1]) for token in done
+                      if token.startswith("collector.total_env_steps="))
+        if budget > env_steps:
             raise SystemExit(f"{run_dir} ran for {budget} env steps, more than --env-steps {env_steps}.")
-        if summary["counters"]["env_steps"] >= env_steps:
+        if budget == env_steps:
             return summary
     command = [
         sys.executable, str(ROOT / "examples" / example), *options,
@@ -117,7 +119,8 @@ def run(method: str, task: str, seed: int, env_steps: int, run_dir: Path, overri
     log_path = run_dir.parent / f"{run_dir.name}.log"
     with open(log_path, "a") as log:
         started = time.strftime("%Y-%m-%d %H:%M:%S")
-        print(f"{started} {method} seed {seed}: {' '.join(command)}", flush=True)
+        sys.stdout.write(f"{started} {method} seed {seed}: {' '.join(command)}\n")  # one write per line:
+        sys.stdout.flush()  # runs start from several threads
         if subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
             raise SystemExit(f"{method} seed {seed} failed; its output is in {log_path}")
     return json.loads(summary_path.read_text())

@@ -61,3 +61,27 @@ def test_runs_skips_finished_runs_and_gathers_them(tmp_path):
     assert (out / "compare_gym_hopper-v5.png").stat().st_size > 0
     second = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0 and " seed 0: " not in second.stdout
+    # a larger budget extends both runs from their checkpoints; a smaller one is refused
+    budget = command.index("--env-steps") + 1
+    extended = subprocess.run(command[:budget] + ["240"] + command[budget + 1:], capture_output=True,
+                              text=True, timeout=300)
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    assert extended.stdout.count("resume=") == 2
+    report = json.loads((out / "compare_gym_hopper-v5.json").read_text())
+    assert all(report["methods"][m]["per_seed"]["0"]["counters"]["env_steps"] >= 240 for m in ("fpo", "sac"))
+    smaller = subprocess.run(command[:budget] + ["80"] + command[budget + 1:], capture_output=True,
+                             text=True, timeout=300)
+    assert smaller.returncode != 0 and "more than --env-steps 80" in smaller.stderr
+
+
+def test_a_run_directory_of_other_options_is_not_reused(tmp_path):
+    run_dir = tmp_path / "runs" / "compare_gym_hopper-v5" / "sac-seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps(
+        {"command": "python examples/sac_gym.py task=Hopper-v5 seed=0 sac.lr=1e-3 "
+                    "collector.total_env_steps=160", "counters": {"env_steps": 160}}))
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "compare_gym.py"), "--methods", "sac", "--seeds", "0",
+         "--env-steps", "160", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "not of the options asked for" in result.stderr
