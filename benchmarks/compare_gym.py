@@ -189,24 +189,22 @@ def main() -> None:
     rows, report = [], {}
     for method in args.methods:
         runs = [summaries[(method, seed)] for seed in args.seeds]
-        start = [run_summary["base"]["mean"] for run_summary in runs]
-        final = [run_summary["final"]["mean"] for run_summary in runs]
-        minutes = [run_summary["history"][-1]["wall_seconds"] / 60 for run_summary in runs]
-        steps = [run_summary["counters"]["env_steps"] for run_summary in runs]
+        start = statistics.mean(run_summary["base"]["mean"] for run_summary in runs)
+        final_per_seed = [run_summary["final"]["mean"] for run_summary in runs]
+        final = statistics.mean(final_per_seed)
+        minutes = statistics.mean(run_summary["history"][-1]["wall_seconds"] / 60 for run_summary in runs)
+        steps = statistics.mean(run_summary["counters"]["env_steps"] for run_summary in runs)
         report[method] = {
-            "start_mean": statistics.mean(start), "final_mean": statistics.mean(final),
-            "final_std_over_seeds": spread(final), "per_seed": {
+            "start_mean": start, "final_mean": final,
+            "final_std_over_seeds": spread(final_per_seed), "per_seed": {
                 seed: {"start": s["base"], "final": s["final"], "counters": s["counters"],
                        "wall_seconds": s["history"][-1]["wall_seconds"], "command": s["command"]}
                 for seed, s in zip(args.seeds, runs)},
         }
         # one seed: the spread over its 20 final episodes; several: over the seeds' means
-        final_spread = runs[0]["final"]["std"] if len(runs) == 1 else spread(final)
-        rows.append(
-            f"| {METHODS[method][2]} | {statistics.mean(start):.0f} | {statistics.mean(final):.0f} "
-            f"+- {final_spread:.0f} | {statistics.mean(final) - statistics.mean(start):+.0f} "
-            f"| {statistics.mean(steps):.0f} | {statistics.mean(minutes):.1f} |"
-        )
+        final_spread = runs[0]["final"]["std"] if len(runs) == 1 else spread(final_per_seed)
+        rows.append(f"| {METHODS[method][2]} | {start:.0f} | {final:.0f} +- {final_spread:.0f} "
+                    f"| {final - start:+.0f} | {steps:.0f} | {minutes:.1f} |")
     episodes = summaries[(args.methods[0], args.seeds[0])]["final"]["episodes"]
     spread_note = (f"+- the standard deviation over the {episodes} final episodes" if len(args.seeds) == 1
                    else "+- the standard deviation of the seeds' means")

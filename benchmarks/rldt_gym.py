@@ -1,9 +1,9 @@
 """The longer CPU protocol of RLDT fine-tuning: learning curves over seeds.
 
 Runs ``examples/rldt_gym.py`` once per seed (in sequence, each in its own run directory under
-``--runs``; a seed whose ``summary.json`` exists is not run again, and a seed with a checkpoint
-but no summary is resumed), then gathers the deterministic evaluation returns against env steps
-and wall-clock into ``<out>/rldt_gym_<task>.csv``, a plot ``<out>/rldt_gym_<task>.png`` and a
+``--runs``, through ``compare_gym.run``: a finished run of the same options and budget is not run
+again, a run with a checkpoint is resumed, the run's output goes to ``<run directory>.log``), then
+gathers the deterministic evaluation returns against env steps and wall-clock into ``<out>/rldt_gym_<task>.csv``, a plot ``<out>/rldt_gym_<task>.png`` and a
 summary ``<out>/rldt_gym_<task>.json``.
 
     python benchmarks/rldt_gym.py --task Hopper-v5 --seeds 0 1 2 --env-steps 1000000
@@ -17,7 +17,6 @@ import argparse
 import csv
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,23 +24,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_seed(task: str, seed: int, env_steps: int, run_dir: Path, overrides: list[str]) -> dict:
-    summary = run_dir / "summary.json"
-    if summary.exists():
-        return json.loads(summary.read_text())
-    command = [
-        sys.executable, str(ROOT / "examples" / "rldt_gym.py"), f"task={task}", f"seed={seed}",
-        f"collector.total_env_steps={env_steps}", f"hydra.run.dir={run_dir}",
-        "logger.progress_bar=false", *overrides,
-    ]
-    if (run_dir / "checkpoint.pt").exists():
-        command.append(f"resume={run_dir / 'checkpoint.pt'}")
-    subprocess.run(command, check=True)
-    return json.loads(summary.read_text())
+from compare_gym import ROOT, run  # noqa: E402
 
 
 def main() -> None:
@@ -60,7 +43,7 @@ def main() -> None:
     summaries = {}
     for seed in args.seeds:
         run_dir = args.runs / f"{args.task}-{args.env_steps}-seed{seed}"
-        summaries[seed] = run_seed(args.task, seed, args.env_steps, run_dir, overrides)
+        summaries[seed] = run("rldt", args.task, seed, args.env_steps, run_dir, overrides)
 
     name = f"rldt_gym_{args.task.lower()}"
     with open(args.out / f"{name}.csv", "w", newline="") as handle:

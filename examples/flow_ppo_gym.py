@@ -35,10 +35,10 @@ from torchrl_rldt.modules import FlowNoiseMLP, NoisyFlowActor
 from torchrl_rldt.objectives import FPOLoss, ReinFlowLoss
 from utils import (
     ConfigCheck,
-    deterministic_returns,
     load_base_policy,
     load_run_state,
     make_policy_chunk_env,
+    record_returns,
     restore_rng_state,
     rng_state,
 )
@@ -51,10 +51,8 @@ def check_config(cfg: DictConfig) -> None:
     """Refuses invalid hyper-parameters with a message naming the value, before any work."""
     check = ConfigCheck(cfg)
     check.need(cfg.method in ("reinflow", "fpo"), f"method must be reinflow or fpo, got {cfg.method!r}")
-    for name in ("env.num_envs", "env.max_episode_steps", "collector.chunks_per_env",
-                 "collector.total_env_steps", "ppo.epochs", "ppo.minibatch_size", "reinflow.num_steps",
-                 "fpo.num_steps", "fpo.num_cfm_samples", "eval.every_env_steps", "eval.episodes",
-                 "eval.final_episodes", "num_threads"):
+    for name in ("collector.chunks_per_env", "ppo.epochs", "ppo.minibatch_size", "reinflow.num_steps",
+                 "fpo.num_steps", "fpo.num_cfm_samples"):
         check.positive_int(name)
     check.positive_int("ppo.critic_warmup_iterations", minimum=0)
     for name in ("ppo.actor_lr", "ppo.critic_lr", "reinflow.min_std", "reinflow.clip_epsilon",
@@ -121,8 +119,8 @@ def main(cfg: DictConfig) -> None:
     logger = get_logger(cfg.logger.backend, logger_name=str(run_dir),
                         experiment_name="flow_ppo_gym") if cfg.logger.backend else None
     if base_returns is None:
-        base_returns = deterministic_returns(final_env, actor, cfg)
-        history.append({"env_steps": 0, "wall_seconds": 0.0, **base_returns})
+        base_returns = record_returns(history, final_env, actor, cfg, env_steps=0,
+                                      wall_seconds=0.0)
         log.info("%s base policy: deterministic return %.1f +- %.1f", cfg.task,
                  base_returns["mean"], base_returns["std"])
 
@@ -177,9 +175,8 @@ def main(cfg: DictConfig) -> None:
             metrics["train_return"] = batch["next", "episode_reward"][done].mean().item()
         if counters["env_steps"] >= next_eval:
             next_eval += cfg.eval.every_env_steps
-            returns = deterministic_returns(eval_env, actor, cfg)
-            history.append({"env_steps": counters["env_steps"],
-                            "wall_seconds": wall_offset + time.perf_counter() - start, **returns})
+            returns = record_returns(history, eval_env, actor, cfg, env_steps=counters["env_steps"],
+                                     wall_seconds=wall_offset + time.perf_counter() - start)
             metrics["eval_return"] = returns["mean"]
             log.info("%d env steps: deterministic return %.1f +- %.1f", counters["env_steps"],
                      returns["mean"], returns["std"])
@@ -201,9 +198,8 @@ def main(cfg: DictConfig) -> None:
     progress.close()
     collector.shutdown()
 
-    final_returns = deterministic_returns(final_env, actor, cfg)
-    history.append({"env_steps": counters["env_steps"],
-                    "wall_seconds": wall_offset + time.perf_counter() - start, **final_returns})
+    final_returns = record_returns(history, final_env, actor, cfg, env_steps=counters["env_steps"],
+                                   wall_seconds=wall_offset + time.perf_counter() - start)
     summary = {"task": cfg.task, "method": cfg.method, "seed": cfg.seed, "counters": counters,
                "base": base_returns, "final": final_returns, "history": history,
                "command": "python examples/flow_ppo_gym.py " + " ".join(HydraConfig.get().overrides.task)}

@@ -45,7 +45,15 @@ from torchrl_rldt.checkpoint import (
 from torchrl_rldt.data import d4rl_arrays, save_d4rl_dataset
 from torchrl_rldt.envs import evaluate_policy
 
-from utils import make_env, make_replay_buffer, make_sac_agent, make_sac_loss, make_sac_optimizers, repo_path
+from utils import (
+    make_env,
+    make_replay_buffer,
+    make_sac_agent,
+    make_sac_loss,
+    make_sac_optimizers,
+    repo_path,
+    sac_update,
+)
 
 log = logging.getLogger("make_dataset")
 
@@ -138,16 +146,7 @@ def main(cfg: DictConfig) -> None:
         frames += batch.numel()
         if frames >= sac.init_random_frames:
             for _ in range(max(1, round(batch.numel() * sac.utd_ratio))):
-                sample = replay_buffer.sample()
-                losses = loss(sample)
-                # SACLoss detaches what each term must not train, so one backward serves all three.
-                total = losses["loss_qvalue"] + losses["loss_actor"] + losses["loss_alpha"]
-                for optim in optimizers.values():
-                    optim.zero_grad()
-                total.backward()
-                for optim in optimizers.values():
-                    optim.step()
-                target_updater.step()
+                sac_update(loss, optimizers, target_updater, replay_buffer.sample())
                 updates += 1
         if frames >= next_eval:
             next_eval += sac.eval_every

@@ -42,7 +42,6 @@ from torchrl_rldt.checkpoint import (  # noqa: E402
 
 from utils import (  # noqa: E402
     check_rldt_config,
-    deterministic_returns,
     load_base_policy,
     load_run_state,
     make_policy_chunk_env,
@@ -50,6 +49,7 @@ from utils import (  # noqa: E402
     make_rldt_collector,
     make_rldt_critic,
     make_rldt_loss,
+    record_returns,
     restore_rng_state,
     rng_state,
 )
@@ -127,10 +127,10 @@ def main(cfg: DictConfig) -> None:
         )
 
     if base_returns is None:
-        base_returns = deterministic_returns(final_env, actor, cfg)
+        base_returns = record_returns(history, final_env, actor, cfg, env_steps=0,
+                                      wall_seconds=0.0)
         log.info("%s base policy: deterministic return %.1f +- %.1f (%d episodes)", cfg.task,
                  base_returns["mean"], base_returns["std"], base_returns["episodes"])
-        history.append({"env_steps": 0, "wall_seconds": 0.0, **base_returns})
 
     # --- training loop ------------------------------------------------------------------------
     remaining = cfg.collector.total_env_steps - counters["env_steps"]
@@ -205,9 +205,8 @@ def main(cfg: DictConfig) -> None:
                 time.perf_counter() - start)
             if counters["env_steps"] >= next_eval:
                 next_eval += cfg.eval.every_env_steps
-                returns = deterministic_returns(eval_env, actor, cfg)
-                history.append({"env_steps": counters["env_steps"],
-                                "wall_seconds": wall_offset + time.perf_counter() - start, **returns})
+                returns = record_returns(history, eval_env, actor, cfg, env_steps=counters["env_steps"],
+                                         wall_seconds=wall_offset + time.perf_counter() - start)
                 metrics["eval_return"] = returns["mean"]
                 log.info("%d env steps: deterministic return %.1f +- %.1f", counters["env_steps"],
                          returns["mean"], returns["std"])
@@ -237,9 +236,8 @@ def main(cfg: DictConfig) -> None:
         collector.shutdown()
 
     # --- final evaluation, checkpoint, curve and summary -------------------------------------
-    final_returns = deterministic_returns(final_env, actor, cfg)
-    history.append({"env_steps": counters["env_steps"],
-                    "wall_seconds": wall_offset + time.perf_counter() - start, **final_returns})
+    final_returns = record_returns(history, final_env, actor, cfg, env_steps=counters["env_steps"],
+                                   wall_seconds=wall_offset + time.perf_counter() - start)
     write_checkpoint()
     summary = {
         "task": cfg.task, "seed": cfg.seed, "counters": counters,

@@ -34,15 +34,16 @@ from torchrl.record.loggers import get_logger
 from torchrl_rldt.checkpoint import atomic_write_text, load_checkpoint_buffer, save_checkpoint
 from utils import (
     ConfigCheck,
-    deterministic_returns,
     load_run_state,
     make_chunk_env,
     make_replay_buffer,
     make_sac_agent,
     make_sac_loss,
     make_sac_optimizers,
+    record_returns,
     restore_rng_state,
     rng_state,
+    sac_update,
 )
 
 log = logging.getLogger("sac_gym")
@@ -52,10 +53,8 @@ CHECKPOINT_FORMAT = "torchrl_rldt.sac_gym"
 def check_config(cfg: DictConfig) -> None:
     """Refuses invalid hyper-parameters with a message naming the value, before any work."""
     check = ConfigCheck(cfg)
-    for name in ("env.num_envs", "env.max_episode_steps", "env.chunk_len", "collector.frames_per_batch",
-                 "collector.total_env_steps", "sac.batch_size", "sac.buffer_size",
-                 "eval.every_env_steps", "eval.episodes", "eval.final_episodes",
-                 "checkpoint.every_env_steps", "num_threads"):
+    for name in ("env.chunk_len", "collector.frames_per_batch", "sac.batch_size", "sac.buffer_size",
+                 "checkpoint.every_env_steps"):
         check.positive_int(name)
     check.positive_int("collector.init_random_env_steps", minimum=0)
     for name in ("sac.utd_ratio", "sac.lr", "sac.alpha_init"):
@@ -123,8 +122,8 @@ def main(cfg: DictConfig) -> None:
         )
 
     if initial_returns is None:
-        initial_returns = deterministic_returns(final_env, actor, cfg, chunk_len=chunk_len)
-        history.append({"env_steps": 0, "wall_seconds": 0.0, **initial_returns})
+        initial_returns = record_returns(history, final_env, actor, cfg, env_steps=0,
+                                         wall_seconds=0.0, chunk_len=chunk_len)
 
     # --- training loop: collect, then utd_ratio SAC updates per collected action ---------------
     frames_per_batch = cfg.collector.frames_per_batch
@@ -157,17 +156,10 @@ def main(cfg: DictConfig) -> None:
         metrics = {}
         if counters["frames"] >= random_frames:
             for _ in range(max(1, round(batch.numel() * cfg.sac.utd_ratio))):
-                terms = loss(replay_buffer.sample())
-                # SACLoss detaches what each term must not train, so one backward serves all three.
-                total = terms["loss_qvalue"] + terms["loss_actor"] + terms["loss_alpha"]
-                if not torch.isfinite(total):
-                    raise stop("non-finite SAC loss")
-                for optim in optimizers.values():
-                    optim.zero_grad()
-                total.backward()
-                for optim in optimizers.values():
-                    optim.step()
-                target_updater.step()
+                try:
+                    terms = sac_update(loss, optimizers, target_updater, replay_buffer.sample())
+                except FloatingPointError:
+                    raise stop("non-finite SAC loss") from None
                 counters["updates"] += 1
             metrics.update({key: value.item() for key, value in terms.items() if value.numel() == 1})
         done = batch["next", "done"].squeeze(-1)
@@ -175,9 +167,8 @@ def main(cfg: DictConfig) -> None:
             metrics["train_return"] = batch["next", "episode_reward"][done].mean().item()
         if counters["env_steps"] >= next_eval:
             next_eval += cfg.eval.every_env_steps
-            returns = deterministic_returns(eval_env, actor, cfg, chunk_len=chunk_len)
-            history.append({"env_steps": counters["env_steps"],
-                            "wall_seconds": wall_offset + time.perf_counter() - start, **returns})
+            returns = record_returns(history, eval_env, actor, cfg, env_steps=counters["env_steps"],
+                                     wall_seconds=wall_offset + time.perf_counter() - start, chunk_len=chunk_len)
             metrics["eval_return"] = returns["mean"]
             log.info("%d env steps: deterministic return %.1f +- %.1f", counters["env_steps"],
                      returns["mean"], returns["std"])
@@ -193,9 +184,8 @@ def main(cfg: DictConfig) -> None:
     progress.close()
     collector.shutdown()
 
-    final_returns = deterministic_returns(final_env, actor, cfg, chunk_len=chunk_len)
-    history.append({"env_steps": counters["env_steps"],
-                    "wall_seconds": wall_offset + time.perf_counter() - start, **final_returns})
+    final_returns = record_returns(history, final_env, actor, cfg, env_steps=counters["env_steps"],
+                                   wall_seconds=wall_offset + time.perf_counter() - start, chunk_len=chunk_len)
     write_checkpoint()
     summary = {"task": cfg.task, "method": "sac", "seed": cfg.seed, "counters": counters,
                "base": initial_returns, "final": final_returns, "history": history,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
+from tensordict import TensorDictBase
 from tensordict.nn import NormalParamExtractor, TensorDictModule, TensorDictModuleBase
 from torch import nn
 from torchrl.collectors import Collector
@@ -128,6 +129,36 @@ def make_sac_optimizers(loss: SACLoss, lr: float) -> dict[str, torch.optim.Optim
     }
 
 
+def sac_update(loss: SACLoss, optimizers: dict[str, torch.optim.Optimizer], target_updater: SoftUpdate,
+               batch: TensorDictBase) -> TensorDictBase:
+    """One SAC step on ``batch``: the three losses, one backward, each optimiser, the targets.
+
+    Args:
+        loss: the ``SACLoss`` (see :func:`make_sac_loss`).
+        optimizers: its optimisers (see :func:`make_sac_optimizers`).
+        target_updater: the Polyak updater of its target Q nets.
+        batch: a sampled batch of transitions.
+
+    Returns:
+        The loss terms of the step (before the update).
+
+    Raises:
+        FloatingPointError: the loss is not finite; nothing was updated.
+    """
+    terms = loss(batch)
+    # SACLoss detaches what each term must not train, so one backward serves all three.
+    total = terms["loss_qvalue"] + terms["loss_actor"] + terms["loss_alpha"]
+    if not torch.isfinite(total):
+        raise FloatingPointError(f"non-finite SAC loss ({total.item()})")
+    for optim in optimizers.values():
+        optim.zero_grad()
+    total.backward()
+    for optim in optimizers.values():
+        optim.step()
+    target_updater.step()
+    return terms
+
+
 def make_replay_buffer(
     size: int, batch_size: int | None, device: str | torch.device
 ) -> TensorDictReplayBuffer:
@@ -165,7 +196,10 @@ class ConfigCheck:
                   + (f" and <= {high}" if high < math.inf else "") + f", got {value!r}")
 
     def common(self) -> None:
-        """What every fine-tuning example shares: the logger and the device."""
+        """What every fine-tuning example shares: env and evaluation sizes, the logger, the device."""
+        for name in ("env.num_envs", "env.max_episode_steps", "collector.total_env_steps",
+                     "eval.every_env_steps", "eval.episodes", "eval.final_episodes", "num_threads"):
+            self.positive_int(name)
         self.need(self.cfg.logger.backend in (None, "csv", "tensorboard", "wandb"),
                   f"logger.backend must be csv, tensorboard, wandb or null, got {self.cfg.logger.backend!r}")
         if str(self.cfg.device).startswith("cuda"):
@@ -182,12 +216,10 @@ def check_rldt_config(cfg: DictConfig) -> None:
     check = ConfigCheck(cfg)
     need, positive_int, number = check.need, check.positive_int, check.number
 
-    for name in ("env.num_envs", "env.max_episode_steps", "collector.chunks_per_env",
-                 "collector.total_env_steps", "buffer.size", "buffer.batch_size",
+    for name in ("collector.chunks_per_env", "buffer.size", "buffer.batch_size",
                  "schedule.actor_batch_size", "rldt.num_particles", "rldt.num_steps",
                  "critic.hidden_dim", "critic.num_layers", "critic.num_qvalue_nets",
-                 "critic.num_target_samples", "eval.every_env_steps", "eval.episodes",
-                 "eval.final_episodes", "checkpoint.every_batches", "num_threads",
+                 "critic.num_target_samples", "checkpoint.every_batches",
                  "schedule.actor_every_batches"):
         positive_int(name)
     for name in ("schedule.critic_warmup_batches", "schedule.critic_steps", "schedule.actor_steps",
@@ -286,6 +318,14 @@ def deterministic_returns(env: EnvBase, actor: TensorDictModuleBase, cfg: DictCo
     """
     return episode_returns(env, actor, max_env_steps=cfg.env.max_episode_steps,
                            exploration_type=ExplorationType.DETERMINISTIC, chunk_len=chunk_len)
+
+
+def record_returns(history: list, env: EnvBase, actor: TensorDictModuleBase, cfg: DictConfig, *,
+                   env_steps: int, wall_seconds: float, chunk_len: int | None = None) -> dict:
+    """``deterministic_returns``, also appended to ``history`` as a point of the learning curve."""
+    returns = deterministic_returns(env, actor, cfg, chunk_len)
+    history.append({"env_steps": env_steps, "wall_seconds": wall_seconds, **returns})
+    return returns
 
 
 def make_policy_chunk_env(policy: FlowPolicy, cfg: DictConfig, num_envs: int, seed: int,
