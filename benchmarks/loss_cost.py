@@ -8,7 +8,7 @@ and Hopper-v5's sizes (11-D observation, 3-D action, chunks of H = 4; SAC acts o
 (3 x 512 residual MLP, N = 8 Euler steps, K = 8 particles); SAC's is a TanhNormal MLP of
 3 x 256. Sizes:
 
-- ``reference``: the paper's policy step on ~6.3k states (rldt-algorithm.md section 7), here
+- ``reference``: the paper's policy step on ~6.3k states (docs/algorithm.md), here
   6272 states for both the actor and the critic step;
 - ``default``: our CPU default, 256 states per mini-batch.
 
@@ -37,7 +37,7 @@ from torchrl.data import Bounded
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import SACLoss, SoftUpdate
 
-from torchrl_rldt.modules import ChunkQValueMLP, FlowActor, VelocityMLP
+from torchrl_rldt.modules import ChunkQValueMLP, FlowActor, FlowModel, VelocityMLP
 from torchrl_rldt.objectives import RLDTLoss
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -72,10 +72,10 @@ def make_critic() -> ValueOperator:
 
 
 def make_rldt() -> tuple[RLDTLoss, dict]:
-    actor = FlowActor(
+    actor = FlowActor(FlowModel(
         VelocityMLP(OBSERVATION_DIM, ACTION_DIM, chunk_len=CHUNK_LEN), ACTION_DIM, num_steps=8,
         chunk_len=CHUNK_LEN, low=-1.0, high=1.0,
-    )
+    ))
     loss = RLDTLoss(actor, make_critic(), num_particles=8)
     loss.make_value_estimator(gamma=0.99)
     updater = SoftUpdate(loss, tau=0.005)

@@ -34,16 +34,16 @@ from torchrl_rldt.envs import PeaksBanditEnv  # noqa: E402
 from torchrl_rldt.modules import (  # noqa: E402
     ChunkQValueMLP,
     FlowActor,
+    FlowModel,
     LandingPointExploration,
     SVGDTransport,
     VelocityMLP,
 )
 from torchrl_rldt.objectives import FlowMatchingBCLoss, RLDTLoss  # noqa: E402
 
-from utils import repo_path  # noqa: E402
 
 log = logging.getLogger("bandit_2d")
-POLICY_TERMS = ("loss_rl", "loss_consistency", "loss_reference")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @torch.no_grad()
@@ -51,7 +51,7 @@ def evaluate(actor: FlowActor, env: PeaksBanditEnv, cfg: DictConfig) -> tuple[di
     """Mean reward and share of policy samples near each peak (stochastic sampling)."""
     observation = torch.zeros(cfg.eval.samples, 1, device=env.device)
     with set_exploration_type(ExplorationType.RANDOM):
-        samples = actor(observation).squeeze(-2)
+        samples = actor.model(observation).squeeze(-2)
     distance = torch.cdist(samples, env.peaks)
     near = distance < cfg.eval.near_radius
     return {
@@ -62,10 +62,10 @@ def evaluate(actor: FlowActor, env: PeaksBanditEnv, cfg: DictConfig) -> tuple[di
 
 
 def pretrain_base(cfg: DictConfig, device: torch.device) -> FlowActor:
-    actor = FlowActor(
+    actor = FlowActor(FlowModel(
         VelocityMLP(1, 2, hidden_dim=cfg.model.hidden_dim), 2, cfg.model.num_steps,
         low=-3.0, high=3.0,
-    ).to(device)
+    )).to(device)
     bc = FlowMatchingBCLoss(actor)
     optim = torch.optim.Adam(bc.parameters(), lr=cfg.base.lr)
     for _ in range(cfg.base.steps):
@@ -93,6 +93,9 @@ def finetune(base: FlowActor, kernel: str, cfg: DictConfig, device: torch.device
         transport=SVGDTransport(kernel),
         consistency_coef=cfg.rldt.consistency_coef,
         reference_coef=cfg.rldt.reference_coef,
+        # re-anchored after each iteration's actor steps, or frozen at the base
+        reference="previous" if cfg.rldt.reanchor_reference else "frozen",
+        reanchor_every=cfg.rldt.actor_steps if cfg.rldt.reanchor_reference else None,
     )
     loss.make_value_estimator(gamma=0.99)  # every pull terminates: the target is the reward
     target_updater = SoftUpdate(loss, tau=cfg.rldt.tau)
@@ -119,10 +122,8 @@ def finetune(base: FlowActor, kernel: str, cfg: DictConfig, device: torch.device
         for _ in range(cfg.rldt.actor_steps):
             terms = loss.actor_loss(buffer.sample())
             actor_optim.zero_grad()
-            sum(terms[key] for key in POLICY_TERMS).backward()
+            sum(terms[key] for key in RLDTLoss.POLICY_TERMS).backward()
             actor_optim.step()
-        if cfg.rldt.reanchor_reference:
-            loss.reset_reference()
         if iteration % 10 == 0:
             log.info(
                 "%s iteration %d: batch reward %.3f, critic loss %.4f, transport norm %.3f",
@@ -153,7 +154,7 @@ def main(cfg: DictConfig) -> dict:
             result["mean_reward"], *result["share_near_each_peak"],
         )
 
-    out_dir = repo_path(cfg.out_dir) if cfg.out_dir else Path.cwd()
+    out_dir = (ROOT / cfg.out_dir) if cfg.out_dir else Path.cwd()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bandit_2d.json").write_text(json.dumps(
         {"results": results, "peaks": env.peaks.tolist(), "width": env.width,

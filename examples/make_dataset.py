@@ -43,7 +43,7 @@ from torchrl_rldt.checkpoint import (
     save_checkpoint,
 )
 from torchrl_rldt.data import d4rl_arrays, save_d4rl_dataset
-from torchrl_rldt.envs import evaluate_policy
+from torchrl_rldt.harness import evaluate_policy, restore_rng_state, rng_state
 
 from utils import (
     make_env,
@@ -64,7 +64,7 @@ def save_sac_state(state_dir: Path, loss, optimizers, replay_buffer, progress: d
         "loss": loss.state_dict(),
         "optimizers": {name: optim.state_dict() for name, optim in optimizers.items()},
         "progress": progress,
-        "rng": torch.get_rng_state(),
+        "rng": rng_state("cpu"),
     }
     save_checkpoint(state, state_dir / "sac_state.pt", replay_buffer)
 
@@ -75,7 +75,7 @@ def restore_sac_state(state: dict, state_dir: Path, loss, optimizers, replay_buf
     for name, optim in optimizers.items():
         optim.load_state_dict(state["optimizers"][name])
     load_checkpoint_buffer(state, state_dir / "sac_state.pt", replay_buffer)
-    torch.set_rng_state(state["rng"])
+    restore_rng_state(state["rng"], "cpu")
 
 
 def stochastic_and_deterministic_returns(env, actor) -> dict:

@@ -27,15 +27,17 @@ from tqdm import tqdm
 from torchrl_rldt.checkpoint import atomic_write_text, save_flow_policy
 from torchrl_rldt.data import action_chunks, load_offline_dataset, make_offline_replay_buffer
 from torchrl_rldt.envs import NormalizationStats, normalization_transforms
-from torchrl_rldt.modules import FlowActor, VelocityMLP
+from torchrl_rldt.harness import episode_returns
+from torchrl_rldt.modules import FlowActor, FlowModel, VelocityMLP
 from torchrl_rldt.objectives import FlowMatchingBCLoss
 
-from utils import episode_returns, make_chunk_env, repo_path
+from utils import make_chunk_env, repo_path
 
 log = logging.getLogger("pretrain_flow")
 
 def evaluate(actor, env, cfg, mode: ExplorationType) -> dict:
-    return episode_returns(env, actor, max_env_steps=cfg.eval.max_env_steps, exploration_type=mode)
+    return episode_returns(env, actor, max_env_steps=cfg.eval.max_env_steps,
+                           chunk_len=actor.model.chunk_len, exploration_type=mode)
 
 
 @hydra.main(version_base="1.3", config_path="config", config_name="pretrain_flow")
@@ -84,14 +86,14 @@ def main(cfg: DictConfig) -> None:
         num_layers=cfg.model.num_layers,
         time_dim=cfg.model.time_dim,
     )
-    actor = FlowActor(
+    actor = FlowActor(FlowModel(
         network,
         action_dim,
         cfg.model.num_steps,
         chunk_len=cfg.model.chunk_len,
         low=bounds.low[0],
         high=bounds.high[0],
-    ).to(device)
+    )).to(device)
     loss_module = FlowMatchingBCLoss(actor)
     optimizer = torch.optim.Adam(loss_module.parameters(), lr=cfg.train.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(

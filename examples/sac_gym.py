@@ -16,38 +16,29 @@ continues), the logger's files and ``summary.json``.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
-import time
 from pathlib import Path
 
 import hydra
 import torch
-import tqdm
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torchrl.collectors import Collector
 from torchrl.envs import Compose
-from torchrl.record.loggers import get_logger
 
-from torchrl_rldt.checkpoint import atomic_write_text, load_checkpoint_buffer, save_checkpoint
+from torchrl_rldt.harness import ConfigCheck, TrainingRun
 from utils import (
-    ConfigCheck,
-    load_run_state,
     make_chunk_env,
     make_replay_buffer,
     make_sac_agent,
     make_sac_loss,
     make_sac_optimizers,
-    record_returns,
-    restore_rng_state,
-    rng_state,
+    repo_path,
     sac_update,
 )
 
 log = logging.getLogger("sac_gym")
-CHECKPOINT_FORMAT = "torchrl_rldt.sac_gym"
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -75,20 +66,24 @@ def main(cfg: DictConfig) -> None:
     check_config(cfg)
     device = torch.device(cfg.device)
     torch.set_num_threads(cfg.num_threads)
-    resume_path, state = load_run_state(cfg, device, CHECKPOINT_FORMAT, task=cfg.task,
-                                        chunk_len=cfg.env.chunk_len)
-    run_dir = resume_path.parent if resume_path else Path(HydraConfig.get().runtime.output_dir)
-    torch.manual_seed(cfg.seed)
     chunk_len = cfg.env.chunk_len
+    run = TrainingRun(
+        "sac_gym", cfg, output_dir=Path(HydraConfig.get().runtime.output_dir),
+        resume=repo_path(cfg.resume) if cfg.resume else None,
+        identity={"task": cfg.task, "chunk_len": chunk_len},
+        counters={"env_steps": 0, "frames": 0, "updates": 0},
+        command="python examples/sac_gym.py " + " ".join(HydraConfig.get().overrides.task),
+    )
+    torch.manual_seed(cfg.seed)
 
     def make_env(num_envs: int, seed: int):
         return make_chunk_env(cfg.task, num_envs, seed, chunk_len, Compose(),
                               max_episode_steps=cfg.env.max_episode_steps, device=device)
 
     # --- environments, agent, loss, optimisers, buffer ----------------------------------------
-    env_steps = state["counters"]["env_steps"] if state else 0
+    counters = run.counters
     # A resumed run reseeds its envs so that it does not replay the episodes it began with.
-    train_env = make_env(cfg.env.num_envs, cfg.seed + env_steps)
+    train_env = make_env(cfg.env.num_envs, cfg.seed + counters["env_steps"])
     eval_env = make_env(cfg.eval.episodes, cfg.seed + 10_000)
     final_env = make_env(cfg.eval.final_episodes, cfg.seed + 20_000)
     actor, qvalue = make_sac_agent(train_env, cfg.sac.hidden_sizes, device)
@@ -96,34 +91,10 @@ def main(cfg: DictConfig) -> None:
                                          alpha_init=cfg.sac.alpha_init)
     optimizers = make_sac_optimizers(loss, cfg.sac.lr)
     replay_buffer = make_replay_buffer(cfg.sac.buffer_size, cfg.sac.batch_size, device)
-    counters = {"env_steps": 0, "frames": 0, "updates": 0}
-    history, initial_returns = [], None
-    if state:
-        loss.load_state_dict(state["loss"])
-        for name, optim in optimizers.items():
-            optim.load_state_dict(state["optimizers"][name])
-        counters, history, initial_returns = state["counters"], state["history"], state["initial_returns"]
-        restore_rng_state(state["rng"], device)
-        load_checkpoint_buffer(state, resume_path, replay_buffer)
-        log.info("resumed %s at %d env steps (%d transitions in the buffer)", resume_path,
-                 counters["env_steps"], len(replay_buffer))
-
-    logger = get_logger(cfg.logger.backend, logger_name=str(run_dir),
-                        experiment_name="sac_gym") if cfg.logger.backend else None
-
-    def write_checkpoint() -> None:
-        save_checkpoint(
-            {"format": CHECKPOINT_FORMAT, "task": cfg.task, "chunk_len": chunk_len,
-             "loss": loss.state_dict(),
-             "optimizers": {name: optim.state_dict() for name, optim in optimizers.items()},
-             "counters": dict(counters), "history": history, "initial_returns": initial_returns,
-             "rng": rng_state(device), "config": OmegaConf.to_container(cfg, resolve=True)},
-            run_dir / "checkpoint.pt", replay_buffer,
-        )
-
-    if initial_returns is None:
-        initial_returns = record_returns(history, final_env, actor, cfg, env_steps=0,
-                                         wall_seconds=0.0, chunk_len=chunk_len)
+    run.track(loss=loss, **{f"{name}_optim": optim for name, optim in optimizers.items()})
+    run.restore_buffer(replay_buffer)
+    if "base_returns" not in run.extra:
+        run.extra["base_returns"] = run.evaluate(final_env, actor, chunk_len=chunk_len)
 
     # --- training loop: collect, then utd_ratio SAC updates per collected action ---------------
     frames_per_batch = cfg.collector.frames_per_batch
@@ -137,67 +108,42 @@ def main(cfg: DictConfig) -> None:
     )
     next_eval = (counters["env_steps"] // cfg.eval.every_env_steps + 1) * cfg.eval.every_env_steps
     next_checkpoint = (counters["env_steps"] // cfg.checkpoint.every_env_steps + 1) * cfg.checkpoint.every_env_steps
-    progress = tqdm.tqdm(total=cfg.collector.total_env_steps, initial=counters["env_steps"],
-                         desc=f"SAC {cfg.task}", disable=not cfg.logger.progress_bar, mininterval=2)
-    wall_offset, start = history[-1]["wall_seconds"], time.perf_counter()
+    try:
+        with run.loop(total_env_steps=cfg.collector.total_env_steps, description=f"SAC {cfg.task}"):
+            for batch in collector if counters["env_steps"] < cfg.collector.total_env_steps else ():
+                run.check_finite("the collected reward", batch["next", "reward"])
+                steps = int(batch["next", "chunk_steps"].sum())
+                counters["env_steps"] += steps
+                counters["frames"] += batch.numel()
+                replay_buffer.extend(batch.reshape(-1))
+                metrics = {}
+                if counters["frames"] >= random_frames:
+                    for _ in range(max(1, round(batch.numel() * cfg.sac.utd_ratio))):
+                        terms = sac_update(loss, optimizers, target_updater, replay_buffer.sample())
+                        counters["updates"] += 1
+                    metrics.update({key: value.item() for key, value in terms.items() if value.numel() == 1})
+                done = batch["next", "done"].squeeze(-1)
+                if done.any():
+                    metrics["train_return"] = batch["next", "episode_reward"][done].mean().item()
+                if counters["env_steps"] >= next_eval:
+                    next_eval += cfg.eval.every_env_steps
+                    returns = run.evaluate(eval_env, actor, chunk_len=chunk_len)
+                    metrics["eval_return"] = returns["mean"]
+                    log.info("%d env steps: deterministic return %.1f +- %.1f", counters["env_steps"],
+                             returns["mean"], returns["std"])
+                run.log(metrics, steps)
+                if counters["env_steps"] >= next_checkpoint:
+                    next_checkpoint += cfg.checkpoint.every_env_steps
+                    run.save(replay_buffer)
+                if run.stop_requested:
+                    return run.interrupted(replay_buffer)
+                if counters["env_steps"] >= cfg.collector.total_env_steps:
+                    break
+    finally:
+        collector.shutdown()
 
-    def stop(what: str) -> SystemExit:
-        last = run_dir / "checkpoint.pt"
-        return SystemExit(f"{what} at {counters['env_steps']} env steps; the last checkpoint is "
-                          + (f"{last} (resume={last})" if last.exists() else "none yet"))
-
-    for batch in collector if counters["env_steps"] < cfg.collector.total_env_steps else ():
-        if not torch.isfinite(batch["next", "reward"]).all():
-            raise stop("non-finite reward")
-        steps = int(batch["next", "chunk_steps"].sum())
-        counters["env_steps"] += steps
-        counters["frames"] += batch.numel()
-        replay_buffer.extend(batch.reshape(-1))
-        metrics = {}
-        if counters["frames"] >= random_frames:
-            for _ in range(max(1, round(batch.numel() * cfg.sac.utd_ratio))):
-                try:
-                    terms = sac_update(loss, optimizers, target_updater, replay_buffer.sample())
-                except FloatingPointError:
-                    raise stop("non-finite SAC loss") from None
-                counters["updates"] += 1
-            metrics.update({key: value.item() for key, value in terms.items() if value.numel() == 1})
-        done = batch["next", "done"].squeeze(-1)
-        if done.any():
-            metrics["train_return"] = batch["next", "episode_reward"][done].mean().item()
-        if counters["env_steps"] >= next_eval:
-            next_eval += cfg.eval.every_env_steps
-            returns = record_returns(history, eval_env, actor, cfg, env_steps=counters["env_steps"],
-                                     wall_seconds=wall_offset + time.perf_counter() - start, chunk_len=chunk_len)
-            metrics["eval_return"] = returns["mean"]
-            log.info("%d env steps: deterministic return %.1f +- %.1f", counters["env_steps"],
-                     returns["mean"], returns["std"])
-        if logger is not None:
-            for key, value in metrics.items():
-                logger.log_scalar(key, value, step=counters["env_steps"])
-        progress.update(steps)
-        if counters["env_steps"] >= next_checkpoint:
-            next_checkpoint += cfg.checkpoint.every_env_steps
-            write_checkpoint()
-        if counters["env_steps"] >= cfg.collector.total_env_steps:
-            break
-    progress.close()
-    collector.shutdown()
-
-    final_returns = record_returns(history, final_env, actor, cfg, env_steps=counters["env_steps"],
-                                   wall_seconds=wall_offset + time.perf_counter() - start, chunk_len=chunk_len)
-    write_checkpoint()
-    summary = {"task": cfg.task, "method": "sac", "seed": cfg.seed, "counters": counters,
-               "base": initial_returns, "final": final_returns, "history": history,
-               "command": "python examples/sac_gym.py " + " ".join(HydraConfig.get().overrides.task)}
-    atomic_write_text(json.dumps(summary, indent=2) + "\n", run_dir / "summary.json")
-    log.info(
-        "\n%s (SAC from scratch, chunk_len %d), deterministic return over %d episodes:\n"
-        "  initial %8.1f +- %.1f\n  final   %8.1f +- %.1f   (%d env steps, %d updates)\n"
-        "  run directory: %s",
-        cfg.task, chunk_len, final_returns["episodes"], initial_returns["mean"], initial_returns["std"],
-        final_returns["mean"], final_returns["std"], counters["env_steps"], counters["updates"], run_dir,
-    )
+    run.finish(final_env, actor, chunk_len=chunk_len, title=f"SAC from scratch, chunk_len {chunk_len}",
+               replay_buffer=replay_buffer, summary={"method": "sac"})
 
 
 if __name__ == "__main__":

@@ -1,21 +1,20 @@
-"""Factories shared by the example scripts (the training loops stay in the scripts)."""
+"""The ``make_*`` factories of the example scripts (the training loops stay in the scripts; what
+every run needs besides its loop is :mod:`torchrl_rldt.harness`)."""
 from __future__ import annotations
 
 import math
-from numbers import Real
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 from tensordict import TensorDictBase
-from tensordict.nn import NormalParamExtractor, TensorDictModule, TensorDictModuleBase
+from tensordict.nn import NormalParamExtractor, TensorDictModule
 from torch import nn
 from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.envs import (
     Compose,
     EnvBase,
-    ExplorationType,
     InitTracker,
     RewardSum,
     StepCounter,
@@ -25,7 +24,8 @@ from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import SACLoss, SoftUpdate
 
 from torchrl_rldt.checkpoint import FlowPolicy, load_flow_policy
-from torchrl_rldt.envs import ActionChunkEnv, EnvPoolEnv, check_task_id, evaluate_policy
+from torchrl_rldt.envs import ActionChunkEnv, EnvPoolEnv
+from torchrl_rldt.harness import ConfigCheck, NonFiniteError
 from torchrl_rldt.modules import ChunkQValueMLP, FlowActor, LandingPointExploration, SVGDTransport
 from torchrl_rldt.objectives import RLDTLoss
 
@@ -143,13 +143,13 @@ def sac_update(loss: SACLoss, optimizers: dict[str, torch.optim.Optimizer], targ
         The loss terms of the step (before the update).
 
     Raises:
-        FloatingPointError: the loss is not finite; nothing was updated.
+        NonFiniteError: the loss is not finite; nothing was updated.
     """
     terms = loss(batch)
     # SACLoss detaches what each term must not train, so one backward serves all three.
     total = terms["loss_qvalue"] + terms["loss_actor"] + terms["loss_alpha"]
     if not torch.isfinite(total):
-        raise FloatingPointError(f"non-finite SAC loss ({total.item()})")
+        raise NonFiniteError(f"the SAC loss is not finite ({total.item()})")
     for optim in optimizers.values():
         optim.zero_grad()
     total.backward()
@@ -170,47 +170,6 @@ def make_replay_buffer(
 
 # --- RLDT fine-tuning (examples/rldt_gym.py) -------------------------------------------------
 
-
-class ConfigCheck:
-    """Collects every problem of a config, then refuses it at once with all the reasons."""
-
-    def __init__(self, cfg: DictConfig) -> None:
-        check_task_id(cfg.task)  # first: an unknown task makes every other message moot
-        self.cfg, self.problems = cfg, []
-
-    def need(self, condition: bool, message: str) -> None:
-        if not condition:
-            self.problems.append(message)
-
-    def positive_int(self, name: str, minimum: int = 1) -> None:
-        value = cfg_get(self.cfg, name)
-        self.need(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
-                  f"{name} must be an integer >= {minimum}, got {value!r}")
-
-    def number(self, name: str, low: float, high: float = math.inf, open_low: bool = False) -> None:
-        value = cfg_get(self.cfg, name)
-        ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
-        ok = ok and (value > low if open_low else value >= low) and value <= high
-        bound = f"> {low}" if open_low else f">= {low}"
-        self.need(ok, f"{name} must be a finite number {bound}"
-                  + (f" and <= {high}" if high < math.inf else "") + f", got {value!r}")
-
-    def common(self) -> None:
-        """What every fine-tuning example shares: env and evaluation sizes, the logger, the device."""
-        for name in ("env.num_envs", "env.max_episode_steps", "collector.total_env_steps",
-                     "eval.every_env_steps", "eval.episodes", "eval.final_episodes", "num_threads"):
-            self.positive_int(name)
-        self.need(self.cfg.logger.backend in (None, "csv", "tensorboard", "wandb"),
-                  f"logger.backend must be csv, tensorboard, wandb or null, got {self.cfg.logger.backend!r}")
-        if str(self.cfg.device).startswith("cuda"):
-            self.need(torch.cuda.is_available(),
-                      f"device={self.cfg.device} but CUDA is not available; use device=cpu")
-
-    def done(self) -> None:
-        if self.problems:
-            raise ValueError("invalid configuration:\n  - " + "\n  - ".join(self.problems))
-
-
 def check_rldt_config(cfg: DictConfig) -> None:
     """Refuses invalid hyper-parameters with a message naming the value, before any work."""
     check = ConfigCheck(cfg)
@@ -229,6 +188,7 @@ def check_rldt_config(cfg: DictConfig) -> None:
         positive_int("schedule.reanchor_every")
     for name in ("optim.actor_lr", "optim.critic_lr"):
         number(name, 0.0, open_low=True)
+    number("optim.critic_weight_decay", 0.0)
     number("optim.gamma", 0.0, 1.0)
     number("optim.tau", 0.0, 1.0, open_low=True)
     if cfg.optim.reward_scale_rate is not None:
@@ -250,14 +210,6 @@ def check_rldt_config(cfg: DictConfig) -> None:
     check.done()
 
 
-def cfg_get(cfg: DictConfig, dotted: str):
-    """``cfg.a.b`` for ``"a.b"``."""
-    value = cfg
-    for part in dotted.split("."):
-        value = value[part]
-    return value
-
-
 def load_base_policy(cfg: DictConfig, device: torch.device, num_steps: int) -> FlowPolicy:
     """The pretrained flow policy of ``cfg.task``, sampling with ``num_steps`` Euler steps.
 
@@ -265,13 +217,13 @@ def load_base_policy(cfg: DictConfig, device: torch.device, num_steps: int) -> F
     """
     path = repo_path(cfg.base_checkpoint or f"checkpoints/{cfg.task.lower()}-flow-base.pt")
     policy = load_flow_policy(path, task=cfg.task, device=device)
-    chunk_len = policy.actor.chunk_len
+    chunk_len = policy.actor.model.chunk_len
     if chunk_len > cfg.env.max_episode_steps:
         raise ValueError(
             f"the base policy's chunks ({chunk_len} actions) are longer than an episode "
             f"(env.max_episode_steps={cfg.env.max_episode_steps})."
         )
-    policy.actor.num_steps = num_steps
+    policy.actor.model.num_steps = num_steps
     return policy
 
 
@@ -290,94 +242,19 @@ def make_chunk_env(
     return TransformedEnv(ActionChunkEnv(env, chunk_len), transforms)
 
 
-def episode_returns(
-    env: EnvBase, actor: TensorDictModuleBase, *, max_env_steps: int,
-    exploration_type: ExplorationType, chunk_len: int | None = None,
-) -> dict:
-    """Mean and standard deviation of one episode per env of a chunk env (see ``evaluate_policy``).
-
-    ``chunk_len`` (actions per env step of ``env``) defaults to the actor's ``chunk_len``.
-    """
-    max_chunks = math.ceil(max_env_steps / (chunk_len or actor.chunk_len))
-    result = evaluate_policy(env, actor, max_steps=max_chunks, exploration_type=exploration_type)
-    returns = result["return"]
-    return {
-        "mean": returns.mean().item(),
-        "std": returns.std().item(),
-        "episodes": returns.numel(),
-        "mean_length": result["length"].float().mean().item(),
-    }
-
-
-def deterministic_returns(env: EnvBase, actor: TensorDictModuleBase, cfg: DictConfig,
-                          chunk_len: int | None = None) -> dict:
-    """``episode_returns`` of the deterministic policy within ``cfg.env.max_episode_steps``.
-
-    Deterministic: a flow actor from x0 = 0; a TanhNormal actor takes the squashed Gaussian mean.
-    ``chunk_len`` as in :func:`episode_returns`.
-    """
-    return episode_returns(env, actor, max_env_steps=cfg.env.max_episode_steps,
-                           exploration_type=ExplorationType.DETERMINISTIC, chunk_len=chunk_len)
-
-
-def record_returns(history: list, env: EnvBase, actor: TensorDictModuleBase, cfg: DictConfig, *,
-                   env_steps: int, wall_seconds: float, chunk_len: int | None = None) -> dict:
-    """``deterministic_returns``, also appended to ``history`` as a point of the learning curve."""
-    returns = deterministic_returns(env, actor, cfg, chunk_len)
-    history.append({"env_steps": env_steps, "wall_seconds": wall_seconds, **returns})
-    return returns
-
-
 def make_policy_chunk_env(policy: FlowPolicy, cfg: DictConfig, num_envs: int, seed: int,
                           device: torch.device) -> TransformedEnv:
     """A chunk env of ``cfg.task`` in ``policy``'s normalised spaces, with its chunk length."""
-    return make_chunk_env(cfg.task, num_envs, seed, policy.actor.chunk_len, policy.env_transforms(),
+    return make_chunk_env(cfg.task, num_envs, seed, policy.actor.model.chunk_len, policy.env_transforms(),
                           max_episode_steps=cfg.env.max_episode_steps, device=device)
-
-
-def load_run_state(cfg: DictConfig, device: torch.device, checkpoint_format: str,
-                   **identity) -> tuple[Path | None, dict | None]:
-    """The checkpoint named by ``cfg.resume`` (``None, None`` without one), checked before any work.
-
-    Refuses a missing file, a checkpoint of another example (``checkpoint_format``) and one whose
-    entries differ from ``identity`` (e.g. ``task=...``), naming the difference.
-    """
-    if not cfg.resume:
-        return None, None
-    path = repo_path(cfg.resume)
-    if not path.is_file():
-        raise FileNotFoundError(f"resume={cfg.resume}: no such checkpoint ({path}).")
-    state = torch.load(path, map_location=device, weights_only=True)
-    if state.get("format") != checkpoint_format:
-        raise ValueError(f"{path} is not a {checkpoint_format} checkpoint.")
-    saved = {key: state.get(key) for key in identity}
-    if saved != identity:
-        raise ValueError(
-            f"{path} is a run with " + " ".join(f"{k}={v}" for k, v in saved.items())
-            + "; this run has " + " ".join(f"{k}={v}" for k, v in identity.items()) + "."
-        )
-    return path, state
-
-
-def rng_state(device: torch.device) -> dict:
-    """The torch (and, on CUDA, the CUDA) random state, for a checkpoint."""
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}
-
-
-def restore_rng_state(rng: dict, device: torch.device) -> None:
-    """Restores what :func:`rng_state` saved."""
-    torch.set_rng_state(rng["torch"])
-    if device.type == "cuda" and rng.get("cuda") is not None:
-        torch.cuda.set_rng_state(rng["cuda"])
 
 
 def make_rldt_critic(policy: FlowPolicy, cfg: DictConfig, device: torch.device) -> ValueOperator:
     """One Q(observation, chunk) network; RLDTLoss makes the ensemble and its targets."""
-    actor = policy.actor
+    model = policy.actor.model
     network = ChunkQValueMLP(
-        actor.velocity_network.config["observation_dim"], actor.action_dim,
-        chunk_len=actor.chunk_len, hidden_dim=cfg.critic.hidden_dim, num_layers=cfg.critic.num_layers,
+        model.velocity_network.config["observation_dim"], model.action_dim,
+        chunk_len=model.chunk_len, hidden_dim=cfg.critic.hidden_dim, num_layers=cfg.critic.num_layers,
     )
     return ValueOperator(network, in_keys=["observation", "action"]).to(device)
 
@@ -400,10 +277,23 @@ def make_rldt_loss(actor: FlowActor, critic: ValueOperator, cfg: DictConfig) -> 
         rl_coef=cfg.rldt.rl_coef,
         consistency_coef=cfg.rldt.consistency_coef,
         reference_coef=cfg.rldt.reference_coef,
+        reference="frozen" if cfg.schedule.reanchor_every is None else "previous",
+        reanchor_every=cfg.schedule.reanchor_every,
         rl_objective=cfg.rldt.rl_objective,
     )
     loss.make_value_estimator(gamma=cfg.optim.gamma)
     return loss, SoftUpdate(loss, tau=cfg.optim.tau)
+
+
+def make_rldt_optimizers(loss: RLDTLoss, cfg: DictConfig):
+    """Adam for the actor with its linear lr warm-up, AdamW for the Q ensemble."""
+    actor_optim = torch.optim.Adam(loss.actor_network_params.values(True, True), lr=cfg.optim.actor_lr)
+    actor_warmup = torch.optim.lr_scheduler.LambdaLR(
+        actor_optim, lambda step: min(1.0, (step + 1) / max(cfg.optim.actor_warmup_steps, 1))
+    )
+    critic_optim = torch.optim.AdamW(loss.qvalue_network_params.values(True, True),
+                                     lr=cfg.optim.critic_lr, weight_decay=cfg.optim.critic_weight_decay)
+    return actor_optim, actor_warmup, critic_optim
 
 
 def make_rldt_collector(env: EnvBase, actor: FlowActor, cfg: DictConfig, total_chunks: int) -> Collector:

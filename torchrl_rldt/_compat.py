@@ -5,13 +5,9 @@ They are not public API upstream: if a release renames one, only this file chang
 from __future__ import annotations
 
 from tensordict import TensorDict
-from torchrl.objectives.utils import _vmap_func
-
-# vmap of a TensorDict module over stacked parameters (the Q-ensemble pattern of SACLoss).
-vmap_module_over_params = _vmap_func
 
 # TensorDict construction without per-entry validation, for hot paths whose
 # entries are built with the right batch size and device by construction.
 new_tensordict_unsafe = TensorDict._new_unsafe
 
-__all__ = ["new_tensordict_unsafe", "vmap_module_over_params"]
+__all__ = ["new_tensordict_unsafe"]

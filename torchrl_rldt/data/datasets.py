@@ -20,6 +20,8 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import LazyTensorStorage, ReplayBuffer, TensorDictReplayBuffer
 
+from torchrl_rldt.checkpoint.atomic import atomic_write
+
 __all__ = [
     "D4RL_KEYS",
     "action_chunks",
@@ -103,15 +105,15 @@ def save_d4rl_dataset(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
     """
     path = Path(path)
     _check_arrays(arrays, str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_LZMA) as archive:
-        for key, value in arrays.items():
-            buffer = io.BytesIO()
-            np.save(buffer, np.ascontiguousarray(value), allow_pickle=False)
-            archive.writestr(f"{key}.npy", buffer.getvalue())
-    tmp.replace(path)
-    return path
+
+    def write(handle) -> None:
+        with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_LZMA) as archive:
+            for key, value in arrays.items():
+                buffer = io.BytesIO()
+                np.save(buffer, np.ascontiguousarray(value), allow_pickle=False)
+                archive.writestr(f"{key}.npy", buffer.getvalue())
+
+    return atomic_write(path, write)
 
 
 def load_d4rl_dataset(path: str | Path, device: str | torch.device = "cpu") -> TensorDict:

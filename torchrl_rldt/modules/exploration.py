@@ -6,9 +6,7 @@ from __future__ import annotations
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
-from torchrl.envs.utils import exploration_type
-
-from torchrl_rldt.modules.flow import _DETERMINISTIC_TYPES, FlowActor
+from torchrl_rldt.modules.flow import FlowActor, is_deterministic_exploration
 
 __all__ = ["LandingPointExploration"]
 
@@ -23,8 +21,8 @@ class LandingPointExploration(TensorDictModuleBase):
     chain and vanishes where it has settled. Under DETERMINISTIC (and MODE, MEAN, MEDIAN) it is
     the actor alone, sampling from ``x0 = 0`` without noise.
 
-    Reference: RLDT, arXiv 2606.08602, section 6 of ``docs/rldt-algorithm.md`` ("min_extrp"
-    in the authors' code).
+    Reference: RLDT, arXiv 2606.08602 (``docs/algorithm.md``, "Exploration"; ``min_extrp`` in
+    the authors' code).
 
     Args:
         actor: the flow actor; its keys are this module's keys.
@@ -35,8 +33,8 @@ class LandingPointExploration(TensorDictModuleBase):
         >>> import torch
         >>> from tensordict import TensorDict
         >>> from torchrl.envs.utils import ExplorationType, set_exploration_type
-        >>> from torchrl_rldt.modules import FlowActor, LandingPointExploration, VelocityMLP
-        >>> actor = FlowActor(VelocityMLP(11, 3, chunk_len=4, hidden_dim=32), 3, 8, chunk_len=4)
+        >>> from torchrl_rldt.modules import FlowActor, FlowModel, LandingPointExploration, VelocityMLP
+        >>> actor = FlowActor(FlowModel(VelocityMLP(11, 3, chunk_len=4, hidden_dim=32), 3, 8, chunk_len=4))
         >>> policy = LandingPointExploration(actor, min_step=6)
         >>> obs = TensorDict(observation=torch.randn(5, 11), batch_size=[5])
         >>> policy(obs.clone())["action"].shape
@@ -59,28 +57,21 @@ class LandingPointExploration(TensorDictModuleBase):
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         """Writes the (explored) action chunk into ``tensordict``."""
-        if exploration_type() in _DETERMINISTIC_TYPES:
+        if is_deterministic_exploration():
             return self.actor(tensordict)
-        actor = self.actor
-        num_steps = actor.num_steps
+        model = self.actor.model
+        num_steps = model.num_steps
         if self.min_step >= num_steps:
             raise ValueError(
                 f"min_step={self.min_step} must be below the actor's num_steps={num_steps}."
             )
-        observation = tensordict.get(actor.observation_key)
-        noise = tensordict.get(actor.noise_key, None)
-        _, chain = actor.sample(observation, noise, return_chain=True)
-        batch_shape = chain.shape[:-3]
-        step = torch.randint(self.min_step, num_steps, batch_shape, device=chain.device)
-        index = step[..., None, None, None].expand(*batch_shape, 1, *chain.shape[-2:])
-        x_step = chain.gather(-3, index).squeeze(-3)
-        landing = actor.expected_action(x_step, step.to(chain.dtype) / num_steps, observation)
+        observation = tensordict.get(self.actor.observation_key)
+        _, chain = model.sample(observation, self.actor.initial_noise(tensordict), return_chain=True)
+        step = torch.randint(self.min_step, num_steps, chain.shape[:-3], device=chain.device)
+        _, landing = model.chain_landing(observation, chain, step)
         final = chain[..., -1, :, :]
         scale = (final - landing).flatten(-2).norm(dim=-1)[..., None, None]
-        action = final + scale * torch.randn_like(final)
-        if actor.low is not None or actor.high is not None:
-            action = action.clamp(actor.low, actor.high)
-        tensordict.set(actor.action_key, action)
-        if actor.chain_key is not None:
-            tensordict.set(actor.chain_key, chain)
+        tensordict.set(self.actor.action_key, model.clamp(final + scale * torch.randn_like(final)))
+        if self.actor.chain_key is not None:
+            tensordict.set(self.actor.chain_key, chain)
         return tensordict

@@ -1,19 +1,29 @@
 # This source code is licensed under the MIT license found in the
 # LICENSE file in the root directory of this source tree.
-"""Flow-matching policy: velocity network, Euler sampler and action chunks."""
+"""Flow-matching policies: the velocity network, the tensor-only flow model and its TensorDict actor.
+
+Two layers, as upstream TorchRL splits its flow policies (pytorch/rl PR 4436):
+
+- :class:`FlowModel` is tensors only: the velocity ``v(observation, action, time)``, the one
+  Euler integrator of the package (deterministic steps, or Gaussian steps for ReinFlow), the
+  expected landing point of a chain state, and ``forward(observation, noise=None)``.
+- :class:`FlowActor` is the TensorDict policy around it: keys fixed at construction, a bounded
+  action spec, and the exploration-type contract (``x0 = 0`` under DETERMINISTIC).
+"""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
-from tensordict.utils import NestedKey
+from tensordict.utils import NestedKey, unravel_key
 from torch import nn
+from torchrl.data import Bounded, TensorSpec, Unbounded
 from torchrl.envs.utils import ExplorationType, exploration_type
 
-__all__ = ["FlowActor", "SinusoidalTimeEmbedding", "VelocityMLP"]
+__all__ = ["FlowActor", "FlowChain", "FlowModel", "SinusoidalTimeEmbedding", "VelocityMLP"]
 
 _DETERMINISTIC_TYPES = (
     ExplorationType.DETERMINISTIC,
@@ -21,6 +31,15 @@ _DETERMINISTIC_TYPES = (
     ExplorationType.MEAN,
     ExplorationType.MEDIAN,
 )
+
+
+def is_deterministic_exploration() -> bool:
+    """Whether the current exploration type asks for a deterministic action.
+
+    DETERMINISTIC, MODE, MEAN and MEDIAN are deterministic; RANDOM, or no exploration context,
+    is not.
+    """
+    return exploration_type() in _DETERMINISTIC_TYPES
 
 
 class SinusoidalTimeEmbedding(nn.Module):
@@ -66,6 +85,13 @@ class VelocityMLP(nn.Module):
         time_dim (int, optional): size of the time embedding. Defaults to ``16``.
         activation (type[nn.Module], optional): activation of the hidden layers.
             Defaults to :class:`torch.nn.ReLU`.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl_rldt.modules import VelocityMLP
+        >>> net = VelocityMLP(11, 3, chunk_len=4, hidden_dim=64)
+        >>> net(torch.randn(5, 11), torch.randn(5, 4, 3), torch.rand(5)).shape
+        torch.Size([5, 4, 3])
     """
 
     def __init__(
@@ -118,58 +144,65 @@ class VelocityMLP(nn.Module):
         return self.output_layer(hidden).unflatten(-1, (self.chunk_len, self.action_dim))
 
 
-class FlowActor(TensorDictModuleBase):
-    """A flow-matching policy over action chunks, as a TensorDict module.
+class FlowChain(NamedTuple):
+    """What :meth:`FlowModel.integrate` returns.
 
-    Time runs from ``t = 0`` (noise) to ``t = 1`` (action) along the linear
-    interpolant ``x_t = (1 - t) z + t a``; sampling integrates the learned
-    velocity with ``num_steps`` explicit Euler steps ``x_{k+1} = x_k + v(x_k, k/N) / N``.
-    Under :class:`~torchrl.envs.utils.ExplorationType` ``DETERMINISTIC`` (also
-    ``MODE``, ``MEAN``, ``MEDIAN``) the chain starts from ``x_0 = 0``; otherwise
-    (``RANDOM``, or no exploration context) from ``N(0, I)``. A noise given in the
-    input tensordict (``noise_key``) or as argument wins over both.
+    Attributes:
+        chain (torch.Tensor): the states ``x_0 .. x_N``, ``[*B, N + 1, H, A]``, unclamped.
+        step_mean (torch.Tensor or None): the Gaussian steps' means ``x_k + v(x_k, t_k) / N``,
+            ``[*B, N, H, A]`` (``None`` for a deterministic chain).
+        step_std (torch.Tensor or None): the Gaussian steps' standard deviations,
+            ``[*B, N, H, A]`` (``None`` for a deterministic chain).
+    """
 
-    The tensor contract follows upstream TorchRL's flow model:
-    :meth:`velocity` ``(observation, action, time)`` and
-    ``forward(observation, noise=None)``; ``forward`` also takes a tensordict.
-    ``num_steps`` can be changed after training (the network is trained on
-    continuous time).
+    chain: torch.Tensor
+    step_mean: torch.Tensor | None = None
+    step_std: torch.Tensor | None = None
 
-    Reference: Lei, Daniilidis, Loquercio, "Reinforcement Learning for
-    Flow-Matching Policies with Density Transport", arXiv 2606.08602.
+
+class FlowModel(nn.Module):
+    """A flow-matching model over action chunks: tensors in, tensors out.
+
+    Time runs from ``t = 0`` (noise) to ``t = 1`` (action) along the linear interpolant
+    ``x_t = (1 - t) z + t a``. Sampling integrates the learned velocity with ``num_steps``
+    explicit Euler steps ``x_{k+1} = x_k + v(x_k, k / N | s) / N`` (:meth:`integrate`, the
+    only integrator of the package; with ``step_std`` each step becomes a Gaussian transition,
+    ReinFlow's noisy chain). The final state is clamped to ``[low, high]``.
+
+    The method names and argument order follow upstream TorchRL's ``FlowMatchingModel``
+    (``velocity(observation, action, time)``, ``forward(observation, noise=None)``, ``low`` and
+    ``high`` keywords). Ours adds action chunks (``chunk_len``), the whole chain and the
+    expected landing point that RLDT needs. ``forward`` without ``noise`` always samples
+    ``x_0 ~ N(0, I)``: the deterministic ``x_0 = 0`` of evaluation is the
+    :class:`FlowActor`'s decision, not the model's.
+
+    Reference: Lei, Daniilidis, Loquercio, "Reinforcement Learning for Flow-Matching Policies
+    with Density Transport", arXiv 2606.08602.
 
     Args:
-        velocity_network (nn.Module): ``v(observation, action, time)`` returning a
-            tensor shaped like ``action`` ([*B, chunk_len, action_dim]) for ``time``
-            of shape [*B]. :class:`VelocityMLP` is the default choice.
+        velocity_network (nn.Module): ``v(observation, action, time)`` returning a tensor shaped
+            like ``action`` ([*B, chunk_len, action_dim]) for ``time`` of shape [*B]; e.g.
+            :class:`VelocityMLP`.
         action_dim (int): size of one action.
-        num_steps (int, optional): Euler steps ``N``. Defaults to ``10``.
+        num_steps (int, optional): Euler steps ``N``; can be changed after training (the
+            network is trained on continuous time). Defaults to ``10``.
 
     Keyword Args:
         chunk_len (int, optional): actions per chunk ``H``. Defaults to ``1``.
-        low (torch.Tensor or float, optional): lower action bound; the final
-            action is clamped to it. Defaults to no bound.
-        high (torch.Tensor or float, optional): upper action bound. Defaults to
-            no bound.
-        observation_key (NestedKey, optional): defaults to ``"observation"``.
-        action_key (NestedKey, optional): defaults to ``"action"``.
-        noise_key (NestedKey, optional): an optional input key holding ``x_0``
-            ([*B, H, A]); used when present. Defaults to ``"flow_noise"``.
-        chain_key (NestedKey, optional): if set, the whole Euler chain
-            ``x_0 .. x_N`` ([*B, N + 1, H, A]) is written there. Defaults to
-            ``None`` (not written).
+        low (torch.Tensor or float, optional): lower action bound (broadcast to one action).
+            Defaults to no bound.
+        high (torch.Tensor or float, optional): upper action bound. Defaults to no bound.
 
     Examples:
         >>> import torch
-        >>> from tensordict import TensorDict
-        >>> from torchrl_rldt.modules import FlowActor, VelocityMLP
-        >>> net = VelocityMLP(11, 3, chunk_len=4, hidden_dim=64)
-        >>> actor = FlowActor(net, action_dim=3, num_steps=8, chunk_len=4, low=-1.0, high=1.0)
-        >>> td = actor(TensorDict(observation=torch.randn(5, 11), batch_size=[5]))
-        >>> td["action"].shape
+        >>> from torchrl_rldt.modules import FlowModel, VelocityMLP
+        >>> model = FlowModel(VelocityMLP(11, 3, chunk_len=4, hidden_dim=64), 3, num_steps=8,
+        ...                   chunk_len=4, low=-1.0, high=1.0)
+        >>> observation = torch.randn(5, 11)
+        >>> model(observation).shape
         torch.Size([5, 4, 3])
-        >>> actor(torch.randn(2, 7, 11)).shape
-        torch.Size([2, 7, 4, 3])
+        >>> model.integrate(observation, torch.zeros(5, 4, 3)).chain.shape
+        torch.Size([5, 9, 4, 3])
     """
 
     def __init__(
@@ -181,10 +214,6 @@ class FlowActor(TensorDictModuleBase):
         chunk_len: int = 1,
         low: torch.Tensor | float | None = None,
         high: torch.Tensor | float | None = None,
-        observation_key: NestedKey = "observation",
-        action_key: NestedKey = "action",
-        noise_key: NestedKey = "flow_noise",
-        chain_key: NestedKey | None = None,
     ) -> None:
         super().__init__()
         if action_dim < 1 or chunk_len < 1:
@@ -198,13 +227,6 @@ class FlowActor(TensorDictModuleBase):
             )
         if low is not None and high is not None and (self.low > self.high).any():
             raise ValueError("low must not exceed high.")
-        self.observation_key, self.action_key = observation_key, action_key
-        self.noise_key, self.chain_key = noise_key, chain_key
-        # the noise is an optional input: not listed, so that nothing requires it
-        self.in_keys: Sequence[NestedKey] = [observation_key]
-        self.out_keys: Sequence[NestedKey] = [action_key] + (
-            [chain_key] if chain_key is not None else []
-        )
 
     @property
     def num_steps(self) -> int:
@@ -225,29 +247,103 @@ class FlowActor(TensorDictModuleBase):
     def velocity(
         self, observation: torch.Tensor, action: torch.Tensor, time: torch.Tensor | float
     ) -> torch.Tensor:
-        """The velocity ``v(x_t, t | s)``; ``time`` broadcasts to the batch shape."""
+        """The velocity ``v(x_t, t | s)``; ``time`` broadcasts to the batch shape ``[*B]``."""
         time = torch.as_tensor(time, dtype=action.dtype, device=action.device)
         return self.velocity_network(observation, action, time.expand(action.shape[:-2]))
 
+    def step_mean(
+        self, observation: torch.Tensor, action: torch.Tensor, time: torch.Tensor | float
+    ) -> torch.Tensor:
+        """One Euler step from ``action`` at ``time``: ``x + v(x, t | s) / N``."""
+        return action + self.velocity(observation, action, time) / self.num_steps
+
     def expected_action(
-        self, action: torch.Tensor, time: torch.Tensor | float, observation: torch.Tensor
+        self, observation: torch.Tensor, action: torch.Tensor, time: torch.Tensor | float
     ) -> torch.Tensor:
         """Expected landing point ``x_t + (1 - t) v(x_t, t | s)`` of a chain state.
 
-        Its parameter gradient is ``(1 - t) dv/dtheta``: no back-propagation
-        through the ODE.
+        Its parameter gradient is ``(1 - t) dv/dtheta``: no back-propagation through the ODE.
         """
+        velocity, landing = self._velocity_and_landing(observation, action, time)
+        return landing
+
+    def _velocity_and_landing(self, observation, action, time):
         time = torch.as_tensor(time, dtype=action.dtype, device=action.device)
         time = time.expand(action.shape[:-2])
-        remaining = (1 - time)[..., None, None]
-        return action + remaining * self.velocity(observation, action, time)
+        velocity = self.velocity(observation, action, time)
+        return velocity, action + (1 - time)[..., None, None] * velocity
 
-    def initial_noise(self, batch_shape: torch.Size, device: torch.device) -> torch.Tensor:
-        """``x_0``: zeros under a deterministic exploration type, else ``N(0, I)``."""
-        shape = (*batch_shape, *self.action_shape)
-        if exploration_type() in _DETERMINISTIC_TYPES:
-            return torch.zeros(shape, device=device)
-        return torch.randn(shape, device=device)
+    def chain_landing(
+        self, observation: torch.Tensor, chain: torch.Tensor, step: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The velocity and the expected landing point at step ``step`` of each chain.
+
+        Args:
+            observation (torch.Tensor): ``[*B, D]``.
+            chain (torch.Tensor): chains ``[*B, N + 1, H, A]`` (see :meth:`integrate`).
+            step (torch.Tensor): an integer step ``k`` in ``[0, N)`` per chain, ``[*B]``.
+
+        Returns:
+            ``v(x_k, k / N | s)`` and ``x_k + (1 - k / N) v``, both ``[*B, H, A]``.
+        """
+        index = step[..., None, None, None].expand(*step.shape, 1, *chain.shape[-2:])
+        state = chain.gather(-3, index).squeeze(-3)
+        time = step.to(chain.dtype) / (chain.shape[-3] - 1)
+        return self._velocity_and_landing(observation, state, time)
+
+    def initial_noise(self, batch_shape: torch.Size, device: torch.device | None = None) -> torch.Tensor:
+        """``x_0 ~ N(0, I)`` of shape ``[*batch_shape, H, A]``."""
+        return torch.randn((*batch_shape, *self.action_shape), device=device)
+
+    def integrate(
+        self,
+        observation: torch.Tensor,
+        noise: torch.Tensor,
+        *,
+        step_std: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    ) -> FlowChain:
+        """Runs the ``N`` Euler steps from ``x_0 = noise``.
+
+        Args:
+            observation (torch.Tensor): ``[*B, D]``.
+            noise (torch.Tensor): the chain's start ``x_0``, ``[*B, H, A]``.
+
+        Keyword Args:
+            step_std (callable, optional): ``sigma(observation, time)`` returning positive
+                standard deviations ``[*B, H, A]``; each step then draws
+                ``x_{k+1} ~ N(x_k + v(x_k, t_k) / N, sigma(s, t_k)^2)``. Defaults to ``None``
+                (deterministic steps).
+
+        Returns:
+            A :class:`FlowChain`: the chain ``[*B, N + 1, H, A]`` and, with ``step_std``, the
+            steps' means and standard deviations ``[*B, N, H, A]``.
+        """
+        expected = (*observation.shape[:-1], *self.action_shape)
+        if noise.shape != expected:
+            raise ValueError(f"noise must have shape {expected}, got {tuple(noise.shape)}.")
+        num_steps = self.num_steps
+        x, chain, means, stds = noise, [noise], [], []
+        for k in range(num_steps):
+            time = k / num_steps
+            mean = self.step_mean(observation, x, time)
+            if step_std is None:
+                x = mean
+            else:
+                std = step_std(observation, torch.full(observation.shape[:-1], time,
+                                                       dtype=x.dtype, device=x.device))
+                x = mean + std * torch.randn_like(mean)
+                means.append(mean)
+                stds.append(std)
+            chain.append(x)
+        if step_std is None:
+            return FlowChain(torch.stack(chain, dim=-3))
+        return FlowChain(torch.stack(chain, -3), torch.stack(means, -3), torch.stack(stds, -3))
+
+    def clamp(self, action: torch.Tensor) -> torch.Tensor:
+        """``action`` clamped to the bounds (unchanged without bounds)."""
+        if self.low is None and self.high is None:
+            return action
+        return action.clamp(self.low, self.high)
 
     def sample(
         self,
@@ -256,47 +352,144 @@ class FlowActor(TensorDictModuleBase):
         *,
         return_chain: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Integrates the flow from ``noise`` (``x_0``) to an action chunk.
+        """Integrates the flow from ``noise`` (default ``N(0, I)``) to an action chunk.
 
-        Returns the clamped action ``[*B, H, A]``, and with ``return_chain`` the
-        unclamped chain ``x_0 .. x_N`` ``[*B, N + 1, H, A]`` as well.
+        Returns the clamped action ``[*B, H, A]``, and with ``return_chain`` the unclamped
+        chain ``x_0 .. x_N`` ``[*B, N + 1, H, A]`` as well.
         """
-        batch_shape = observation.shape[:-1]
         if noise is None:
-            noise = self.initial_noise(batch_shape, observation.device)
-        elif noise.shape != (*batch_shape, *self.action_shape):
-            raise ValueError(
-                f"noise must have shape {(*batch_shape, *self.action_shape)}, got "
-                f"{tuple(noise.shape)}."
-            )
-        step = 1.0 / self.num_steps
-        x = noise
-        chain = [x]
-        for k in range(self.num_steps):
-            x = x + step * self.velocity(observation, x, k * step)
-            chain.append(x)
-        action = x
-        if self.low is not None or self.high is not None:
-            action = action.clamp(self.low, self.high)
-        if return_chain:
-            return action, torch.stack(chain, dim=-3)
-        return action
+            noise = self.initial_noise(observation.shape[:-1], observation.device)
+        chain = self.integrate(observation, noise).chain
+        action = self.clamp(chain[..., -1, :, :])
+        return (action, chain) if return_chain else action
 
-    def forward(
+    def forward(self, observation: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """An action chunk ``[*B, H, A]`` for observations ``[*B, D]`` (see :meth:`sample`)."""
+        return self.sample(observation, noise)
+
+
+class FlowActor(TensorDictModuleBase):
+    """A :class:`FlowModel` as a TensorDict policy.
+
+    Reads the observation at ``in_keys[0]`` and writes the action chunk ``[*B, H, A]`` at
+    ``out_keys[0]`` (and, with ``chain_key``, the chain ``[*B, N + 1, H, A]``). The keys are
+    fixed at construction: build a new actor around the same model for other keys.
+
+    Exploration contract: under :class:`~torchrl.envs.utils.ExplorationType` ``DETERMINISTIC``
+    (also ``MODE``, ``MEAN``, ``MEDIAN``) the chain starts from ``x_0 = 0``, so evaluation is
+    repeatable and follows the flow's "centre"; otherwise (``RANDOM``, or no exploration
+    context) from ``N(0, I)``. A noise given in the input tensordict (``noise_key``) wins over
+    both. Upstream TorchRL's flow policy samples noise in every mode; ``x_0 = 0`` is RLDT's
+    deterministic evaluation and is what the shipped returns were measured with.
+
+    Args:
+        model (FlowModel): the flow; its ``low``/``high`` define the action spec.
+
+    Keyword Args:
+        in_keys (sequence of NestedKey, optional): the observation key, one entry. Defaults to
+            ``["observation"]``.
+        out_keys (sequence of NestedKey, optional): the action key and, optionally, a second
+            key where the chain is written. Defaults to ``["action"]``.
+        noise_key (NestedKey, optional): an optional input holding ``x_0`` ([*B, H, A]); used
+            when present, not required. Defaults to ``"flow_noise"``.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl_rldt.modules import FlowActor, FlowModel, VelocityMLP
+        >>> model = FlowModel(VelocityMLP(11, 3, chunk_len=4, hidden_dim=64), 3, num_steps=8,
+        ...                   chunk_len=4, low=-1.0, high=1.0)
+        >>> actor = FlowActor(model, out_keys=["action", "flow_chain"])
+        >>> td = actor(TensorDict(observation=torch.randn(5, 11), batch_size=[5]))
+        >>> td["action"].shape, td["flow_chain"].shape
+        (torch.Size([5, 4, 3]), torch.Size([5, 9, 4, 3]))
+        >>> actor.spec
+        Bounded(...)
+    """
+
+    def __init__(
         self,
-        tensordict: TensorDictBase | torch.Tensor,
-        noise: torch.Tensor | None = None,
-    ) -> TensorDictBase | torch.Tensor:
-        """Samples an action chunk from a tensordict (writes ``out_keys``) or a tensor."""
-        if not isinstance(tensordict, TensorDictBase):
-            return self.sample(tensordict, noise)
+        model: FlowModel,
+        *,
+        in_keys: Sequence[NestedKey] = ("observation",),
+        out_keys: Sequence[NestedKey] = ("action",),
+        noise_key: NestedKey = "flow_noise",
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, FlowModel):
+            raise TypeError(f"model must be a FlowModel, got {type(model).__name__}.")
+        in_keys, out_keys = [unravel_key(k) for k in in_keys], [unravel_key(k) for k in out_keys]
+        if len(in_keys) != 1:
+            raise ValueError(f"in_keys must hold exactly the observation key, got {in_keys}.")
+        if len(out_keys) not in (1, 2):
+            raise ValueError(f"out_keys must be [action] or [action, chain], got {out_keys}.")
+        self.model = model
+        self._in_keys, self._out_keys = in_keys, out_keys
+        self._noise_key = unravel_key(noise_key)
+
+    # Keys are read-only: changing one after construction would leave users of the others stale.
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        return list(self._in_keys)
+
+    @in_keys.setter
+    def in_keys(self, value) -> None:
+        raise AttributeError("FlowActor keys are fixed at construction; build a new FlowActor.")
+
+    @property
+    def out_keys(self) -> list[NestedKey]:
+        return list(self._out_keys)
+
+    @out_keys.setter
+    def out_keys(self, value) -> None:
+        raise AttributeError("FlowActor keys are fixed at construction; build a new FlowActor.")
+
+    @property
+    def observation_key(self) -> NestedKey:
+        """The observation key, ``in_keys[0]``."""
+        return self._in_keys[0]
+
+    @property
+    def action_key(self) -> NestedKey:
+        """The action key, ``out_keys[0]``."""
+        return self._out_keys[0]
+
+    @property
+    def chain_key(self) -> NestedKey | None:
+        """Where the chain is written (``out_keys[1]``), or ``None``."""
+        return self._out_keys[1] if len(self._out_keys) > 1 else None
+
+    @property
+    def noise_key(self) -> NestedKey:
+        """The optional input key of ``x_0``."""
+        return self._noise_key
+
+    @property
+    def spec(self) -> TensorSpec:
+        """The action spec of one chunk: ``Bounded`` when the model has both bounds."""
+        model = self.model
+        shape = model.action_shape
+        if model.low is None or model.high is None:
+            return Unbounded(shape)
+        return Bounded(model.low.expand(shape), model.high.expand(shape), shape)
+
+    def initial_noise(self, tensordict: TensorDictBase) -> torch.Tensor:
+        """``x_0`` for ``tensordict``: its ``noise_key`` entry, else 0 when deterministic, else N(0, I)."""
+        noise = tensordict.get(self._noise_key, None)
+        if noise is not None:
+            return noise
         observation = tensordict.get(self.observation_key)
-        if noise is None:
-            noise = tensordict.get(self.noise_key, None)
-        if self.chain_key is None:
-            tensordict.set(self.action_key, self.sample(observation, noise))
-        else:
-            action, chain = self.sample(observation, noise, return_chain=True)
-            tensordict.set(self.action_key, action)
+        if is_deterministic_exploration():
+            shape = (*observation.shape[:-1], *self.model.action_shape)
+            return torch.zeros(shape, device=observation.device)
+        return self.model.initial_noise(observation.shape[:-1], observation.device)
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """Samples an action chunk (and, with a chain key, the chain) into ``tensordict``."""
+        observation = tensordict.get(self.observation_key)
+        action, chain = self.model.sample(observation, self.initial_noise(tensordict),
+                                          return_chain=True)
+        tensordict.set(self.action_key, action)
+        if self.chain_key is not None:
             tensordict.set(self.chain_key, chain)
         return tensordict

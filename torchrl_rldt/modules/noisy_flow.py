@@ -11,9 +11,7 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
 from torch import nn
-from torchrl.envs.utils import exploration_type
-
-from torchrl_rldt.modules.flow import _DETERMINISTIC_TYPES, FlowActor, SinusoidalTimeEmbedding
+from torchrl_rldt.modules.flow import FlowActor, SinusoidalTimeEmbedding, is_deterministic_exploration
 
 __all__ = ["FlowChainDistribution", "FlowNoiseMLP", "NoisyFlowActor"]
 
@@ -117,8 +115,9 @@ class NoisyFlowActor(TensorDictModuleBase):
         >>> import torch
         >>> from tensordict import TensorDict
         >>> from torchrl.envs.utils import ExplorationType, set_exploration_type
-        >>> from torchrl_rldt.modules import FlowActor, FlowNoiseMLP, NoisyFlowActor, VelocityMLP
-        >>> flow = FlowActor(VelocityMLP(11, 3, chunk_len=4, hidden_dim=64), 3, 4, chunk_len=4)
+        >>> from torchrl_rldt.modules import (
+        ...     FlowActor, FlowModel, FlowNoiseMLP, NoisyFlowActor, VelocityMLP)
+        >>> flow = FlowActor(FlowModel(VelocityMLP(11, 3, chunk_len=4, hidden_dim=64), 3, 4, chunk_len=4))
         >>> policy = NoisyFlowActor(flow, FlowNoiseMLP(11, 3, chunk_len=4))
         >>> td = TensorDict(observation=torch.randn(5, 11), batch_size=[5])
         >>> with set_exploration_type(ExplorationType.RANDOM):
@@ -149,21 +148,20 @@ class NoisyFlowActor(TensorDictModuleBase):
         self.out_keys = [flow_actor.action_key, chain_key, log_prob_key]
 
     def _transitions(self, observation: torch.Tensor, chain: torch.Tensor):
-        """Means and standard deviations of the ``N`` transitions ``[*B, N, H, A]``."""
+        """Means and standard deviations of the ``N`` transitions ``[*B, N, H, A]`` of ``chain``."""
         num_steps = chain.shape[-3] - 1
-        states = chain[..., :-1, :, :]
         time = torch.arange(num_steps, dtype=chain.dtype, device=chain.device) / num_steps
         time = time.expand(*chain.shape[:-3], num_steps)
         steps_observation = observation.unsqueeze(-2).expand(*time.shape, observation.shape[-1])
-        velocity = self.flow_actor.velocity(steps_observation, states, time)
-        return states + velocity / num_steps, self.noise_network(steps_observation, time)
+        mean = self.flow_actor.model.step_mean(steps_observation, chain[..., :-1, :, :], time)
+        return mean, self.noise_network(steps_observation, time)
 
     def log_prob(self, observation: torch.Tensor, chain: torch.Tensor) -> torch.Tensor:
         """Log-likelihood ``[*B]`` of ``chain`` ``[*B, N + 1, H, A]`` under the current parameters."""
-        if chain.shape[-3] != self.flow_actor.num_steps + 1:
+        if chain.shape[-3] != self.flow_actor.model.num_steps + 1:
             raise ValueError(
                 f"the chain has {chain.shape[-3] - 1} steps but the actor takes "
-                f"num_steps={self.flow_actor.num_steps}."
+                f"num_steps={self.flow_actor.model.num_steps}."
             )
         mean, std = self._transitions(observation, chain)
         log_prob = torch.distributions.Normal(mean, std).log_prob(chain[..., 1:, :, :])
@@ -189,29 +187,16 @@ class NoisyFlowActor(TensorDictModuleBase):
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         """Samples a chunk (and, when random, its chain and log-likelihood) into ``tensordict``."""
         actor = self.flow_actor
-        if exploration_type() in _DETERMINISTIC_TYPES:
+        if is_deterministic_exploration():
             return actor(tensordict)
         observation = tensordict.get(actor.observation_key)
-        batch_shape = observation.shape[:-1]
-        x = tensordict.get(actor.noise_key, None)
-        if x is None:
-            x = torch.randn(*batch_shape, *actor.action_shape, device=observation.device)
-        num_steps = actor.num_steps
-        chain, log_prob = [x], []
-        for k in range(num_steps):
-            time = torch.full(batch_shape, k / num_steps, device=observation.device)
-            mean = x + actor.velocity(observation, x, time) / num_steps
-            std = self.noise_network(observation, time)
-            x = mean + std * torch.randn_like(mean)
-            log_prob.append(torch.distributions.Normal(mean, std).log_prob(x))
-            chain.append(x)
-        log_prob = self._reduce(torch.stack(log_prob, dim=-3))
-        action = x
-        if actor.low is not None or actor.high is not None:
-            action = action.clamp(actor.low, actor.high)
+        chain, mean, std = actor.model.integrate(
+            observation, actor.initial_noise(tensordict), step_std=self.noise_network
+        )
+        log_prob = self._reduce(torch.distributions.Normal(mean, std).log_prob(chain[..., 1:, :, :]))
         # rollout data: a loss recomputes the likelihood with gradients through log_prob()
-        tensordict.set(actor.action_key, action.detach())
-        tensordict.set(self.chain_key, torch.stack(chain, dim=-3).detach())
+        tensordict.set(actor.action_key, actor.model.clamp(chain[..., -1, :, :]).detach())
+        tensordict.set(self.chain_key, chain.detach())
         tensordict.set(self.log_prob_key, log_prob.detach())
         return tensordict
 

@@ -12,6 +12,7 @@ from tensordict.utils import NestedKey
 from torchrl.objectives import LossModule
 
 from torchrl_rldt.modules import FlowActor
+from torchrl_rldt.objectives.functional import cfm_loss, flow_interpolant
 
 __all__ = ["FlowMatchingBCLoss"]
 
@@ -24,8 +25,8 @@ class FlowMatchingBCLoss(LossModule):
     summed over the chunk and action dimensions, then reduced over the batch.
 
     Reference: Lipman et al., "Flow Matching for Generative Modeling",
-    arXiv 2210.02747; the pretraining loss of RLDT (arXiv 2606.08602, section 1
-    of ``docs``).
+    arXiv 2210.02747; the pretraining loss of RLDT (arXiv 2606.08602; ``docs/algorithm.md``,
+    "Pretraining").
 
     Args:
         actor_network (FlowActor): the flow policy to train.
@@ -37,9 +38,9 @@ class FlowMatchingBCLoss(LossModule):
     Examples:
         >>> import torch
         >>> from tensordict import TensorDict
-        >>> from torchrl_rldt.modules import FlowActor, VelocityMLP
+        >>> from torchrl_rldt.modules import FlowActor, FlowModel, VelocityMLP
         >>> from torchrl_rldt.objectives import FlowMatchingBCLoss
-        >>> actor = FlowActor(VelocityMLP(11, 3, chunk_len=4, hidden_dim=32), 3, chunk_len=4)
+        >>> actor = FlowActor(FlowModel(VelocityMLP(11, 3, chunk_len=4, hidden_dim=32), 3, chunk_len=4))
         >>> loss = FlowMatchingBCLoss(actor)
         >>> data = TensorDict(observation=torch.randn(8, 11), action=torch.randn(8, 4, 3),
         ...                   batch_size=[8])
@@ -96,16 +97,15 @@ class FlowMatchingBCLoss(LossModule):
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
         action = tensordict.get(self.tensor_keys.action)
         observation = tensordict.get(self.tensor_keys.observation)
-        if action.shape[-2:] != self.actor_network.action_shape:
+        model = self.actor_network.model
+        if action.shape[-2:] != model.action_shape:
             raise ValueError(
                 f"the action chunk at {self.tensor_keys.action!r} has trailing shape "
-                f"{tuple(action.shape[-2:])}, the actor expects "
-                f"{tuple(self.actor_network.action_shape)}."
+                f"{tuple(action.shape[-2:])}, the actor expects {tuple(model.action_shape)}."
             )
         noise = torch.randn_like(action)
         time = torch.rand(action.shape[:-2], device=action.device)
-        interpolant = (1 - time)[..., None, None] * noise + time[..., None, None] * action
         with self.actor_network_params.to_module(self.actor_network):
-            velocity = self.actor_network.velocity(observation, interpolant, time)
-        loss = (velocity - (action - noise)).pow(2).sum((-2, -1))
+            velocity = model.velocity(observation, flow_interpolant(noise, action, time), time)
+        loss = cfm_loss(velocity, noise, action)
         return TensorDict(loss_flow_bc=self._reduce_loss(loss, tensordict))

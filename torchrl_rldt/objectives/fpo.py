@@ -12,6 +12,7 @@ from torch import nn
 from torchrl.objectives import ClipPPOLoss
 
 from torchrl_rldt.modules.flow import FlowActor
+from torchrl_rldt.objectives.functional import cfm_loss, flow_interpolant
 
 __all__ = ["FPOLoss"]
 
@@ -61,9 +62,9 @@ class FPOLoss(ClipPPOLoss):
         >>> import torch
         >>> from tensordict import TensorDict
         >>> from torchrl.modules import MLP, ValueOperator
-        >>> from torchrl_rldt.modules import FlowActor, VelocityMLP
+        >>> from torchrl_rldt.modules import FlowActor, FlowModel, VelocityMLP
         >>> from torchrl_rldt.objectives import FPOLoss
-        >>> actor = FlowActor(VelocityMLP(11, 3, chunk_len=4, hidden_dim=32), 3, 4, chunk_len=4)
+        >>> actor = FlowActor(FlowModel(VelocityMLP(11, 3, chunk_len=4, hidden_dim=32), 3, 4, chunk_len=4))
         >>> critic = ValueOperator(MLP(in_features=11, out_features=1, num_cells=[32]),
         ...                        in_keys=["observation"])
         >>> loss = FPOLoss(actor, critic, num_cfm_samples=8)
@@ -129,12 +130,11 @@ class FPOLoss(ClipPPOLoss):
         """Per-pair CFM losses ``[*B, M]`` under the current parameters."""
         observation = observation.unsqueeze(-2).expand(*time.shape, observation.shape[-1])
         action = action.unsqueeze(-3).expand_as(noise)
-        tt = time[..., None, None]
-        x_t = (1 - tt) * noise + tt * action
+        model = self.actor_network.model
         with self.actor_network_params.to_module(self.actor_network):
-            velocity = self.actor_network.velocity(observation, x_t, time)
-        losses = (velocity - (action - noise)).pow(2).mean((-2, -1))
-        return losses.clamp(max=self.max_cfm_loss)
+            velocity = model.velocity(observation, flow_interpolant(noise, action, time), time)
+        # per-dimension mean: the ratio and its clamps are calibrated per dimension (FPO++)
+        return cfm_loss(velocity, noise, action, reduction="mean").clamp(max=self.max_cfm_loss)
 
     @torch.no_grad()
     def record_cfm_losses(self, tensordict: TensorDictBase) -> TensorDictBase:

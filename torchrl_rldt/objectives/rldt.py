@@ -12,10 +12,15 @@ from tensordict.nn import TensorDictModule, dispatch
 from tensordict.utils import NestedKey, unravel_key
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.objectives import LossModule
-from torchrl.objectives.utils import ValueEstimators, dispatch_value_estimator, distance_loss
+from torchrl.objectives.utils import (
+    _vmap_func,
+    ValueEstimators,
+    dispatch_value_estimator,
+    distance_loss,
+)
 
-from torchrl_rldt._compat import vmap_module_over_params
 from torchrl_rldt.modules import FlowActor, SVGDTransport
+from torchrl_rldt.objectives.functional import flow_interpolant
 
 __all__ = ["RLDTLoss"]
 
@@ -28,64 +33,77 @@ class RLDTLoss(LossModule):
     over the target critics`` (no entropy term). The policy update draws ``K`` particles per state
     (full Euler chains of the current policy), picks a query step per particle, computes the
     expected landing points ``a_hat = x_t + (1 - t) v(x_t, t | s)``, the critics' action-gradients
-    at the particles (ensemble mean; no gradient reaches the critic parameters) and the SVGD
-    transport field ``phi`` at the landing points, then minimises
+    (ensemble mean; no gradient reaches the critic parameters) and the SVGD transport field
+    ``phi`` at the landing points, then minimises
 
     * ``L_RL = - E[<v(x_t, t | s), sg(phi)> / (N (1 - t))]``, whose gradient is that of regressing
       ``v`` towards ``v + phi / (N (1 - t))``: one SVGD step of size ``1/N`` on the landing point;
     * ``L_cons = E[||a_hat - a||^2 / (N (1 - t))^2]``, which keeps the chains straight;
     * ``L_ref = E[||v(x', t' | s) - v_ref(x', t' | s)||^2]`` at ``x' = (1 - t') z + t' a``, a
-      Fisher-style divergence to a reference policy: the pretrained one (frozen) or the previous
-      iterate (call :meth:`reset_reference` after each training iteration, as the reference
-      code does).
+      Fisher-style divergence to a reference policy: the pretrained one (``reference="frozen"``)
+      or the iterate of ``reanchor_every`` actor updates ago (``reference="previous"``, as the
+      reference code re-anchors every iteration). The loss owns the re-anchoring: it counts its
+      :meth:`actor_loss` calls (one per actor update) and re-anchors before every
+      ``reanchor_every``-th one; the count is in the state dict, so a resumed run keeps it.
 
     Deviations from the reference code, on purpose: bootstrapping masks ``terminated`` only (the
     reference code also stops at time-limit truncations); the particles are the clamped chain
     ends (what the environment executes), which equal the chain ends inside the action bounds.
 
     Reference: Lei, Daniilidis, Loquercio, "Reinforcement Learning for Flow-Matching Policies with
-    Density Transport", arXiv 2606.08602 (``docs/rldt-algorithm.md`` sections 2 to 5).
+    Density Transport", arXiv 2606.08602 (``docs/algorithm.md``).
 
     Args:
-        actor_network: the :class:`~torchrl_rldt.modules.FlowActor` to fine-tune; its
-            ``num_steps`` is ``N``.
-        qvalue_network: a TensorDict module reading the observation and the action chunk and
-            writing ``state_action_value`` ``[*B, 1]`` (for example a ``ValueOperator`` around a
-            :class:`~torchrl_rldt.modules.ChunkQValueMLP`). It is copied into an ensemble of
+        actor_network (FlowActor): the flow policy to fine-tune; its model's ``num_steps`` is
+            ``N``.
+        qvalue_network (TensorDictModule): reads the action chunk (at the loss's ``action`` key)
+            and whatever else its ``in_keys`` name (e.g. the observation), and writes
+            ``state_action_value`` ``[*B, 1]``, e.g. a ``ValueOperator`` around a
+            :class:`~torchrl_rldt.modules.ChunkQValueMLP`. It is copied into an ensemble of
             ``num_qvalue_nets`` members with independent initial weights, and target copies.
 
     Keyword Args:
-        num_qvalue_nets: the critic ensemble size. Defaults to ``2``.
-        num_particles: ``K``, particles per state. Defaults to ``8``.
-        num_target_samples: policy samples of ``s'`` averaged in the TD target. Defaults to ``2``.
-        transport: the :class:`~torchrl_rldt.modules.SVGDTransport` (kernel, bandwidth,
-            temperature). Defaults to ``SVGDTransport()`` (RBF, median rule, adaptive temperature
-            with ``c = 1e-3``).
-        rl_coef: weight of ``L_RL``. Defaults to ``1.0``.
-        consistency_coef: weight of ``L_cons``. Defaults to ``0.5``.
-        reference_coef: weight of ``L_ref``. Defaults to ``0.2``.
-        rl_objective: ``"inner_product"`` (the formula above) or ``"regression"`` (the equivalent
-            ``0.5 ||v - sg(v + phi / (N (1 - t)))||^2``: same gradient, other value). Defaults to
-            ``"inner_product"``.
-        loss_function: the critic's distance, ``"l2"``, ``"l1"`` or ``"smooth_l1"``. Defaults
-            to ``"l2"``.
-        reduction: ``"mean"``, ``"sum"`` or ``"none"`` over the batch. Defaults to ``"mean"``.
-        use_prioritized_weights: weight the critic loss by ``priority_weight`` when present
-            (``"auto"``), always (``True``) or never (``False``). Defaults to ``"auto"``.
+        num_qvalue_nets (int, optional): the critic ensemble size. Defaults to ``2``.
+        num_particles (int, optional): ``K``, particles per state. Defaults to ``8``.
+        num_target_samples (int, optional): policy samples of ``s'`` averaged in the TD target.
+            Defaults to ``2``.
+        transport (SVGDTransport, optional): the transport (kernel, bandwidth, temperature).
+            Defaults to ``SVGDTransport()`` (RBF, median rule, adaptive temperature with
+            ``c = 1e-3``).
+        rl_coef (float, optional): weight of ``L_RL``. Defaults to ``1.0``.
+        consistency_coef (float, optional): weight of ``L_cons``. Defaults to ``0.5``.
+        reference_coef (float, optional): weight of ``L_ref``. Defaults to ``0.2``.
+        reference (str, optional): ``"frozen"`` (the actor's parameters at construction) or
+            ``"previous"`` (re-anchored every ``reanchor_every`` actor updates). Defaults to
+            ``"frozen"``.
+        reanchor_every (int, optional): the re-anchoring period of ``reference="previous"``, in
+            calls of :meth:`actor_loss`; must be ``None`` for ``"frozen"``. Defaults to ``None``.
+        rl_objective (str, optional): ``"inner_product"`` (the formula above) or
+            ``"regression"`` (the equivalent ``0.5 ||v - sg(v + phi / (N (1 - t)))||^2``: same
+            gradient, other value). Defaults to ``"inner_product"``.
+        loss_function (str, optional): the critic's distance, ``"l2"``, ``"l1"`` or
+            ``"smooth_l1"``. Defaults to ``"l2"``.
+        reduction (str, optional): ``"mean"``, ``"sum"`` or ``"none"`` over the batch. Defaults
+            to ``"mean"``.
+        use_prioritized_weights (str or bool, optional): weight the critic loss by
+            ``priority_weight`` when present (``"auto"``), always (``True``) or never
+            (``False``). Defaults to ``"auto"``.
+        deactivate_vmap (bool, optional): evaluate the ensemble members in a loop instead of
+            ``torch.vmap`` (as in TorchRL's losses). Defaults to ``False``.
 
     Examples:
         >>> import torch
         >>> from tensordict import TensorDict
         >>> from torchrl.modules import ValueOperator
         >>> from torchrl.objectives import SoftUpdate
-        >>> from torchrl_rldt.modules import ChunkQValueMLP, FlowActor, VelocityMLP
+        >>> from torchrl_rldt.modules import ChunkQValueMLP, FlowActor, FlowModel, VelocityMLP
         >>> from torchrl_rldt.objectives import RLDTLoss
         >>> obs_dim, act_dim, chunk = 11, 3, 4
-        >>> actor = FlowActor(VelocityMLP(obs_dim, act_dim, chunk_len=chunk, hidden_dim=64),
-        ...                   act_dim, num_steps=8, chunk_len=chunk, low=-1.0, high=1.0)
+        >>> actor = FlowActor(FlowModel(VelocityMLP(obs_dim, act_dim, chunk_len=chunk, hidden_dim=64),
+        ...                             act_dim, num_steps=8, chunk_len=chunk, low=-1.0, high=1.0))
         >>> critic = ValueOperator(ChunkQValueMLP(obs_dim, act_dim, chunk_len=chunk, hidden_dim=64),
         ...                        in_keys=["observation", "action"])
-        >>> loss = RLDTLoss(actor, critic, num_particles=4)
+        >>> loss = RLDTLoss(actor, critic, num_particles=4, reference="previous", reanchor_every=32)
         >>> loss.make_value_estimator(gamma=0.99)
         >>> target_updater = SoftUpdate(loss, eps=0.995)
         >>> batch = TensorDict({
@@ -117,8 +135,8 @@ class RLDTLoss(LossModule):
         Attributes:
             observation (NestedKey): the observation the actor conditions on. Defaults to
                 ``"observation"``.
-            action (NestedKey): the executed action chunk ``[*B, H, A]``. Defaults to
-                ``"action"``.
+            action (NestedKey): the executed action chunk ``[*B, H, A]``, also where the
+                critic reads its action. Defaults to ``"action"``.
             reward (NestedKey): the chunk reward, under ``"next"``. Defaults to ``"reward"``.
             done (NestedKey): the done flag, under ``"next"``. Defaults to ``"done"``.
             terminated (NestedKey): the termination flag, under ``"next"``; the TD target
@@ -147,6 +165,7 @@ class RLDTLoss(LossModule):
     tensor_keys: _AcceptedKeys
     default_value_estimator = ValueEstimators.TD0
     SUPPORTED_VALUE_ESTIMATORS = (ValueEstimators.TD0,)
+    POLICY_TERMS = ("loss_rl", "loss_consistency", "loss_reference")
 
     actor_network: FlowActor
     actor_network_params: TensorDictParams
@@ -168,10 +187,13 @@ class RLDTLoss(LossModule):
         rl_coef: float = 1.0,
         consistency_coef: float = 0.5,
         reference_coef: float = 0.2,
+        reference: Literal["frozen", "previous"] = "frozen",
+        reanchor_every: int | None = None,
         rl_objective: Literal["inner_product", "regression"] = "inner_product",
         loss_function: str = "l2",
         reduction: str | None = None,
         use_prioritized_weights: str | bool = "auto",
+        deactivate_vmap: bool = False,
     ) -> None:
         if not isinstance(actor_network, FlowActor):
             raise TypeError(
@@ -191,6 +213,19 @@ class RLDTLoss(LossModule):
         ):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}.")
+        if reference == "previous":
+            if not isinstance(reanchor_every, int) or reanchor_every < 1:
+                raise ValueError(
+                    f"reference='previous' needs reanchor_every >= 1, got {reanchor_every!r}."
+                )
+        elif reference == "frozen":
+            if reanchor_every is not None:
+                raise ValueError(
+                    "reanchor_every is only used with reference='previous'; a frozen reference "
+                    f"is never re-anchored (got reanchor_every={reanchor_every})."
+                )
+        else:
+            raise ValueError(f"reference must be 'frozen' or 'previous', got {reference!r}.")
         if rl_objective not in ("inner_product", "regression"):
             raise ValueError(
                 f"rl_objective must be 'inner_product' or 'regression', got {rl_objective!r}."
@@ -198,14 +233,18 @@ class RLDTLoss(LossModule):
         if reduction is None:
             reduction = "mean"
         super().__init__()
+        self._in_keys = None
+        self._out_keys = None
         self.reduction = reduction
         self.use_prioritized_weights = use_prioritized_weights
+        self.deactivate_vmap = deactivate_vmap
         self.num_qvalue_nets = num_qvalue_nets
         self.num_particles = num_particles
         self.num_target_samples = num_target_samples
         self.transport = transport if transport is not None else SVGDTransport()
         self.rl_coef, self.consistency_coef = rl_coef, consistency_coef
         self.reference_coef = reference_coef
+        self.reference, self.reanchor_every = reference, reanchor_every
         self.rl_objective = rl_objective
         self.loss_function = loss_function
 
@@ -221,9 +260,18 @@ class RLDTLoss(LossModule):
         self.reference_actor_network_params = TensorDictParams(
             self.actor_network_params.data.clone(), no_convert=True
         )
-        self._vmap_qvalue = vmap_module_over_params(self.qvalue_network, (None, 0))
+        self.register_buffer("actor_loss_calls", torch.zeros((), dtype=torch.long))
+        self._make_vmap()
 
     # --- TorchRL plumbing -------------------------------------------------------------------
+    def _make_vmap(self) -> None:
+        self._vmap_qvalue = _vmap_func(
+            self.qvalue_network,
+            (None, 0),
+            randomness=self.vmap_randomness,
+            pseudo_vmap=self.deactivate_vmap,
+        )
+
     def _forward_value_estimator_keys(self, **kwargs) -> None:
         if self._value_estimator is not None:
             self._value_estimator.set_keys(
@@ -232,13 +280,14 @@ class RLDTLoss(LossModule):
                 done=self.tensor_keys.done,
                 terminated=self.tensor_keys.terminated,
             )
+        self._set_in_keys()
 
     def make_value_estimator(self, value_type: ValueEstimators | None = None, **hyperparams):
         """Builds the TD(0) estimator of the critic target; ``gamma`` is given here.
 
         Args:
-            value_type: only ``ValueEstimators.TD0`` (the default) is supported: the target is a
-                one-step bootstrap over a chunk transition.
+            value_type (ValueEstimators, optional): only ``ValueEstimators.TD0`` (the default)
+                is supported: the target is a one-step bootstrap over a chunk transition.
             **hyperparams: estimator hyper-parameters, e.g. ``gamma=0.99``.
         """
         value_type, hp = self._prepare_value_estimator_kwargs(value_type, **hyperparams)
@@ -259,8 +308,19 @@ class RLDTLoss(LossModule):
             **hp,
         )
 
-    @property
-    def in_keys(self) -> list[NestedKey]:
+    def _critic_state_keys(self) -> list[NestedKey]:
+        """The critic's in_keys other than the action (what a state contributes)."""
+        action = unravel_key(self.tensor_keys.action)
+        keys = [unravel_key(key) for key in self.qvalue_network.in_keys]
+        if action not in keys:
+            raise KeyError(
+                f"the critic reads {self.qvalue_network.in_keys}, which does not include the "
+                f"loss's action key {self.tensor_keys.action!r}; make them match, e.g. "
+                f"loss.set_keys(action=...)."
+            )
+        return [key for key in keys if key != action]
+
+    def _set_in_keys(self) -> None:
         keys = [
             self.tensor_keys.observation,
             self.tensor_keys.action,
@@ -268,38 +328,60 @@ class RLDTLoss(LossModule):
             ("next", self.tensor_keys.reward),
             ("next", self.tensor_keys.done),
             ("next", self.tensor_keys.terminated),
+            *self.qvalue_network.in_keys,
+            *[("next", key) for key in self._critic_state_keys()],
         ]
-        return list(dict.fromkeys(unravel_key(key) for key in keys))
+        self._in_keys = list(dict.fromkeys(unravel_key(key) for key in keys))
 
     @property
-    def out_keys(self) -> list[str]:
-        return [
-            "loss_qvalue",
-            "loss_rl",
-            "loss_consistency",
-            "loss_reference",
-            "td_error_mean",
-            "q_gradient_norm",
-            "transport_norm",
-            "transport_bandwidth",
-            "transport_temperature",
-            "particle_spread",
-        ]
+    def in_keys(self) -> list[NestedKey]:
+        if self._in_keys is None:
+            self._set_in_keys()
+        return self._in_keys
+
+    @in_keys.setter
+    def in_keys(self, values) -> None:
+        self._in_keys = values
+
+    @property
+    def out_keys(self) -> list[NestedKey]:
+        if self._out_keys is None:
+            keys = [
+                "loss_qvalue",
+                "loss_rl",
+                "loss_consistency",
+                "loss_reference",
+                "td_error_mean",
+                "q_gradient_norm",
+                "transport_norm",
+                "transport_temperature",
+                "particle_spread",
+            ]
+            if self.transport.kernel == "rbf":
+                keys.append("transport_bandwidth")
+            self._out_keys = keys
+        return self._out_keys
+
+    @out_keys.setter
+    def out_keys(self, values) -> None:
+        self._out_keys = values
 
     @torch.no_grad()
     def reset_reference(self) -> None:
-        """Re-anchors the reference policy of ``L_ref`` to the current actor parameters."""
+        """Re-anchors the reference policy of ``L_ref`` to the current actor parameters.
+
+        ``reference="previous"`` calls it on its own schedule; call it by hand only for another
+        schedule.
+        """
         self.reference_actor_network_params.data.copy_(self.actor_network_params.data)
 
     # --- helpers ----------------------------------------------------------------------------
-    def _q_values(self, observation, action, params) -> torch.Tensor:
-        """Every ensemble member's Q ``[E, *B]`` at ``(observation, action)``."""
-        batch_shape = action.shape[:-2]
-        td = TensorDict(batch_size=batch_shape, device=action.device)
-        td.set(self.qvalue_network.in_keys[0], observation)
-        td.set(self.qvalue_network.in_keys[1], action)
+    def _q_values(self, state: TensorDictBase, action: torch.Tensor, params) -> torch.Tensor:
+        """Every ensemble member's Q ``[E, *B]`` at the critic inputs ``state`` and ``action``."""
+        critic_input = state.clone(False)
+        critic_input.set(self.tensor_keys.action, action)
         key = self.tensor_keys.state_action_value
-        values = self._vmap_qvalue(td, params).get(key, None)
+        values = self._vmap_qvalue(critic_input, params).get(key, None)
         if values is None:
             raise KeyError(
                 f"the critic wrote no {key!r} (its out_keys are {self.qvalue_network.out_keys}); "
@@ -310,15 +392,19 @@ class RLDTLoss(LossModule):
     def _sample(self, observation: torch.Tensor, return_chain: bool = False):
         with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
             with self.actor_network_params.to_module(self.actor_network):
-                return self.actor_network.sample(observation, return_chain=return_chain)
+                return self.actor_network.model.sample(observation, return_chain=return_chain)
 
     # --- critic ------------------------------------------------------------------------------
     def _target_value(self, tensordict: TensorDictBase) -> torch.Tensor:
-        next_observation = tensordict.get(("next", self.tensor_keys.observation))
-        samples = next_observation.expand(self.num_target_samples, *next_observation.shape)
+        next_td = tensordict.get("next")
+        samples = self.num_target_samples
+        next_state = next_td.select(*self._critic_state_keys())
+        next_state = next_state.expand(samples, *next_state.batch_size)
+        next_observation = next_td.get(self.tensor_keys.observation)
+        next_observation = next_observation.expand(samples, *next_observation.shape)
         with torch.no_grad():
-            next_action = self._sample(samples)  # [M, *B, H, A]
-            next_q = self._q_values(samples, next_action, self.target_qvalue_network_params)
+            next_action = self._sample(next_observation)  # [M, *B, H, A]
+            next_q = self._q_values(next_state, next_action, self.target_qvalue_network_params)
             next_value = next_q.min(0).values.mean(0)  # min over critics, mean over samples
             target_td = tensordict.select(
                 ("next", self.tensor_keys.reward),
@@ -332,7 +418,7 @@ class RLDTLoss(LossModule):
         """The critic loss ``sum_e (Q_e(s, a) - y)^2`` and its TD error.
 
         Args:
-            tensordict: a batch of chunk transitions.
+            tensordict (TensorDictBase): a batch of chunk transitions.
 
         Returns:
             The reduced loss and a dict with ``"td_error"`` ``[*B]`` (max over the ensemble) and
@@ -342,7 +428,7 @@ class RLDTLoss(LossModule):
             self.make_value_estimator()
         target = self._target_value(tensordict)
         predicted = self._q_values(
-            tensordict.get(self.tensor_keys.observation),
+            tensordict.select(*self._critic_state_keys()),
             tensordict.get(self.tensor_keys.action),
             self.qvalue_network_params,
         )
@@ -355,61 +441,67 @@ class RLDTLoss(LossModule):
         return self._reduce_loss(loss, tensordict, weights=weights), metadata
 
     # --- actor -------------------------------------------------------------------------------
-    def _critic_action_gradient(self, observation, action) -> torch.Tensor:
+    def _critic_action_gradient(self, state: TensorDictBase, action: torch.Tensor) -> torch.Tensor:
         """``mean_e dQ_e/da`` at ``action``; the critic parameters get no gradient."""
         with torch.enable_grad():
             action = action.detach().requires_grad_(True)
-            q = self._q_values(observation, action, self.qvalue_network_params.detach())
+            q = self._q_values(state, action, self.qvalue_network_params.detach())
             (gradient,) = torch.autograd.grad(q.mean(0).sum(), action)
         return gradient
 
     def actor_loss(self, tensordict: TensorDictBase) -> TensorDict:
         """The three policy terms and the transport statistics.
 
+        With ``reference="previous"``, every ``reanchor_every``-th call first re-anchors the
+        reference policy to the current actor.
+
         Args:
-            tensordict: a batch holding the observations (other entries are ignored).
+            tensordict (TensorDictBase): a batch holding the observations and the critic's other
+                inputs (other entries are ignored).
 
         Returns:
             A TensorDict with ``loss_rl``, ``loss_consistency``, ``loss_reference`` (weighted,
             reduced) and detached statistics: ``q_gradient_norm``, ``transport_norm``,
-            ``transport_bandwidth``, ``transport_temperature``, ``particle_spread``.
+            ``transport_temperature``, ``particle_spread`` and, for the RBF kernel,
+            ``transport_bandwidth``.
         """
-        actor = self.actor_network
-        num_steps, num_particles = actor.num_steps, self.num_particles
+        calls = int(self.actor_loss_calls)
+        if self.reference == "previous" and calls and calls % self.reanchor_every == 0:
+            self.reset_reference()
+        self.actor_loss_calls += 1
+        actor, model = self.actor_network, self.actor_network.model
+        num_steps, num_particles = model.num_steps, self.num_particles
         observation = tensordict.get(self.tensor_keys.observation)
         batch_shape = observation.shape[:-1]
         observation = observation.unsqueeze(-2).expand(*batch_shape, num_particles, -1)
+        state = tensordict.select(*self._critic_state_keys())
+        state = state.unsqueeze(-1).expand(*state.batch_size, num_particles)
 
         # K particles per state: full chains of the current policy (no gradient).
         particles, chain = self._sample(observation, return_chain=True)
         query_step = torch.randint(num_steps, (*batch_shape, num_particles), device=chain.device)
         time = query_step.to(chain.dtype) / num_steps
-        index = query_step[..., None, None, None].expand(*query_step.shape, 1, *chain.shape[-2:])
-        x_t = chain.gather(-3, index).squeeze(-3)
         reference_time = (
             torch.randint(num_steps, time.shape, device=time.device).to(time.dtype) / num_steps
         )
-        tr = reference_time[..., None, None]
-        x_ref = (1 - tr) * torch.randn_like(particles) + tr * particles
+        x_ref = flow_interpolant(torch.randn_like(particles), particles, reference_time)
 
         with self.actor_network_params.to_module(actor):
-            velocity = actor.velocity(observation, x_t, time)
-            velocity_at_ref = actor.velocity(observation, x_ref, reference_time)
+            velocity, landing = model.chain_landing(observation, chain, query_step)
+            velocity_at_ref = model.velocity(observation, x_ref, reference_time)
         with torch.no_grad(), self.reference_actor_network_params.to_module(actor):
-            reference_velocity = actor.velocity(observation, x_ref, reference_time)
-        remaining = (1 - time)[..., None, None]
-        landing = x_t + remaining * velocity  # a_hat: gradient (1 - t) dv/dtheta
+            reference_velocity = model.velocity(observation, x_ref, reference_time)
 
         # The transport field at the landing points (a stop-gradient target).
-        flat = lambda x: x.flatten(-2)  # noqa: E731
-        if self.transport.kernel == "delta":
-            gradient = self._critic_action_gradient(observation, landing.detach())
-        else:
-            gradient = self._critic_action_gradient(observation, particles)
-        field, info = self.transport.field(
-            flat(particles), flat(gradient), queries=flat(landing.detach())
+        event_shape = particles.shape[-2:]
+
+        def action_gradient(points: torch.Tensor) -> torch.Tensor:
+            return self._critic_action_gradient(state, points.unflatten(-1, event_shape)).flatten(-2)
+
+        field, info = self.transport.transport(
+            particles.flatten(-2), action_gradient, queries=landing.detach().flatten(-2)
         )
-        field = field.unflatten(-1, particles.shape[-2:])
+        field = field.unflatten(-1, event_shape)
 
         scale = num_steps * (1 - time)  # N (1 - t) >= 1
         if self.rl_objective == "inner_product":
@@ -418,15 +510,15 @@ class RLDTLoss(LossModule):
             target = (velocity + field / scale[..., None, None]).detach()
             rl = 0.5 * (velocity - target).pow(2).sum((-2, -1))
         consistency = (landing - particles).pow(2).sum((-2, -1)) / scale.pow(2)
-        reference = (velocity_at_ref - reference_velocity).pow(2).sum((-2, -1))
+        reference_gap = (velocity_at_ref - reference_velocity).pow(2).sum((-2, -1))
 
         def reduce(per_particle: torch.Tensor, coef: float) -> torch.Tensor:
             return self._reduce_loss(coef * per_particle.mean(-1), tensordict)
 
         spread = (particles - particles.mean(-3, keepdim=True)).flatten(-2).norm(dim=-1)
         stats = {
-            "q_gradient_norm": flat(gradient).norm(dim=-1).mean(),
-            "transport_norm": flat(field).norm(dim=-1).mean(),
+            "q_gradient_norm": info["gradient"].norm(dim=-1).mean(),
+            "transport_norm": field.flatten(-2).norm(dim=-1).mean(),
             "transport_temperature": info["temperature"].mean(),
             "particle_spread": spread.mean(),
         }
@@ -436,7 +528,7 @@ class RLDTLoss(LossModule):
             {
                 "loss_rl": reduce(rl, self.rl_coef),
                 "loss_consistency": reduce(consistency, self.consistency_coef),
-                "loss_reference": reduce(reference, self.reference_coef),
+                "loss_reference": reduce(reference_gap, self.reference_coef),
                 **{key: value.detach() for key, value in stats.items()},
             }
         )

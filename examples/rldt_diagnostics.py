@@ -4,7 +4,7 @@ Re-evaluates the base and the fine-tuned policy on fresh episodes in both sampli
 probes the critic on data states: mean Q, the gap between ensemble members, and the cosine
 between the members' action-gradients at policy samples. Writes a JSON file.
 
-    python benchmarks/rldt_checkpoint_diagnostics.py outputs/rldt_gym/<run>/checkpoint.pt \
+    python examples/rldt_diagnostics.py outputs/rldt_gym/<run>/checkpoint.pt \
         --data data/halfcheetah-v5-medium.npz --out benchmarks/results/rldt_diagnostics.json
 """
 from __future__ import annotations
@@ -16,14 +16,15 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+from tensordict import TensorDict
 from torchrl.envs import ExplorationType, set_exploration_type
 
+from torchrl_rldt.data import load_offline_dataset
+from torchrl_rldt.harness import episode_returns
+
+import utils
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
-
-from torchrl_rldt.data import load_offline_dataset  # noqa: E402
-
-import utils  # noqa: E402
 
 
 def main() -> None:
@@ -37,33 +38,34 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
 
-    state = torch.load(args.checkpoint, weights_only=True)
+    checkpoint = torch.load(args.checkpoint, weights_only=True)
     # checkpoints written before a config value existed take its current default
-    cfg = OmegaConf.merge(OmegaConf.load(ROOT / "examples" / "config" / "rldt_gym.yaml"), state["config"])
+    cfg = OmegaConf.merge(OmegaConf.load(ROOT / "examples" / "config" / "rldt_gym.yaml"), checkpoint["config"])
     base = utils.load_base_policy(cfg, torch.device("cpu"), cfg.rldt.num_steps)
     env = utils.make_policy_chunk_env(base, cfg, args.episodes, args.seed, torch.device("cpu"))
     modes = {"deterministic": ExplorationType.DETERMINISTIC, "stochastic": ExplorationType.RANDOM}
-    report = {"checkpoint": str(args.checkpoint), "counters": state["counters"], "returns": {}}
+    report = {"checkpoint": str(args.checkpoint), "counters": checkpoint["counters"], "returns": {}}
 
     def returns(name: str) -> None:
         report["returns"][name] = {
-            mode: utils.episode_returns(env, base.actor, max_env_steps=cfg.env.max_episode_steps,
-                                        exploration_type=exploration)
+            mode: episode_returns(env, base.actor, max_env_steps=cfg.env.max_episode_steps,
+                                  chunk_len=base.actor.model.chunk_len, exploration_type=exploration)
             for mode, exploration in modes.items()
         }
 
     returns("base")
     loss, _ = utils.make_rldt_loss(base.actor, utils.make_rldt_critic(base, cfg, "cpu"), cfg)
-    loss.load_state_dict(state["loss"])  # the actor now holds the fine-tuned weights
+    loss.load_state_dict(checkpoint["loss"])  # the actor now holds the fine-tuned weights
     returns("fine_tuned")
 
     data = load_offline_dataset(str(args.data))
     stride = max(1, data.shape[0] // args.states)
     observation = base.observation_stats.normalize(data["observation"][::stride][: args.states])
     with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
-        action = base.actor.sample(observation)
+        action = base.actor.model.sample(observation)
     action.requires_grad_(True)
-    q = loss._q_values(observation, action, loss.qvalue_network_params.detach())  # [E, B]
+    state = TensorDict(observation=observation, batch_size=observation.shape[:-1])
+    q = loss._q_values(state, action, loss.qvalue_network_params.detach())  # [E, B]
     gradients = [torch.autograd.grad(q[e].sum(), action, retain_graph=True)[0].flatten(-2)
                  for e in range(q.shape[0])]
     cosine = torch.nn.functional.cosine_similarity(gradients[0], gradients[1], dim=-1)
@@ -75,10 +77,10 @@ def main() -> None:
         "member_gradient_cosine_mean": cosine.mean().item(),
         "member_gradient_cosine_median": cosine.median().item(),
         "share_negative_cosine": (cosine < 0).float().mean().item(),
-        "reward_abs_mean": state["reward_abs_mean"],
+        "reward_abs_mean": checkpoint["extra"].get("reward_abs_mean"),
         "gamma": cfg.optim.gamma,
     }
-    report["command"] = "python benchmarks/rldt_checkpoint_diagnostics.py " + " ".join(sys.argv[1:])
+    report["command"] = "python examples/rldt_diagnostics.py " + " ".join(sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({"returns": report["returns"], "critic": report["critic"]}, indent=1))

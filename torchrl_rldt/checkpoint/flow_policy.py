@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, training checkpoints with their replay buffer, and flow policies.
+"""Flow-policy files: a pretrained flow policy with what it needs to act on its task.
 
 A flow-policy checkpoint holds what it takes to run a pretrained :class:`FlowActor` on its task:
 the velocity network's weights and sizes, the sampler settings, the data-set normalisation and
@@ -8,10 +8,7 @@ the task id. Only tensors, strings, numbers, lists and dicts are stored, so
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,146 +17,14 @@ import torch
 from torch import nn
 from torchrl.envs.transforms import Compose
 
+from torchrl_rldt.checkpoint.atomic import atomic_save
 from torchrl_rldt.envs.transforms import NormalizationStats, normalization_transforms
-from torchrl_rldt.modules.flow import FlowActor, VelocityMLP
+from torchrl_rldt.modules.flow import FlowActor, FlowModel, VelocityMLP
 
-__all__ = [
-    "FlowPolicy",
-    "atomic_save",
-    "atomic_write_text",
-    "load_checkpoint_buffer",
-    "load_flow_policy",
-    "save_checkpoint",
-    "save_flow_policy",
-]
+__all__ = ["FlowPolicy", "load_flow_policy", "save_flow_policy"]
 
 FLOW_POLICY_FORMAT = "torchrl_rldt.flow_policy"
 FLOW_POLICY_VERSION = 1
-
-
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, flushed to disk, then renamed.
-
-    A crash or a kill during the write leaves the previous file (or none) in place, never a
-    truncated one.
-
-    Args:
-        obj: what to save.
-        path: the destination; parent directories are created.
-
-    Returns:
-        The path written.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def atomic_write_text(text: str, path: str | Path) -> Path:
-    """Writes ``text`` to ``path`` through a temporary file and a rename (see :func:`atomic_save`).
-
-    Args:
-        text: the content.
-        path: the destination; parent directories are created.
-
-    Returns:
-        The path written.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def save_checkpoint(state: dict, path: str | Path, replay_buffer: Any = None) -> Path:
-    """Atomically writes a training checkpoint and, optionally, the replay buffer it goes with.
-
-    The buffer is dumped (``replay_buffer.dumps``) into a new directory beside ``path``, named
-    ``<file name>.buffer-<nanoseconds>``; the checkpoint, written next with :func:`atomic_save`,
-    records that name under ``"replay_buffer_dir"`` (``None`` without a buffer); older dumps are
-    removed last. A kill at any moment thus leaves a checkpoint and exactly the buffer it was
-    written with (an unfinished dump is never referenced). Read both back with
-    ``torch.load(path, weights_only=True)`` and :func:`load_checkpoint_buffer`.
-
-    Args:
-        state: what to save; only what ``torch.load(..., weights_only=True)`` reads. Its key
-            ``"replay_buffer_dir"`` is set here.
-        path: the checkpoint file; its parent is created.
-        replay_buffer: a TorchRL replay buffer to save with it, or ``None``.
-
-    Returns:
-        The checkpoint path.
-
-    Examples:
-        >>> import tempfile, torch
-        >>> from pathlib import Path
-        >>> from tensordict import TensorDict
-        >>> from torchrl.data import LazyTensorStorage, ReplayBuffer
-        >>> from torchrl_rldt.checkpoint import load_checkpoint_buffer, save_checkpoint
-        >>> buffer = ReplayBuffer(storage=LazyTensorStorage(10))
-        >>> _ = buffer.extend(TensorDict({"reward": torch.arange(4.0)}, [4]))
-        >>> path = Path(tempfile.mkdtemp()) / "checkpoint.pt"
-        >>> _ = save_checkpoint({"steps": 4}, path, buffer)
-        >>> restored = ReplayBuffer(storage=LazyTensorStorage(10))
-        >>> load_checkpoint_buffer(torch.load(path, weights_only=True), path, restored)
-        True
-        >>> len(restored)
-        4
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {**state, "replay_buffer_dir": None}
-    if replay_buffer is not None:
-        directory = path.with_name(f"{path.name}.buffer-{time.time_ns()}")
-        replay_buffer.dumps(directory)
-        state["replay_buffer_dir"] = directory.name
-    atomic_save(state, path)
-    for old in path.parent.glob(f"{path.name}.buffer-*"):
-        if old.name != state["replay_buffer_dir"]:
-            shutil.rmtree(old, ignore_errors=True)
-    return path
-
-
-def load_checkpoint_buffer(state: dict, path: str | Path, replay_buffer: Any) -> bool:
-    """Loads into ``replay_buffer`` the dump that the checkpoint ``state`` (read from ``path``) names.
-
-    Args:
-        state: the loaded checkpoint, as written by :func:`save_checkpoint`.
-        path: the checkpoint file it was read from.
-        replay_buffer: the (empty) replay buffer to fill.
-
-    Returns:
-        ``True`` when a buffer was loaded, ``False`` when the checkpoint was saved without one.
-
-    Raises:
-        FileNotFoundError: the checkpoint names a dump that is not beside it (e.g. the checkpoint
-            file was copied alone).
-    """
-    name = state.get("replay_buffer_dir")
-    if name is None:
-        return False
-    directory = Path(path).with_name(name)
-    if not directory.is_dir():
-        raise FileNotFoundError(
-            f"{path} was saved with its replay buffer in {directory}, which does not exist; copy "
-            f"that directory beside the checkpoint, or start a new run."
-        )
-    replay_buffer.loads(directory)
-    return True
 
 
 @dataclass
@@ -208,7 +73,8 @@ def save_flow_policy(
     Returns:
         The path written.
     """
-    network = actor.velocity_network
+    model = actor.model
+    network = model.velocity_network
     if not isinstance(network, VelocityMLP):
         raise TypeError(
             f"save_flow_policy stores VelocityMLP networks only, got {type(network).__name__}; "
@@ -230,11 +96,11 @@ def save_flow_policy(
         "task": task,
         "network": dict(network.config),
         "actor": {
-            "action_dim": actor.action_dim,
-            "chunk_len": actor.chunk_len,
-            "num_steps": actor.num_steps,
-            "low": None if actor.low is None else actor.low.detach().cpu(),
-            "high": None if actor.high is None else actor.high.detach().cpu(),
+            "action_dim": model.action_dim,
+            "chunk_len": model.chunk_len,
+            "num_steps": model.num_steps,
+            "low": None if model.low is None else model.low.detach().cpu(),
+            "high": None if model.high is None else model.high.detach().cpu(),
         },
         "velocity_state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
         "observation_stats": observation_stats.state_dict(),
@@ -277,13 +143,13 @@ def load_flow_policy(
         >>> import os, tempfile
         >>> from torchrl_rldt.checkpoint import load_flow_policy, save_flow_policy
         >>> from torchrl_rldt.envs import NormalizationStats
-        >>> from torchrl_rldt.modules import FlowActor, VelocityMLP
-        >>> actor = FlowActor(VelocityMLP(11, 3, chunk_len=4, hidden_dim=32), 3, chunk_len=4)
+        >>> from torchrl_rldt.modules import FlowActor, FlowModel, VelocityMLP
+        >>> actor = FlowActor(FlowModel(VelocityMLP(11, 3, chunk_len=4, hidden_dim=32), 3, chunk_len=4))
         >>> stats = NormalizationStats(torch.zeros(11), torch.ones(11))
         >>> path = os.path.join(tempfile.mkdtemp(), "policy.pt")
         >>> _ = save_flow_policy(path, actor, task="Hopper-v5", observation_stats=stats,
         ...                      action_stats=NormalizationStats(torch.zeros(3), torch.ones(3)))
-        >>> load_flow_policy(path, task="Hopper-v5", observation_dim=11).actor.chunk_len
+        >>> load_flow_policy(path, task="Hopper-v5", observation_dim=11).actor.model.chunk_len
         4
         >>> load_flow_policy(path, task="Walker2d-v5")
         Traceback (most recent call last):
@@ -343,12 +209,14 @@ def load_flow_policy(
     network.load_state_dict(state["velocity_state_dict"])
     actor_config = state["actor"]
     actor = FlowActor(
-        network,
-        actor_config["action_dim"],
-        actor_config["num_steps"],
-        chunk_len=actor_config["chunk_len"],
-        low=actor_config["low"],
-        high=actor_config["high"],
+        FlowModel(
+            network,
+            actor_config["action_dim"],
+            actor_config["num_steps"],
+            chunk_len=actor_config["chunk_len"],
+            low=actor_config["low"],
+            high=actor_config["high"],
+        )
     ).to(device)
     return FlowPolicy(
         task=state["task"],

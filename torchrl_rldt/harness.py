@@ -1,0 +1,551 @@
+# This source code is licensed under the MIT license found in the
+# LICENSE file in the root directory of this source tree.
+"""The run harness of the training examples: what every run needs besides its training loop.
+
+- :class:`TrainingRun`: the run directory, resuming a checkpoint (refused when it belongs to
+  another example or another task), atomic checkpoints with the replay buffer, the RNG state,
+  the learning curve, the logger and progress bar, Ctrl-C (stop after the current batch), the
+  stop on a non-finite value (naming the last good checkpoint), and the closing summary
+  (``summary.json``, ``learning_curve.png`` and a base-against-final table);
+- :func:`evaluate_policy` / :func:`episode_returns`: one episode per env of a batched env;
+- :class:`ConfigCheck`: collects every problem of a config and refuses it at once.
+
+The training loops stay in the examples, visible top to bottom; this module holds what they
+would otherwise each repeat. Hydra, matplotlib and tqdm are the examples' dependencies
+(``pip install torchrl-rldt[examples]``); they are imported only where used.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import signal
+import time
+from numbers import Real
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModuleBase
+from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
+
+from torchrl_rldt.checkpoint import atomic_write_text, load_checkpoint_buffer, save_checkpoint
+from torchrl_rldt.envs import check_task_id
+
+__all__ = [
+    "ConfigCheck",
+    "NonFiniteError",
+    "TrainingRun",
+    "episode_returns",
+    "evaluate_policy",
+    "restore_rng_state",
+    "rng_state",
+]
+
+log = logging.getLogger(__name__)
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate_policy(
+    env: EnvBase,
+    policy: TensorDictModuleBase,
+    *,
+    max_steps: int,
+    exploration_type: ExplorationType = ExplorationType.DETERMINISTIC,
+    chunk_steps_key: str = "chunk_steps",
+) -> TensorDict:
+    """Runs one episode in each environment of a batched env and returns their returns.
+
+    The env is reset, then stepped with TorchRL's ``rollout(break_when_all_done=True)``: an env
+    whose episode ended is no longer stepped (the ``"_step"`` mask) while the others go on, so
+    every env contributes exactly its first episode. Episodes still running after ``max_steps``
+    are cut there and counted with what they collected.
+
+    Args:
+        env (EnvBase): a TorchRL env with batch shape ``[num_episodes]``, for example an
+            :class:`~torchrl_rldt.envs.EnvPoolEnv` (optionally inside an
+            :class:`~torchrl_rldt.envs.ActionChunkEnv` and a ``TransformedEnv``).
+        policy (TensorDictModuleBase): the TensorDict policy to evaluate.
+
+    Keyword Args:
+        max_steps (int): the most steps of ``env`` (chunks, for a chunk env) per episode.
+        exploration_type (ExplorationType, optional): the exploration type the policy runs
+            under; DETERMINISTIC by default (for a :class:`~torchrl_rldt.modules.FlowActor`,
+            x0 = 0), RANDOM for stochastic sampling.
+        chunk_steps_key (str, optional): the key under ``"next"`` where a chunk env records how
+            many env steps each chunk executed; when present, episode lengths count env steps,
+            not chunks. Defaults to ``"chunk_steps"``.
+
+    Returns:
+        A TensorDict of batch shape ``[num_episodes]`` with ``"return"`` (float) and ``"length"``
+        (int64, env steps).
+
+    Examples:
+        >>> from tensordict.nn import TensorDictModule
+        >>> from torchrl_rldt.envs import EnvPoolEnv
+        >>> from torchrl_rldt.harness import evaluate_policy
+        >>> env = EnvPoolEnv("Hopper-v5", num_envs=3, seed=0)
+        >>> still = TensorDictModule(
+        ...     lambda obs: obs.new_zeros(*obs.shape[:-1], 3), ["observation"], ["action"])
+        >>> result = evaluate_policy(env, still, max_steps=1000)
+        >>> result["return"].shape, bool((result["length"] < 1000).all())
+        (torch.Size([3]), True)
+    """
+    if env.batch_dims != 1:
+        raise ValueError(
+            f"evaluate_policy expects an env with one batch dimension (one episode per env), "
+            f"got batch_size={tuple(env.batch_size)}."
+        )
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}.")
+    with set_exploration_type(exploration_type):
+        rollout = env.rollout(
+            max_steps, policy, break_when_any_done=False, break_when_all_done=True
+        )
+    done = rollout["next", "done"].squeeze(-1)
+    # rollout() repeats a finished env's last entry while the others go on: count each env's
+    # steps up to and including its first done only.
+    done_before = (done.long().cumsum(-1) - done.long()) > 0
+    counted = ~done_before
+    reward = rollout["next", "reward"].squeeze(-1)
+    episode_return = (reward * counted).sum(-1)
+    if ("next", chunk_steps_key) in rollout.keys(True):
+        steps = rollout["next", chunk_steps_key].reshape(counted.shape)
+        length = (steps * counted).sum(-1)
+    else:
+        length = counted.sum(-1)
+    return TensorDict(
+        {"return": episode_return, "length": length.long()}, batch_size=episode_return.shape
+    )
+
+
+def episode_returns(
+    env: EnvBase,
+    policy: TensorDictModuleBase,
+    *,
+    max_env_steps: int,
+    chunk_len: int,
+    exploration_type: ExplorationType = ExplorationType.DETERMINISTIC,
+) -> dict:
+    """Mean and standard deviation of one episode per env (see :func:`evaluate_policy`).
+
+    Args:
+        env (EnvBase): a batched env, one episode per env.
+        policy (TensorDictModuleBase): the policy.
+
+    Keyword Args:
+        max_env_steps (int): the time limit of an episode, in env steps.
+        chunk_len (int): env actions per step of ``env`` (1 for a per-step env).
+        exploration_type (ExplorationType, optional): defaults to DETERMINISTIC.
+
+    Returns:
+        ``{"mean", "std", "episodes", "mean_length"}``.
+    """
+    max_chunks = math.ceil(max_env_steps / chunk_len)
+    result = evaluate_policy(env, policy, max_steps=max_chunks, exploration_type=exploration_type)
+    returns = result["return"]
+    return {
+        "mean": returns.mean().item(),
+        "std": returns.std().item(),
+        "episodes": returns.numel(),
+        "mean_length": result["length"].float().mean().item(),
+    }
+
+
+# --- random state --------------------------------------------------------------------------------
+def rng_state(device: torch.device | str) -> dict:
+    """The torch (and, on CUDA, the CUDA) random state, for a checkpoint."""
+    device = torch.device(device)
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}
+
+
+def restore_rng_state(rng: dict, device: torch.device | str) -> None:
+    """Restores what :func:`rng_state` saved."""
+    torch.set_rng_state(rng["torch"])
+    if torch.device(device).type == "cuda" and rng.get("cuda") is not None:
+        torch.cuda.set_rng_state(rng["cuda"])
+
+
+# --- config checks -------------------------------------------------------------------------------
+class ConfigCheck:
+    """Collects every problem of a (Hydra) config, then refuses it at once with all the reasons.
+
+    Args:
+        cfg: the config; ``cfg.task`` is checked first (an unknown task makes every other message
+            moot).
+
+    Examples:
+        >>> from omegaconf import OmegaConf
+        >>> from torchrl_rldt.harness import ConfigCheck
+        >>> check = ConfigCheck(OmegaConf.create({"task": "Hopper-v5", "lr": -1, "steps": 0}))
+        >>> check.number("lr", 0.0, open_low=True)
+        >>> check.positive_int("steps")
+        >>> check.done()
+        Traceback (most recent call last):
+        ...
+        ValueError: invalid configuration:
+          - lr must be a finite number > 0.0, got -1
+          - steps must be an integer >= 1, got 0
+    """
+
+    def __init__(self, cfg: Any) -> None:
+        check_task_id(cfg.task)
+        self.cfg, self.problems = cfg, []
+
+    def get(self, dotted: str) -> Any:
+        """``cfg.a.b`` for ``"a.b"``."""
+        value = self.cfg
+        for part in dotted.split("."):
+            value = value[part]
+        return value
+
+    def need(self, condition: bool, message: str) -> None:
+        """Records ``message`` unless ``condition`` holds."""
+        if not condition:
+            self.problems.append(message)
+
+    def positive_int(self, name: str, minimum: int = 1) -> None:
+        """``name`` must be an integer ``>= minimum``."""
+        value = self.get(name)
+        self.need(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+                  f"{name} must be an integer >= {minimum}, got {value!r}")
+
+    def number(self, name: str, low: float, high: float = math.inf, open_low: bool = False) -> None:
+        """``name`` must be a finite number in ``[low, high]`` (``(low, high]`` if ``open_low``)."""
+        value = self.get(name)
+        ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+        ok = ok and (value > low if open_low else value >= low) and value <= high
+        bound = f"> {low}" if open_low else f">= {low}"
+        self.need(ok, f"{name} must be a finite number {bound}"
+                  + (f" and <= {high}" if high < math.inf else "") + f", got {value!r}")
+
+    def one_of(self, name: str, choices: tuple) -> None:
+        """``name`` must be one of ``choices``."""
+        value = self.get(name)
+        self.need(value in choices, f"{name} must be one of {', '.join(map(str, choices))}, "
+                                    f"got {value!r}")
+
+    def common(self) -> None:
+        """What every training example shares: env and evaluation sizes, the logger, the device."""
+        for name in ("env.num_envs", "env.max_episode_steps", "collector.total_env_steps",
+                     "eval.every_env_steps", "eval.episodes", "eval.final_episodes", "num_threads"):
+            self.positive_int(name)
+        self.need(self.cfg.logger.backend in (None, "csv", "tensorboard", "wandb"),
+                  f"logger.backend must be csv, tensorboard, wandb or null, got "
+                  f"{self.cfg.logger.backend!r}")
+        if str(self.cfg.device).startswith("cuda"):
+            self.need(torch.cuda.is_available(),
+                      f"device={self.cfg.device} but CUDA is not available; use device=cpu")
+
+    def done(self) -> None:
+        """Raises ``ValueError`` listing every recorded problem, if any."""
+        if self.problems:
+            raise ValueError("invalid configuration:\n  - " + "\n  - ".join(self.problems))
+
+
+# --- the run -------------------------------------------------------------------------------------
+class NonFiniteError(RuntimeError):
+    """A loss or a reward became NaN or infinite."""
+
+
+class TrainingRun:
+    """A training run's directory, checkpoints, learning curve, logging and stops.
+
+    A run starts fresh in ``output_dir`` or, with ``resume``, continues the run of that
+    checkpoint in its directory; the checkpoint is checked before any work (it must exist, be
+    written by the same example and carry the same ``identity``, e.g. the task). The run owns:
+
+    - ``counters`` (``env_steps`` among them) and ``history`` (the learning curve: one point per
+      evaluation, with env steps and wall-clock seconds);
+    - ``extra``: other plain values to keep across a resume (e.g. a reward scale);
+    - the objects registered with :meth:`track` (losses, optimisers, schedulers), saved by
+      :meth:`save` with the RNG state (and, given one, the replay buffer) atomically, and loaded
+      back when resuming.
+
+    Inside :meth:`loop`, Ctrl-C sets :attr:`stop_requested` (the example saves and returns
+    after the current batch; a second Ctrl-C aborts at once), and a :class:`NonFiniteError`
+    from :meth:`check_finite` ends the run with exit code 1 and the path of the last good
+    checkpoint. :meth:`finish` evaluates the final policy, saves, and writes ``summary.json``,
+    ``learning_curve.png`` and the base-against-final table.
+
+    Args:
+        name (str): the example's name, e.g. ``"rldt_gym"``; checkpoints are tagged
+            ``"torchrl_rldt.<name>"``.
+        config: the run's config (a Hydra ``DictConfig``): ``task``, ``seed``, ``device``,
+            ``env.max_episode_steps``, ``logger.backend`` and ``logger.progress_bar`` are read.
+
+    Keyword Args:
+        output_dir (Path): the directory of a fresh run.
+        resume (Path, optional): a checkpoint of an earlier run to continue. Defaults to
+            ``None``.
+        identity (dict, optional): what a resumed checkpoint must match, e.g.
+            ``{"task": cfg.task}``. Defaults to ``{"task": config.task}``.
+        counters (dict, optional): the counters of a fresh run. Defaults to
+            ``{"env_steps": 0}``.
+        command (str, optional): the command line recorded in ``summary.json``.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> from omegaconf import OmegaConf
+        >>> from torchrl_rldt.harness import TrainingRun
+        >>> cfg = OmegaConf.create({"task": "Hopper-v5", "seed": 0, "device": "cpu",
+        ...     "env": {"max_episode_steps": 1000}, "logger": {"backend": None, "progress_bar": False}})
+        >>> run = TrainingRun("demo", cfg, output_dir=Path(tempfile.mkdtemp()))
+        >>> net = torch.nn.Linear(2, 2)
+        >>> run.track(net=net)
+        False
+        >>> run.counters["env_steps"] += 100
+        >>> path = run.save()
+        >>> resumed = TrainingRun("demo", cfg, output_dir=Path("unused"), resume=path)
+        >>> resumed.track(net=torch.nn.Linear(2, 2)), resumed.counters["env_steps"]
+        (True, 100)
+    """
+
+    def __init__(
+        self,
+        name: str,
+        config: Any,
+        *,
+        output_dir: Path,
+        resume: Path | None = None,
+        identity: Mapping[str, Any] | None = None,
+        counters: Mapping[str, int] | None = None,
+        command: str | None = None,
+    ) -> None:
+        self.name, self.config = name, config
+        self.format = f"torchrl_rldt.{name}"
+        self.device = torch.device(config.device)
+        self.identity = dict(identity) if identity is not None else {"task": config.task}
+        self.command = command
+        self.state = self._load(Path(resume)) if resume else None
+        self.run_dir = Path(resume).parent if resume else Path(output_dir)
+        self.checkpoint_path = self.run_dir / "checkpoint.pt"
+        self.counters = dict(self.state["counters"]) if self.state else dict(
+            counters or {"env_steps": 0})
+        self.history: list[dict] = list(self.state["history"]) if self.state else []
+        self.extra: dict = dict(self.state["extra"]) if self.state else {}
+        self._tracked: dict[str, Any] = {}
+        self._logger = None
+        self._progress = None
+        self._start = self._wall_offset = 0.0
+        self.stop_requested = False
+
+    # --- resume and checkpoints ------------------------------------------------------------------
+    def _load(self, path: Path) -> dict:
+        if not path.is_file():
+            raise FileNotFoundError(f"resume={path}: no such checkpoint.")
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if state.get("format") != self.format:
+            raise ValueError(f"{path} is not a {self.format} checkpoint.")
+        saved = {key: state.get(key) for key in self.identity}
+        if saved != self.identity:
+            raise ValueError(
+                f"{path} is a run with " + " ".join(f"{k}={v}" for k, v in saved.items())
+                + "; this run has " + " ".join(f"{k}={v}" for k, v in self.identity.items()) + "."
+            )
+        return state
+
+    @property
+    def resumed(self) -> bool:
+        """Whether this run continues a checkpoint."""
+        return self.state is not None
+
+    def track(self, **objects: Any) -> bool:
+        """Registers objects with ``state_dict``/``load_state_dict`` to checkpoint by name.
+
+        When resuming, loads each one's saved state and, after the last call, nothing else is
+        needed: the RNG state is restored here too (call :meth:`track` once, after every
+        random initialisation).
+
+        Returns:
+            ``True`` when the objects were restored from the checkpoint.
+        """
+        self._tracked.update(objects)
+        if not self.state:
+            return False
+        for name, obj in objects.items():
+            obj.load_state_dict(self.state[name])
+        restore_rng_state(self.state["rng"], self.device)
+        log.info("resumed %s at %d env steps", self.checkpoint_path, self.counters["env_steps"])
+        return True
+
+    def restore_buffer(self, replay_buffer: Any) -> bool:
+        """Fills ``replay_buffer`` with the dump saved beside the resumed checkpoint, if any."""
+        if not self.state:
+            return False
+        loaded = load_checkpoint_buffer(self.state, self.checkpoint_path, replay_buffer)
+        if loaded:
+            log.info("restored the replay buffer (%d transitions in the buffer)", len(replay_buffer))
+        return loaded
+
+    def save(self, replay_buffer: Any = None) -> Path:
+        """Writes ``checkpoint.pt`` atomically (with the replay buffer's dump, when given)."""
+        from omegaconf import OmegaConf
+
+        state = {
+            "format": self.format,
+            **self.identity,
+            **{name: obj.state_dict() for name, obj in self._tracked.items()},
+            "counters": dict(self.counters),
+            "history": self.history,
+            "extra": self.extra,
+            "rng": rng_state(self.device),
+            "config": OmegaConf.to_container(self.config, resolve=True),
+        }
+        return save_checkpoint(state, self.checkpoint_path, replay_buffer)
+
+    # --- the loop ----------------------------------------------------------------------------
+    @property
+    def wall_seconds(self) -> float:
+        """Wall-clock seconds of training so far, across resumes (evaluations included)."""
+        return self._wall_offset + time.perf_counter() - self._start
+
+    @contextlib.contextmanager
+    def loop(self, *, total_env_steps: int, description: str) -> Iterator[TrainingRun]:
+        """The context of the training loop: clock, logger, progress bar, Ctrl-C, non-finite stop.
+
+        Args:
+            total_env_steps (int): the run's budget (the progress bar's total).
+            description (str): the progress bar's label.
+        """
+        from tqdm import tqdm
+
+        cfg = self.config
+        if cfg.logger.backend and self._logger is None:
+            from torchrl.record.loggers import get_logger
+
+            self._logger = get_logger(cfg.logger.backend, logger_name=str(self.run_dir),
+                                      experiment_name=self.name)
+        self._progress = tqdm(total=total_env_steps, initial=self.counters["env_steps"],
+                              desc=description, disable=not cfg.logger.progress_bar,
+                              mininterval=2)
+        self._wall_offset = self.history[-1]["wall_seconds"] if self.history else 0.0
+        self._start = time.perf_counter()
+
+        def request_stop(signum, frame):
+            self.stop_requested = True
+            signal.signal(signal.SIGINT, previous_handler)
+            log.warning("Ctrl-C: stopping after this batch (Ctrl-C again to abort at once)")
+
+        # Ctrl-C stops at the end of the current batch (a KeyboardInterrupt in the middle of an
+        # update could leave modules half-swapped); a second Ctrl-C interrupts at once.
+        previous_handler = signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield self
+        except NonFiniteError as error:
+            last = self.checkpoint_path
+            log.error("%s; stopping. The last good checkpoint is %s", error,
+                      f"{last} (resume={last})" if last.exists() else "none yet")
+            raise SystemExit(1) from None
+        finally:
+            signal.signal(signal.SIGINT, previous_handler)
+            self._progress.close()
+
+    def check_finite(self, name: str, value: torch.Tensor) -> None:
+        """Raises :class:`NonFiniteError` naming ``name`` unless ``value`` is all finite."""
+        if not torch.isfinite(value).all():
+            raise NonFiniteError(f"{name} is not finite at {self.counters['env_steps']} env steps")
+
+    def evaluate(self, env: EnvBase, policy: TensorDictModuleBase, *, chunk_len: int) -> dict:
+        """Deterministic returns of one episode per env of ``env``, added to the learning curve.
+
+        Args:
+            env (EnvBase): the evaluation env (one episode per env).
+            policy (TensorDictModuleBase): the policy; deterministic (a flow actor starts from
+                x0 = 0, a TanhNormal actor takes its squashed mean).
+
+        Keyword Args:
+            chunk_len (int): env actions per step of ``env``.
+        """
+        returns = episode_returns(env, policy, max_env_steps=self.config.env.max_episode_steps,
+                                  chunk_len=chunk_len)
+        wall = self.wall_seconds if self.counters["env_steps"] else 0.0
+        self.history.append({"env_steps": self.counters["env_steps"], "wall_seconds": wall,
+                             **returns})
+        return returns
+
+    def log(self, metrics: Mapping[str, float], env_steps: int) -> None:
+        """Logs ``metrics`` at the current env step and advances the progress bar."""
+        if self._logger is not None:
+            for key, value in metrics.items():
+                self._logger.log_scalar(key, value, step=self.counters["env_steps"])
+        self._progress.update(env_steps)
+        postfix = {"eval": f"{self.history[-1]['mean']:.0f}"} if self.history else {}
+        if "train_return" in metrics:
+            postfix["train"] = f"{metrics['train_return']:.0f}"
+        self._progress.set_postfix(postfix, refresh=False)
+
+    def interrupted(self, replay_buffer: Any = None) -> None:
+        """Saves after a Ctrl-C and says how to continue."""
+        path = self.save(replay_buffer)
+        log.warning("interrupted at %d env steps: wrote %s; resume=%s continues the run",
+                    self.counters["env_steps"], path, path)
+
+    # --- the end -----------------------------------------------------------------------------
+    def finish(
+        self,
+        env: EnvBase,
+        policy: TensorDictModuleBase,
+        *,
+        chunk_len: int,
+        title: str,
+        replay_buffer: Any = None,
+        summary: Mapping[str, Any] | None = None,
+    ) -> dict:
+        """Final evaluation, checkpoint, ``summary.json``, ``learning_curve.png`` and the table.
+
+        The run's starting returns are ``extra["base_returns"]`` (the first evaluation).
+
+        Args:
+            env (EnvBase): the final evaluation env.
+            policy (TensorDictModuleBase): the trained policy.
+
+        Keyword Args:
+            chunk_len (int): env actions per step of ``env``.
+            title (str): what ran, for the plot and the table, e.g. ``"RLDT"``.
+            replay_buffer (optional): saved with the final checkpoint when given.
+            summary (dict, optional): more entries of ``summary.json`` (e.g. ``method``).
+
+        Returns:
+            The summary.
+        """
+        final = self.evaluate(env, policy, chunk_len=chunk_len)
+        self.save(replay_buffer)
+        base = self.extra["base_returns"]
+        report = {
+            "task": self.config.task, "seed": self.config.seed, **(summary or {}),
+            "counters": self.counters, "base": base, "final": final, "history": self.history,
+            "command": self.command,
+        }
+        atomic_write_text(json.dumps(report, indent=2) + "\n", self.run_dir / "summary.json")
+        self._plot(title)
+        log.info(
+            "\n%s (%s), deterministic return over %d episodes:\n"
+            "  base       %8.1f +- %.1f\n  fine-tuned %8.1f +- %.1f   (%s)\n  run directory: %s",
+            self.config.task, title, final["episodes"], base["mean"], base["std"], final["mean"],
+            final["std"], ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in self.counters.items()),
+            self.run_dir,
+        )
+        return report
+
+    def _plot(self, title: str) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        history = self.history
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.errorbar([h["env_steps"] for h in history], [h["mean"] for h in history],
+                    yerr=[h["std"] for h in history], marker="o", capsize=3)
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("deterministic return")
+        ax.set_title(f"{title} on {self.config.task} (seed {self.config.seed})")
+        fig.tight_layout()
+        fig.savefig(self.run_dir / "learning_curve.png", dpi=100)
+        plt.close(fig)
