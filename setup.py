@@ -6,6 +6,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent
+EXAMPLES_REQUIRE = ["hydra-core>=1.3", "tqdm", "matplotlib"]
 
 
 def _version() -> str:
@@ -27,15 +28,18 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["torchrl_rldt", "torchrl_rldt.*"]),
+    # the library: losses, modules, envs, data, checkpoints and the run harness
     install_requires=[
         "torch>=2.11",
         "torchrl>=0.14.1,<0.15",
         "tensordict>=0.14.3,<0.15",
         "gymnasium[mujoco]>=1.0",
         "envpool>=1.2.5",
-        "hydra-core>=1.3",
-        "tqdm",
-        "matplotlib",
     ],
-    extras_require={"test": ["pytest>=7", "pytest-timeout"]},
+    extras_require={
+        # what the example scripts, benchmarks and the harness's summaries add on top
+        "examples": EXAMPLES_REQUIRE,
+        # the test suite runs the examples end to end
+        "test": ["pytest>=7", "pytest-timeout", *EXAMPLES_REQUIRE],
+    },
 )

@@ -15,12 +15,9 @@ at most the iteration under way; ``resume=<checkpoint.pt>`` continues), the logg
 """
 from __future__ import annotations
 
-import logging
-from pathlib import Path
 
 import hydra
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from torchrl.collectors import Collector
 from torchrl.modules import MLP, ValueOperator
@@ -30,8 +27,6 @@ from torchrl_rldt.harness import ConfigCheck, TrainingRun
 from torchrl_rldt.modules import FlowNoiseMLP, NoisyFlowActor
 from torchrl_rldt.objectives import FPOLoss, ReinFlowLoss
 from utils import load_base_policy, make_policy_chunk_env, repo_path
-
-log = logging.getLogger("flow_ppo_gym")
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -61,12 +56,10 @@ def main(cfg: DictConfig) -> None:
     check_config(cfg)
     device = torch.device(cfg.device)
     torch.set_num_threads(cfg.num_threads)
-    run = TrainingRun(
-        "flow_ppo_gym", cfg, output_dir=Path(HydraConfig.get().runtime.output_dir),
-        resume=repo_path(cfg.resume) if cfg.resume else None,
+    run = TrainingRun.from_hydra(
+        "flow_ppo_gym", cfg, resume=repo_path(cfg.resume) if cfg.resume else None,
         identity={"task": cfg.task, "method": cfg.method},
         counters={"env_steps": 0, "iterations": 0, "updates": 0},
-        command="python examples/flow_ppo_gym.py " + " ".join(HydraConfig.get().overrides.task),
     )
     method_cfg = cfg.reinflow if cfg.method == "reinflow" else cfg.fpo
     base = load_base_policy(cfg, device, method_cfg.num_steps)
@@ -99,16 +92,12 @@ def main(cfg: DictConfig) -> None:
     train_env = make_policy_chunk_env(base, cfg, cfg.env.num_envs, cfg.seed + counters["env_steps"], device)
     eval_env = make_policy_chunk_env(base, cfg, cfg.eval.episodes, cfg.seed + 10_000, device)
     final_env = make_policy_chunk_env(base, cfg, cfg.eval.final_episodes, cfg.seed + 20_000, device)
-    if "base_returns" not in run.extra:
-        run.extra["base_returns"] = base_returns = run.evaluate(final_env, actor, chunk_len=model.chunk_len)
-        log.info("%s base policy: deterministic return %.1f +- %.1f", cfg.task,
-                 base_returns["mean"], base_returns["std"])
+    run.evaluate_base(final_env, actor, chunk_len=model.chunk_len)
 
     # --- training loop: collect, GAE, epochs of mini-batch PPO ---------------------------------
     frames_per_batch = cfg.env.num_envs * cfg.collector.chunks_per_env
     collector = Collector(train_env, policy, frames_per_batch=frames_per_batch, total_frames=-1,
                           device=device, storing_device=device)
-    next_eval = (counters["env_steps"] // cfg.eval.every_env_steps + 1) * cfg.eval.every_env_steps
     try:
         with run.loop(total_env_steps=cfg.collector.total_env_steps, description=f"{cfg.method} {cfg.task}"):
             for batch in collector if counters["env_steps"] < cfg.collector.total_env_steps else ():
@@ -146,16 +135,10 @@ def main(cfg: DictConfig) -> None:
                             actor_optim.step()
                         counters["updates"] += 1
                 metrics.update({key: value.item() for key, value in terms.items() if value.numel() == 1})
-                done = batch["next", "done"].squeeze(-1)
-                if done.any():
-                    metrics["train_return"] = batch["next", "episode_reward"][done].mean().item()
-                if counters["env_steps"] >= next_eval:
-                    next_eval += cfg.eval.every_env_steps
-                    returns = run.evaluate(eval_env, actor, chunk_len=model.chunk_len)
+                returns = run.evaluate_periodically(eval_env, actor, chunk_len=model.chunk_len)
+                if returns is not None:
                     metrics["eval_return"] = returns["mean"]
-                    log.info("%d env steps: deterministic return %.1f +- %.1f", counters["env_steps"],
-                             returns["mean"], returns["std"])
-                run.log(metrics, steps)
+                run.log(metrics, steps, batch)
                 run.save()  # every iteration: a kill loses at most the iteration under way
                 if run.stop_requested:
                     return run.interrupted()

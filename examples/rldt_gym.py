@@ -16,13 +16,10 @@ batches, on Ctrl-C and at the end), the logger's files, ``learning_curve.png`` a
 """
 from __future__ import annotations
 
-import logging
 import math
-from pathlib import Path
 
 import hydra
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from torchrl_rldt.harness import TrainingRun
@@ -39,8 +36,6 @@ from utils import (
     repo_path,
 )
 
-log = logging.getLogger("rldt_gym")
-
 
 @hydra.main(version_base="1.3", config_path="config", config_name="rldt_gym")
 def main(cfg: DictConfig) -> None:
@@ -48,11 +43,9 @@ def main(cfg: DictConfig) -> None:
     check_rldt_config(cfg)
     device = torch.device(cfg.device)
     torch.set_num_threads(cfg.num_threads)
-    run = TrainingRun(
-        "rldt_gym", cfg, output_dir=Path(HydraConfig.get().runtime.output_dir),
-        resume=repo_path(cfg.resume) if cfg.resume else None,
+    run = TrainingRun.from_hydra(
+        "rldt_gym", cfg, resume=repo_path(cfg.resume) if cfg.resume else None,
         counters={"env_steps": 0, "chunks": 0, "batches": 0, "critic_updates": 0, "actor_updates": 0},
-        command="python examples/rldt_gym.py " + " ".join(HydraConfig.get().overrides.task),
     )
     base = load_base_policy(cfg, device, cfg.rldt.num_steps)
     torch.manual_seed(cfg.seed)
@@ -70,16 +63,12 @@ def main(cfg: DictConfig) -> None:
     replay_buffer = make_replay_buffer(cfg.buffer.size, None, device)
     run.track(loss=loss, actor_optim=actor_optim, actor_warmup=actor_warmup, critic_optim=critic_optim)
     run.restore_buffer(replay_buffer)
-    if "base_returns" not in run.extra:
-        run.extra["base_returns"] = base_returns = run.evaluate(final_env, actor, chunk_len=chunk_len)
-        log.info("%s base policy: deterministic return %.1f +- %.1f (%d episodes)", cfg.task,
-                 base_returns["mean"], base_returns["std"], base_returns["episodes"])
+    run.evaluate_base(final_env, actor, chunk_len=chunk_len)
     saved_buffer = replay_buffer if cfg.checkpoint.save_replay_buffer else None
 
     # --- training loop ------------------------------------------------------------------------
     remaining = cfg.collector.total_env_steps - counters["env_steps"]
     collector = make_rldt_collector(train_env, actor, cfg, math.ceil(remaining / chunk_len))
-    next_eval = (counters["env_steps"] // cfg.eval.every_env_steps + 1) * cfg.eval.every_env_steps
     try:
         with run.loop(total_env_steps=cfg.collector.total_env_steps, description=f"RLDT {cfg.task}"):
             for batch in collector:
@@ -128,17 +117,11 @@ def main(cfg: DictConfig) -> None:
                         counters["actor_updates"] += 1
                         metrics.update({key: value.item() for key, value in terms.items()})
 
-                done = batch["next", "done"].squeeze(-1)
-                if done.any():
-                    metrics["train_return"] = batch["next", "episode_reward"][done].mean().item()
                 metrics["env_steps_per_second"] = counters["env_steps"] / max(run.wall_seconds, 1e-9)
-                if counters["env_steps"] >= next_eval:
-                    next_eval += cfg.eval.every_env_steps
-                    returns = run.evaluate(eval_env, actor, chunk_len=chunk_len)
+                returns = run.evaluate_periodically(eval_env, actor, chunk_len=chunk_len)
+                if returns is not None:
                     metrics["eval_return"] = returns["mean"]
-                    log.info("%d env steps: deterministic return %.1f +- %.1f", counters["env_steps"],
-                             returns["mean"], returns["std"])
-                run.log(metrics, steps)
+                run.log(metrics, steps, batch)
                 if counters["batches"] % cfg.checkpoint.every_batches == 0:
                     run.save(saved_buffer)
                 if run.stop_requested:

@@ -16,13 +16,10 @@ continues), the logger's files and ``summary.json``.
 """
 from __future__ import annotations
 
-import logging
 import math
-from pathlib import Path
 
 import hydra
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from torchrl.collectors import Collector
 from torchrl.envs import Compose
@@ -37,8 +34,6 @@ from utils import (
     repo_path,
     sac_update,
 )
-
-log = logging.getLogger("sac_gym")
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -67,12 +62,10 @@ def main(cfg: DictConfig) -> None:
     device = torch.device(cfg.device)
     torch.set_num_threads(cfg.num_threads)
     chunk_len = cfg.env.chunk_len
-    run = TrainingRun(
-        "sac_gym", cfg, output_dir=Path(HydraConfig.get().runtime.output_dir),
-        resume=repo_path(cfg.resume) if cfg.resume else None,
+    run = TrainingRun.from_hydra(
+        "sac_gym", cfg, resume=repo_path(cfg.resume) if cfg.resume else None,
         identity={"task": cfg.task, "chunk_len": chunk_len},
         counters={"env_steps": 0, "frames": 0, "updates": 0},
-        command="python examples/sac_gym.py " + " ".join(HydraConfig.get().overrides.task),
     )
     torch.manual_seed(cfg.seed)
 
@@ -93,8 +86,7 @@ def main(cfg: DictConfig) -> None:
     replay_buffer = make_replay_buffer(cfg.sac.buffer_size, cfg.sac.batch_size, device)
     run.track(loss=loss, **{f"{name}_optim": optim for name, optim in optimizers.items()})
     run.restore_buffer(replay_buffer)
-    if "base_returns" not in run.extra:
-        run.extra["base_returns"] = run.evaluate(final_env, actor, chunk_len=chunk_len)
+    run.evaluate_base(final_env, actor, chunk_len=chunk_len)
 
     # --- training loop: collect, then utd_ratio SAC updates per collected action ---------------
     frames_per_batch = cfg.collector.frames_per_batch
@@ -106,7 +98,6 @@ def main(cfg: DictConfig) -> None:
         init_random_frames=max(0, random_frames - counters["frames"]),
         device=device, storing_device=device,
     )
-    next_eval = (counters["env_steps"] // cfg.eval.every_env_steps + 1) * cfg.eval.every_env_steps
     next_checkpoint = (counters["env_steps"] // cfg.checkpoint.every_env_steps + 1) * cfg.checkpoint.every_env_steps
     try:
         with run.loop(total_env_steps=cfg.collector.total_env_steps, description=f"SAC {cfg.task}"):
@@ -122,16 +113,10 @@ def main(cfg: DictConfig) -> None:
                         terms = sac_update(loss, optimizers, target_updater, replay_buffer.sample())
                         counters["updates"] += 1
                     metrics.update({key: value.item() for key, value in terms.items() if value.numel() == 1})
-                done = batch["next", "done"].squeeze(-1)
-                if done.any():
-                    metrics["train_return"] = batch["next", "episode_reward"][done].mean().item()
-                if counters["env_steps"] >= next_eval:
-                    next_eval += cfg.eval.every_env_steps
-                    returns = run.evaluate(eval_env, actor, chunk_len=chunk_len)
+                returns = run.evaluate_periodically(eval_env, actor, chunk_len=chunk_len)
+                if returns is not None:
                     metrics["eval_return"] = returns["mean"]
-                    log.info("%d env steps: deterministic return %.1f +- %.1f", counters["env_steps"],
-                             returns["mean"], returns["std"])
-                run.log(metrics, steps)
+                run.log(metrics, steps, batch)
                 if counters["env_steps"] >= next_checkpoint:
                     next_checkpoint += cfg.checkpoint.every_env_steps
                     run.save(replay_buffer)

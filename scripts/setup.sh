@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up .venv inside the checkout: torch first (CPU wheel unless RLDT_TORCH=cuda),
-# then torchrl-rldt in editable mode with its test extra. Running it again when
+# then torchrl-rldt in editable mode with its examples and test extras (everything). Running it again when
 # nothing changed installs nothing.
 #
 #   RLDT_TORCH=cpu|cuda   torch build to install (default: cpu)
@@ -40,6 +40,6 @@ if ! "$PY" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$
     "$PY" -m pip install "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-"$PY" -m pip install -e ".[test]"
+"$PY" -m pip install -e ".[examples,test]"
 echo "$wanted" > "$STAMP"
 echo "setup: done ($("$PY" -c 'import torch; print("torch", torch.__version__)'))"

@@ -3,11 +3,11 @@
 """RLDT end to end on the two-peak bandit of ``examples/bandit_2d.py``, at a tiny budget."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 from hydra import compose, initialize_config_dir
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -15,13 +15,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 @pytest.fixture(scope="module")
 def bandit_2d():
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        import bandit_2d
-
-        yield bandit_2d
-    finally:
-        sys.path.remove(str(EXAMPLES))
+    return load_script("examples/bandit_2d.py")
 
 
 def tiny_config(*overrides):

@@ -19,14 +19,14 @@ from torchrl_rldt.checkpoint import (
     save_flow_policy,
 )
 from torchrl_rldt.envs import NormalizationStats
-from torchrl_rldt.modules import FlowActor, VelocityMLP
+from torchrl_rldt.modules import FlowActor, FlowModel, VelocityMLP
 
 OBS, ACT, H = 11, 3, 4
 
 
 def make_policy_file(path, task="Hopper-v5"):
     network = VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=32, num_layers=2, activation=torch.nn.Mish)
-    actor = FlowActor(network, ACT, 6, chunk_len=H, low=-torch.ones(ACT), high=torch.ones(ACT))
+    actor = FlowActor(FlowModel(network, ACT, 6, chunk_len=H, low=-torch.ones(ACT), high=torch.ones(ACT)))
     save_flow_policy(
         path,
         actor,
@@ -46,8 +46,8 @@ class TestFlowPolicyCheckpoint:
         assert raw["task"] == "Hopper-v5"
         policy = load_flow_policy(path, task="Hopper-v5", observation_dim=OBS, action_dim=ACT,
                                   chunk_len=H)
-        assert policy.actor.num_steps == 6 and isinstance(
-            policy.actor.velocity_network.activation, torch.nn.Mish)
+        assert policy.actor.model.num_steps == 6 and isinstance(
+            policy.actor.model.velocity_network.activation, torch.nn.Mish)
         assert policy.metadata["returns"]["deterministic"]["mean"] == 1234.5
         obs = TensorDict(observation=torch.randn(5, OBS), batch_size=[5])
         with set_exploration_type(ExplorationType.DETERMINISTIC):
@@ -80,7 +80,7 @@ class TestFlowPolicyCheckpoint:
             load_flow_policy(tmp_path / "pickled.pt")
 
     def test_custom_network_is_refused_at_save(self, tmp_path):
-        actor = FlowActor(torch.nn.Identity(), ACT, chunk_len=H)
+        actor = FlowActor(FlowModel(torch.nn.Identity(), ACT, chunk_len=H))
         stats = NormalizationStats(torch.zeros(ACT), torch.ones(ACT))
         with pytest.raises(TypeError, match="VelocityMLP"):
             save_flow_policy(tmp_path / "p.pt", actor, task="Hopper-v5", observation_stats=stats,

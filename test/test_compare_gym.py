@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_script
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-from compare_gym import parse_overrides  # noqa: E402
+parse_overrides = load_script("benchmarks/compare_gym.py").parse_overrides
 
 
 def test_overrides_go_to_every_method_or_to_the_one_named():

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from tensordict import TensorDict
 
 from torchrl_rldt.data import (
     D4RL_KEYS,

@@ -9,13 +9,15 @@ import importlib
 import pytest
 
 MODULES = [
-    "torchrl_rldt.envs.envpool",
+    "torchrl_rldt.envs.libs.envpool",
     "torchrl_rldt.envs.chunk",
     "torchrl_rldt.envs.transforms",
-    "torchrl_rldt.envs.evaluation",
-    "torchrl_rldt.envs.bandit",
+    "torchrl_rldt.envs.custom.peaks_bandit",
+    "torchrl_rldt.harness",
     "torchrl_rldt.data.datasets",
-    "torchrl_rldt.checkpoint",
+    "torchrl_rldt.checkpoint.atomic",
+    "torchrl_rldt.checkpoint.training",
+    "torchrl_rldt.checkpoint.flow_policy",
     "torchrl_rldt.modules.flow",
     "torchrl_rldt.modules.critic",
     "torchrl_rldt.modules.transport",
@@ -24,6 +26,7 @@ MODULES = [
     "torchrl_rldt.objectives.reinflow",
     "torchrl_rldt.objectives.fpo",
     "torchrl_rldt.objectives.flow_bc",
+    "torchrl_rldt.objectives.functional",
     "torchrl_rldt.objectives.rldt",
 ]
 

@@ -9,14 +9,15 @@ import torch
 from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from torchrl_rldt.modules import FlowActor, LandingPointExploration, VelocityMLP
+from torchrl_rldt.modules import FlowActor, FlowModel, LandingPointExploration, VelocityMLP
 
 OBS, ACT, H, N = 6, 2, 4, 8
 
 
-def make_actor():
-    return FlowActor(VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=32), ACT, N, chunk_len=H,
-                     low=-1.0, high=1.0)
+def make_actor(bounded=True):
+    bounds = {"low": -1.0, "high": 1.0} if bounded else {}
+    return FlowActor(FlowModel(VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=32), ACT, N,
+                               chunk_len=H, **bounds))
 
 
 class TestLandingPointExploration:
@@ -35,8 +36,8 @@ class TestLandingPointExploration:
         coordinate is half the squared distance at i = N - 2.
         """
         torch.manual_seed(0)
-        actor = make_actor()
-        actor.low = actor.high = None  # unbounded: the spread is not cut by the clamp
+        actor = make_actor(bounded=False)  # unbounded: the spread is not cut by the clamp
+        model = actor.model
         policy = LandingPointExploration(actor, min_step=N - 2)
         obs = torch.randn(3, OBS)
         x0 = torch.randn(3, H, ACT)
@@ -44,9 +45,9 @@ class TestLandingPointExploration:
                         batch_size=[4000, 3])
         with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
             explored = policy(td)["action"]
-            final, chain = actor.sample(obs, x0, return_chain=True)
-            last_landing = actor.expected_action(chain[:, N - 1], (N - 1) / N, obs)
-            landing = actor.expected_action(chain[:, N - 2], (N - 2) / N, obs)
+            final, chain = model.sample(obs, x0, return_chain=True)
+            last_landing = model.expected_action(obs, chain[:, N - 1], (N - 1) / N)
+            landing = model.expected_action(obs, chain[:, N - 2], (N - 2) / N)
         torch.testing.assert_close(last_landing, final)
         distance = (final - landing).flatten(-2).norm(dim=-1)  # [3]
         assert (distance > 0).all()

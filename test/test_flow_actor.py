@@ -7,37 +7,108 @@ import argparse
 import pytest
 import torch
 from tensordict import TensorDict
+from torchrl.data import Bounded, Composite, Unbounded
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from torchrl_rldt.modules import FlowActor, VelocityMLP
+from torchrl_rldt.modules import FlowActor, FlowModel, VelocityMLP
 
 OBS, ACT, H = 5, 2, 3
 
 
+def make_model(num_steps=4, **kwargs):
+    return FlowModel(VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=32), ACT, num_steps, chunk_len=H,
+                     **kwargs)
+
+
 def make_actor(num_steps=4, **kwargs):
-    net = VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=32)
-    return FlowActor(net, ACT, num_steps, chunk_len=H, **kwargs)
+    return FlowActor(make_model(num_steps), **kwargs)
+
+
+class TestFlowModel:
+    @pytest.mark.parametrize("batch", [(), (1,), (4,), (2, 3)])
+    def test_shapes(self, batch):
+        model = make_model()
+        observation = torch.randn(*batch, OBS)
+        assert model(observation).shape == (*batch, H, ACT)
+        action, chain = model.sample(observation, return_chain=True)
+        assert chain.shape == (*batch, model.num_steps + 1, H, ACT)
+
+    def test_chain_is_the_euler_integration(self):
+        model = make_model(num_steps=5)
+        obs, noise = torch.randn(4, OBS), torch.randn(4, H, ACT)
+        action, chain = model.sample(obs, noise, return_chain=True)
+        assert (chain[:, 0] == noise).all()
+        for k in range(5):
+            expected = chain[:, k] + model.velocity(obs, chain[:, k], k / 5) / 5
+            torch.testing.assert_close(chain[:, k + 1], expected)
+        torch.testing.assert_close(action, chain[:, -1])
+
+    def test_noisy_steps_are_gaussian_around_the_euler_step(self):
+        model = make_model(num_steps=3)
+        obs, noise = torch.randn(2, OBS), torch.randn(2, H, ACT)
+        std = torch.full((2, H, ACT), 0.5)
+        chain, mean, step_std = model.integrate(obs, noise, step_std=lambda o, t: std)
+        assert chain.shape == (2, 4, H, ACT) and mean.shape == step_std.shape == (2, 3, H, ACT)
+        for k in range(3):
+            torch.testing.assert_close(mean[:, k], model.step_mean(obs, chain[:, k], k / 3))
+        assert not torch.allclose(chain[:, 1:], mean)  # noise was added
+        # without a noise network the same call is the deterministic chain
+        deterministic = model.integrate(obs, noise)
+        assert deterministic.step_mean is None and deterministic.step_std is None
+
+    def test_num_steps_can_change(self):
+        model = make_model(num_steps=2)
+        model.num_steps = 8
+        assert model.sample(torch.randn(3, OBS), return_chain=True)[1].shape == (3, 9, H, ACT)
+        with pytest.raises(ValueError, match="num_steps"):
+            model.num_steps = 0
+
+    def test_bounds(self):
+        model = make_model(low=-0.1, high=0.1)
+        action = model(torch.randn(100, OBS), torch.randn(100, H, ACT) * 10)
+        assert action.abs().max() <= 0.1 + 1e-7
+        with pytest.raises(ValueError, match="low must not exceed high"):
+            make_model(low=1.0, high=0.0)
+        with pytest.raises(ValueError, match="noise must have shape"):
+            make_model().sample(torch.randn(2, OBS), torch.randn(2, ACT))
+
+    def test_expected_action_and_chain_landing(self):
+        model = make_model()
+        obs, x = torch.randn(4, OBS), torch.randn(4, H, ACT)
+        t = torch.tensor([0.0, 0.25, 0.5, 0.75])
+        expected = x + (1 - t)[:, None, None] * model.velocity(obs, x, t)
+        torch.testing.assert_close(model.expected_action(obs, x, t), expected)
+        # the landing point at step k of a chain is the expected action of its k-th state
+        _, chain = model.sample(obs, return_chain=True)
+        step = torch.tensor([0, 1, 2, 3])
+        velocity, landing = model.chain_landing(obs, chain, step)
+        states = chain[torch.arange(4), step]
+        torch.testing.assert_close(landing, model.expected_action(obs, states, step / 4))
+        torch.testing.assert_close(velocity, model.velocity(obs, states, step / 4))
+        # its parameter gradient is (1 - t) dv/dtheta: zero at t = 1
+        model.zero_grad()
+        model.expected_action(obs, x, 1.0).sum().backward()
+        assert all(p.grad is None or (p.grad == 0).all() for p in model.parameters())
+
+    def test_any_velocity_module(self):
+        class Constant(torch.nn.Module):
+            def forward(self, observation, action, time):
+                return torch.ones_like(action)
+
+        model = FlowModel(Constant(), ACT, num_steps=4, chunk_len=H)
+        # x_1 = x_0 + sum of 4 steps of 1/4 * 1 = 1 + x_0
+        torch.testing.assert_close(model(torch.randn(2, OBS), torch.zeros(2, H, ACT)),
+                                   torch.ones(2, H, ACT))
 
 
 class TestFlowActor:
     @pytest.mark.parametrize("batch", [(), (1,), (4,), (2, 3)])
     def test_shapes(self, batch):
-        actor = make_actor(chain_key="chain")
+        actor = make_actor(out_keys=["action", "chain"])
         td = TensorDict(observation=torch.randn(*batch, OBS), batch_size=batch)
         out = actor(td)
         assert out["action"].shape == (*batch, H, ACT)
-        assert out["chain"].shape == (*batch, actor.num_steps + 1, H, ACT)
-        assert actor(torch.randn(*batch, OBS)).shape == (*batch, H, ACT)
-
-    def test_chain_is_the_euler_integration(self):
-        actor = make_actor(num_steps=5)
-        obs, noise = torch.randn(4, OBS), torch.randn(4, H, ACT)
-        action, chain = actor.sample(obs, noise, return_chain=True)
-        assert (chain[:, 0] == noise).all()
-        for k in range(5):
-            expected = chain[:, k] + actor.velocity(obs, chain[:, k], k / 5) / 5
-            torch.testing.assert_close(chain[:, k + 1], expected)
-        torch.testing.assert_close(action, chain[:, -1])
+        assert out["chain"].shape == (*batch, actor.model.num_steps + 1, H, ACT)
 
     def test_exploration_modes(self):
         actor = make_actor()
@@ -45,7 +116,7 @@ class TestFlowActor:
         with set_exploration_type(ExplorationType.DETERMINISTIC):
             a1 = actor(td.clone())["action"]
             a2 = actor(td.clone())["action"]
-            zero = actor.sample(td["observation"], torch.zeros(6, H, ACT))
+        zero = actor.model(td["observation"], torch.zeros(6, H, ACT))
         assert (a1 == a2).all()
         torch.testing.assert_close(a1, zero)
         with set_exploration_type(ExplorationType.RANDOM):
@@ -54,53 +125,39 @@ class TestFlowActor:
         assert not torch.allclose(r1, r2)
         # an explicit noise in the input wins over the exploration type
         noise = torch.randn(6, H, ACT)
+        for mode in (ExplorationType.RANDOM, ExplorationType.DETERMINISTIC):
+            with set_exploration_type(mode):
+                n1 = actor(td.clone().set("flow_noise", noise))["action"]
+            torch.testing.assert_close(n1, actor.model(td["observation"], noise))
+
+    def test_keys_are_fixed_at_construction(self):
+        actor = make_actor(in_keys=[("agent", "obs")], out_keys=[("agent", "chunk")])
+        assert actor.in_keys == [("agent", "obs")] and actor.observation_key == ("agent", "obs")
+        td = TensorDict({"agent": {"obs": torch.randn(2, OBS)}}, batch_size=[2])
+        assert actor(td)["agent", "chunk"].shape == (2, H, ACT)
+        for name in ("in_keys", "out_keys", "observation_key", "action_key", "chain_key"):
+            with pytest.raises(AttributeError):
+                setattr(actor, name, ["other"])
+        assert actor.in_keys == [("agent", "obs")]
+        with pytest.raises(ValueError, match="in_keys"):
+            make_actor(in_keys=["observation", "goal"])
+        with pytest.raises(TypeError, match="FlowModel"):
+            FlowActor(VelocityMLP(OBS, ACT))
+
+    def test_action_spec(self):
+        actor = FlowActor(make_model(low=-torch.ones(ACT), high=torch.ones(ACT)),
+                          out_keys=[("agent", "chunk"), "chain"])
+        bounded = actor.action_spec
+        assert isinstance(bounded, Bounded) and bounded.shape == (H, ACT)
+        assert (bounded.space.low == -1).all() and (bounded.space.high == 1).all()
+        # TorchRL's actor convention: a Composite keyed by the action key (the chain is left out)
+        assert isinstance(actor.spec, Composite) and actor.spec["agent", "chunk"] == bounded
+        assert list(actor.spec.keys(True, True)) == [("agent", "chunk")]
+        assert isinstance(make_actor().action_spec, Unbounded)
         with set_exploration_type(ExplorationType.RANDOM):
-            n1 = actor(td.clone().set("flow_noise", noise))["action"]
-        torch.testing.assert_close(n1, actor.sample(td["observation"], noise))
-
-    def test_num_steps_can_change(self):
-        actor = make_actor(num_steps=2, chain_key="chain")
-        td = TensorDict(observation=torch.randn(3, OBS), batch_size=[3])
-        actor.num_steps = 8
-        assert actor(td)["chain"].shape == (3, 9, H, ACT)
-        with pytest.raises(ValueError, match="num_steps"):
-            actor.num_steps = 0
-
-    def test_bounds(self):
-        actor = make_actor(low=-0.1, high=0.1)
-        with set_exploration_type(ExplorationType.RANDOM):
-            action = actor(torch.randn(100, OBS), torch.randn(100, H, ACT) * 10)
-        assert action.abs().max() <= 0.1 + 1e-7
-        with pytest.raises(ValueError, match="low must not exceed high"):
-            make_actor(low=1.0, high=0.0)
-        with pytest.raises(ValueError, match="noise must have shape"):
-            make_actor().sample(torch.randn(2, OBS), torch.randn(2, ACT))
-
-    def test_expected_action(self):
-        actor = make_actor()
-        obs, x = torch.randn(4, OBS), torch.randn(4, H, ACT)
-        t = torch.tensor([0.0, 0.25, 0.5, 0.75])
-        expected = x + (1 - t)[:, None, None] * actor.velocity(obs, x, t)
-        torch.testing.assert_close(actor.expected_action(x, t, obs), expected)
-        # its parameter gradient is (1 - t) dv/dtheta: zero at t = 1
-        actor.zero_grad()
-        actor.expected_action(x, 1.0, obs).sum().backward()
-        assert all(p.grad is None or (p.grad == 0).all() for p in actor.parameters())
-
-    def test_any_velocity_module(self):
-        class Constant(torch.nn.Module):
-            def forward(self, observation, action, time):
-                return torch.ones_like(action)
-
-        actor = FlowActor(Constant(), ACT, num_steps=4, chunk_len=H)
-        with set_exploration_type(ExplorationType.DETERMINISTIC):
-            # x_1 = x_0 + sum of 4 steps of 1/4 * 1 = 1
-            torch.testing.assert_close(actor(torch.randn(2, OBS)), torch.ones(2, H, ACT))
-
-
-if __name__ == "__main__":
-    args, unknown = argparse.ArgumentParser().parse_known_args()
-    pytest.main([__file__, "--capture", "no", "--exitfirst"] + unknown)
+            action = FlowActor(make_model(low=-0.1, high=0.1))(
+                TensorDict(observation=torch.randn(50, OBS), batch_size=[50]))["action"]
+        assert FlowActor(make_model(low=-0.1, high=0.1)).action_spec.is_in(action)
 
 
 class TestVelocityMLP:
@@ -113,3 +170,8 @@ class TestVelocityMLP:
                                    net(observation, action, expanded.clone()))
         mixed = torch.rand(4, 6)
         assert not torch.allclose(net(observation, action, mixed), net(observation, action, expanded))
+
+
+if __name__ == "__main__":
+    args, unknown = argparse.ArgumentParser().parse_known_args()
+    pytest.main([__file__, "--capture", "no", "--exitfirst"] + unknown)

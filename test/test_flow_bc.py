@@ -9,14 +9,14 @@ import torch
 from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from torchrl_rldt.modules import FlowActor, VelocityMLP
+from torchrl_rldt.modules import FlowActor, FlowModel, VelocityMLP
 from torchrl_rldt.objectives import FlowMatchingBCLoss
 
 OBS, ACT, H = 4, 2, 3
 
 
 def make_loss(**kwargs):
-    actor = FlowActor(VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=32), ACT, chunk_len=H)
+    actor = FlowActor(FlowModel(VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=32), ACT, chunk_len=H))
     return FlowMatchingBCLoss(actor, **kwargs)
 
 
@@ -99,7 +99,7 @@ class TestFlowMatchingBCLoss:
         """
         torch.manual_seed(0)
         centres = torch.tensor([[-2.0, 0.0], [2.0, 0.0]])
-        actor = FlowActor(VelocityMLP(1, 2, hidden_dim=64), action_dim=2, num_steps=16)
+        actor = FlowActor(FlowModel(VelocityMLP(1, 2, hidden_dim=64), action_dim=2, num_steps=16))
         loss = FlowMatchingBCLoss(actor)
         optim = torch.optim.Adam(loss.parameters(), lr=3e-3)
 

@@ -8,7 +8,7 @@ from tensordict import TensorDict
 from torchrl.modules import MLP, ValueOperator
 from torchrl.objectives import ValueEstimators
 
-from torchrl_rldt.modules import FlowActor, VelocityMLP
+from torchrl_rldt.modules import FlowActor, FlowModel, VelocityMLP
 from torchrl_rldt.objectives import FPOLoss
 
 from ppo_batches import add_transition
@@ -17,7 +17,7 @@ OBS, ACT, H, N, M = 5, 2, 3, 4, 8
 
 
 def make_loss(**kwargs):
-    actor = FlowActor(VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=32), ACT, N, chunk_len=H)
+    actor = FlowActor(FlowModel(VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=32), ACT, N, chunk_len=H))
     critic = ValueOperator(MLP(in_features=OBS, out_features=1, num_cells=[16]), in_keys=["observation"])
     kwargs.setdefault("num_cfm_samples", M)
     return FPOLoss(actor, critic, **kwargs)

@@ -10,7 +10,7 @@ from tensordict import TensorDict
 from torch import nn
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from torchrl_rldt.modules import FlowActor, FlowNoiseMLP, NoisyFlowActor, VelocityMLP
+from torchrl_rldt.modules import FlowActor, FlowModel, FlowNoiseMLP, NoisyFlowActor, VelocityMLP
 
 OBS, ACT, H, N = 5, 2, 3, 4
 
@@ -18,7 +18,7 @@ OBS, ACT, H, N = 5, 2, 3, 4
 def make_policy(velocity=None, noise=None, **kwargs):
     velocity = velocity if velocity is not None else VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=32)
     noise = noise if noise is not None else FlowNoiseMLP(OBS, ACT, chunk_len=H, hidden_dims=(16,))
-    return NoisyFlowActor(FlowActor(velocity, ACT, N, chunk_len=H, **kwargs), noise)
+    return NoisyFlowActor(FlowActor(FlowModel(velocity, ACT, N, chunk_len=H, **kwargs)), noise)
 
 
 class ConstantVelocity(nn.Module):
@@ -92,7 +92,7 @@ class TestNoisyFlowActor:
         with set_exploration_type(ExplorationType.RANDOM):
             td = policy(td)
         policy.log_prob(td["observation"], td["flow_chain"]).sum().backward()
-        for network in (policy.flow_actor.velocity_network, policy.noise_network):
+        for network in (policy.flow_actor.model.velocity_network, policy.noise_network):
             grads = [p.grad for p in network.parameters() if p.requires_grad]
             assert any(g is not None and g.abs().sum() > 0 for g in grads)
 
@@ -101,7 +101,7 @@ class TestNoisyFlowActor:
         observation = torch.randn(6, OBS)
         with set_exploration_type(ExplorationType.DETERMINISTIC):
             td = policy(TensorDict(observation=observation, batch_size=[6]))
-            expected = policy.flow_actor(observation)
+            expected = policy.flow_actor.model(observation, torch.zeros(*observation.shape[:-1], H, ACT))
         torch.testing.assert_close(td["action"], expected)
         assert "flow_chain" not in td.keys()
 

@@ -9,7 +9,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import MLP, ValueOperator
 from torchrl.objectives import ValueEstimators
 
-from torchrl_rldt.modules import FlowActor, FlowNoiseMLP, NoisyFlowActor, VelocityMLP
+from torchrl_rldt.modules import FlowActor, FlowModel, FlowNoiseMLP, NoisyFlowActor, VelocityMLP
 from torchrl_rldt.objectives import ReinFlowLoss
 
 from ppo_batches import add_transition
@@ -18,7 +18,7 @@ OBS, ACT, H, N = 5, 2, 3, 4
 
 
 def make_policy(**kwargs):
-    flow = FlowActor(VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=32), ACT, N, chunk_len=H)
+    flow = FlowActor(FlowModel(VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=32), ACT, N, chunk_len=H))
     return NoisyFlowActor(flow, FlowNoiseMLP(OBS, ACT, chunk_len=H, hidden_dims=(16,)), **kwargs)
 
 
@@ -96,7 +96,7 @@ class TestReinFlowLoss:
         assert any(p.grad is not None and p.grad.abs().max() > 0 for p in loss.critic_network_params.values(True, True))
 
     def test_a_plain_flow_actor_is_refused(self):
-        flow = FlowActor(VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=8), ACT, N, chunk_len=H)
+        flow = FlowActor(FlowModel(VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=8), ACT, N, chunk_len=H))
         with pytest.raises(TypeError, match="NoisyFlowActor"):
             ReinFlowLoss(flow, make_critic())
         with pytest.raises(ValueError, match="clip_epsilon"):

@@ -15,7 +15,7 @@ import torch
 
 from torchrl_rldt.checkpoint import save_flow_policy
 from torchrl_rldt.envs import NormalizationStats
-from torchrl_rldt.modules import FlowActor, VelocityMLP
+from torchrl_rldt.modules import FlowActor, FlowModel, VelocityMLP
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "rldt_gym.py"
 TINY = [
@@ -31,7 +31,7 @@ TINY = [
 def make_base(path: Path, task: str = "Hopper-v5", observation_dim: int = 11, action_dim: int = 3):
     torch.manual_seed(0)
     network = VelocityMLP(observation_dim, action_dim, chunk_len=4, hidden_dim=32, num_layers=2)
-    actor = FlowActor(network, action_dim, 8, chunk_len=4, low=-1.0, high=1.0)
+    actor = FlowActor(FlowModel(network, action_dim, 8, chunk_len=4, low=-1.0, high=1.0))
     return save_flow_policy(
         path, actor, task=task,
         observation_stats=NormalizationStats(torch.zeros(observation_dim), torch.ones(observation_dim)),

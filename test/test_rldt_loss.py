@@ -13,15 +13,19 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import ValueOperator
 from torchrl.objectives import SoftUpdate
 
-from torchrl_rldt.modules import ChunkQValueMLP, FlowActor, SVGDTransport, VelocityMLP
+from torchrl_rldt.modules import ChunkQValueMLP, FlowActor, FlowModel, SVGDTransport, VelocityMLP
 from torchrl_rldt.objectives import FlowMatchingBCLoss, RLDTLoss
 
 OBS, ACT, H, N = 5, 2, 3, 4
 
 
-def make_actor():
-    return FlowActor(VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=32), ACT, N, chunk_len=H,
-                     low=-2.0, high=2.0)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def make_actor(observation_key="observation"):
+    model = FlowModel(VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=32), ACT, N, chunk_len=H,
+                      low=-2.0, high=2.0)
+    return FlowActor(model, in_keys=[observation_key])
 
 
 def make_critic(observation_key="observation", action_key="action"):
@@ -72,8 +76,7 @@ class TestRLDTLoss:
                                 ("next", "reward"), ("next", "done"), ("next", "terminated")]
 
     def test_set_keys_with_nested_keys(self):
-        actor = make_actor()
-        actor.observation_key = ("agent", "obs")
+        actor = make_actor(("agent", "obs"))
         loss = RLDTLoss(actor, make_critic(("agent", "obs"), ("agent", "chunk")), num_particles=3)
         loss.set_keys(observation=("agent", "obs"), action=("agent", "chunk"),
                       reward=("agent", "reward"), done=("agent", "done"),
@@ -223,6 +226,161 @@ class TestRLDTLoss:
             RLDTLoss(make_actor(), make_critic(), reference_coef=-1.0)
         with pytest.raises(TypeError, match="FlowActor"):
             RLDTLoss(make_critic(), make_critic())
+        with pytest.raises(ValueError, match="reanchor_every >= 1"):
+            RLDTLoss(make_actor(), make_critic(), reference="previous")
+        with pytest.raises(ValueError, match="only used with reference='previous'"):
+            RLDTLoss(make_actor(), make_critic(), reanchor_every=4)
+        with pytest.raises(ValueError, match="reference must be"):
+            RLDTLoss(make_actor(), make_critic(), reference="pretrained")
+        loss = RLDTLoss(make_actor(), make_critic(action_key="chunk"))
+        with pytest.raises(KeyError, match="does not include the loss's action key"):
+            loss(make_batch())
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_state_dict_round_trip(self, device):
+        torch.manual_seed(0)
+        loss = make_loss(reference="previous", reanchor_every=2).to(device)
+        batch = make_batch().to(device)
+        for _ in range(3):  # moves the actor, the reference and the call count
+            terms = loss.actor_loss(batch)
+            sum(terms[key] for key in POLICY_TERMS).backward()
+            with torch.no_grad():
+                for param in loss.actor_network.parameters():
+                    param -= 0.1 * param.grad
+        state = loss.state_dict()
+        assert int(state["actor_loss_calls"]) == 3
+        torch.manual_seed(1)
+        restored = make_loss(reference="previous", reanchor_every=2).to(device)
+        restored.load_state_dict(state)
+        for name, value in restored.state_dict().items():
+            torch.testing.assert_close(value, state[name], msg=name)
+        torch.manual_seed(5)
+        expected = loss(batch.clone())
+        torch.manual_seed(5)
+        got = restored(batch.clone())
+        for key in expected.keys():
+            torch.testing.assert_close(got[key], expected[key], msg=key)
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_runs_on_device(self, device):
+        loss = make_loss().to(device)
+        out = loss(make_batch().to(device))
+        assert all(value.device.type == device for value in out.values())
+
+    def test_critic_in_keys_in_another_order(self):
+        class ActionFirst(nn.Module):
+            def __init__(self, network):
+                super().__init__()
+                self.network = network
+
+            def forward(self, action, observation):
+                return self.network(observation, action)
+
+        torch.manual_seed(0)
+        straight = make_loss()
+        critic = ValueOperator(ActionFirst(ChunkQValueMLP(OBS, ACT, chunk_len=H, hidden_dim=32)),
+                               in_keys=["action", "observation"], out_keys=["state_action_value"])
+        swapped = RLDTLoss(make_actor(), critic, num_particles=4)
+        swapped.make_value_estimator(gamma=0.9)
+        # the same weights for both: the actor, the critic members and their targets (the
+        # replacement also renames the targets' keys)
+        state = {key.replace("qvalue_network_params.module.", "qvalue_network_params.module.network."):
+                 value for key, value in straight.state_dict().items()}
+        swapped.load_state_dict(state)
+        batch = make_batch()
+        torch.manual_seed(3)
+        expected = straight(batch.clone())
+        torch.manual_seed(3)
+        got = swapped(batch.clone())
+        for key in expected.keys():
+            torch.testing.assert_close(got[key], expected[key], msg=key)
+
+    def test_critic_reads_its_own_in_keys(self):
+        class GoalCritic(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.network = ChunkQValueMLP(OBS + 2, ACT, chunk_len=H, hidden_dim=16)
+
+            def forward(self, observation, goal, action):
+                return self.network(torch.cat([observation, goal], -1), action)
+
+        critic = ValueOperator(GoalCritic(), in_keys=["observation", "goal", "action"],
+                               out_keys=["state_action_value"])
+        loss = RLDTLoss(make_actor(), critic, num_particles=3)
+        assert "goal" in loss.in_keys and ("next", "goal") in loss.in_keys
+        batch = make_batch()
+        batch["goal"], batch["next", "goal"] = torch.randn(6, 2), torch.randn(6, 2)
+        out = loss(batch)
+        assert torch.isfinite(out["loss_qvalue"]) and torch.isfinite(out["loss_rl"])
+
+    @pytest.mark.parametrize("deactivate_vmap", [False, True])
+    def test_critic_with_dropout(self, deactivate_vmap):
+        class DropoutCritic(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.dropout = nn.Dropout(0.5)
+                self.network = ChunkQValueMLP(OBS, ACT, chunk_len=H, hidden_dim=16)
+
+            def forward(self, observation, action):
+                return self.network(self.dropout(observation), action)
+
+        critic = ValueOperator(DropoutCritic(), in_keys=["observation", "action"],
+                               out_keys=["state_action_value"])
+        loss = RLDTLoss(make_actor(), critic, num_particles=3, deactivate_vmap=deactivate_vmap)
+        assert loss.vmap_randomness == "different"
+        out = loss(make_batch())
+        assert torch.isfinite(out["loss_qvalue"]) and torch.isfinite(out["loss_rl"])
+
+    def test_vmap_and_loop_agree(self):
+        torch.manual_seed(0)
+        vmapped = make_loss()
+        looped = make_loss(deactivate_vmap=True)
+        looped.load_state_dict(vmapped.state_dict())
+        batch = make_batch()
+        torch.manual_seed(2)
+        expected = vmapped(batch.clone())
+        torch.manual_seed(2)
+        got = looped(batch.clone())
+        for key in expected.keys():
+            torch.testing.assert_close(got[key], expected[key], msg=key)
+
+    def test_select_out_keys(self):
+        loss = make_loss()
+        loss.select_out_keys("loss_qvalue", "loss_rl")
+        assert set(loss.out_keys) == {"loss_qvalue", "loss_rl"}
+        assert set(loss(make_batch()).keys()) == {"loss_qvalue", "loss_rl"}
+
+    def test_delta_kernel_declares_no_bandwidth(self):
+        loss = make_loss(transport=SVGDTransport("delta"))
+        assert "transport_bandwidth" not in loss.out_keys
+        assert set(loss(make_batch()).keys()) == set(loss.out_keys)
+
+    def test_reference_is_frozen_or_reanchored_by_the_loss(self):
+        batch = make_batch()
+
+        def actor_step(loss):
+            terms = loss.actor_loss(batch)
+            sum(terms[key] for key in POLICY_TERMS).backward()
+            with torch.no_grad():
+                for param in loss.actor_network.parameters():
+                    param -= 0.05 * param.grad
+                    param.grad = None
+
+        frozen = make_loss()
+        start = frozen.reference_actor_network_params.clone()
+        for _ in range(3):
+            actor_step(frozen)
+        assert (frozen.reference_actor_network_params == start).all()
+        assert not (frozen.actor_network_params.data == start).all()
+
+        previous = make_loss(reference="previous", reanchor_every=2)
+        start = previous.reference_actor_network_params.clone()
+        actor_step(previous)
+        actor_step(previous)
+        assert (previous.reference_actor_network_params == start).all()  # not yet
+        after_two = previous.actor_network_params.data.clone()
+        actor_step(previous)  # the third call re-anchors first, to the iterate after two steps
+        assert (previous.reference_actor_network_params == after_two).all()
 
 
 if __name__ == "__main__":

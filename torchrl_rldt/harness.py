@@ -335,6 +335,26 @@ class TrainingRun:
         self._start = self._wall_offset = 0.0
         self.stop_requested = False
 
+    @classmethod
+    def from_hydra(cls, name: str, config: Any, *, resume: Path | None = None,
+                   **kwargs: Any) -> TrainingRun:
+        """A run of ``examples/<name>.py`` under Hydra: its output directory and command line.
+
+        Args:
+            name (str): the example's name (its script is ``examples/<name>.py``).
+            config: the Hydra config of the run.
+
+        Keyword Args:
+            resume (Path, optional): a checkpoint to continue. Defaults to ``None``.
+            **kwargs: the other keyword arguments of :class:`TrainingRun`.
+        """
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_config = HydraConfig.get()
+        return cls(name, config, output_dir=Path(hydra_config.runtime.output_dir), resume=resume,
+                   command=f"python examples/{name}.py " + " ".join(hydra_config.overrides.task),
+                   **kwargs)
+
     # --- resume and checkpoints ------------------------------------------------------------------
     def _load(self, path: Path) -> dict:
         if not path.is_file():
@@ -424,6 +444,8 @@ class TrainingRun:
         self._progress = tqdm(total=total_env_steps, initial=self.counters["env_steps"],
                               desc=description, disable=not cfg.logger.progress_bar,
                               mininterval=2)
+        every = cfg.eval.every_env_steps
+        self._next_evaluation = (self.counters["env_steps"] // every + 1) * every
         self._wall_offset = self.history[-1]["wall_seconds"] if self.history else 0.0
         self._start = time.perf_counter()
 
@@ -469,8 +491,42 @@ class TrainingRun:
                              **returns})
         return returns
 
-    def log(self, metrics: Mapping[str, float], env_steps: int) -> None:
-        """Logs ``metrics`` at the current env step and advances the progress bar."""
+    def evaluate_base(self, env: EnvBase, policy: TensorDictModuleBase, *, chunk_len: int) -> dict:
+        """The starting policy's returns (``extra["base_returns"]``), evaluated once per run.
+
+        A resumed run keeps the returns measured when it started.
+        """
+        if "base_returns" not in self.extra:
+            returns = self.extra["base_returns"] = self.evaluate(env, policy, chunk_len=chunk_len)
+            log.info("%s starting policy: deterministic return %.1f +- %.1f (%d episodes)",
+                     self.config.task, returns["mean"], returns["std"], returns["episodes"])
+        return self.extra["base_returns"]
+
+    def evaluate_periodically(self, env: EnvBase, policy: TensorDictModuleBase, *,
+                              chunk_len: int) -> dict | None:
+        """:meth:`evaluate` once every ``config.eval.every_env_steps`` env steps (else ``None``)."""
+        if self.counters["env_steps"] < self._next_evaluation:
+            return None
+        self._next_evaluation += self.config.eval.every_env_steps
+        returns = self.evaluate(env, policy, chunk_len=chunk_len)
+        log.info("%d env steps: deterministic return %.1f +- %.1f", self.counters["env_steps"],
+                 returns["mean"], returns["std"])
+        return returns
+
+    def log(self, metrics: dict[str, float], env_steps: int, batch: Any = None) -> None:
+        """Logs ``metrics`` at the current env step and advances the progress bar.
+
+        Args:
+            metrics (dict): scalar metrics; ``train_return`` is added from ``batch``.
+            env_steps (int): the env steps of this batch (the progress bar's advance).
+            batch (TensorDictBase, optional): the collected batch; the mean return of the
+                episodes that ended in it (``("next", "episode_reward")`` at ``done``, TorchRL's
+                ``RewardSum``) is logged as ``train_return``.
+        """
+        if batch is not None:
+            done = batch["next", "done"].squeeze(-1)
+            if done.any():
+                metrics["train_return"] = batch["next", "episode_reward"][done].mean().item()
         if self._logger is not None:
             for key, value in metrics.items():
                 self._logger.log_scalar(key, value, step=self.counters["env_steps"])

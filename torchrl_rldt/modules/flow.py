@@ -20,7 +20,7 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey, unravel_key
 from torch import nn
-from torchrl.data import Bounded, TensorSpec, Unbounded
+from torchrl.data import Bounded, Composite, TensorSpec, Unbounded
 from torchrl.envs.utils import ExplorationType, exploration_type
 
 __all__ = ["FlowActor", "FlowChain", "FlowModel", "SinusoidalTimeEmbedding", "VelocityMLP"]
@@ -383,7 +383,8 @@ class FlowActor(TensorDictModuleBase):
     deterministic evaluation and is what the shipped returns were measured with.
 
     Args:
-        model (FlowModel): the flow; its ``low``/``high`` define the action spec.
+        model (FlowModel): the flow; its ``low``/``high`` define the action spec (a
+            :class:`~torchrl.data.Bounded` spec, :attr:`action_spec`).
 
     Keyword Args:
         in_keys (sequence of NestedKey, optional): the observation key, one entry. Defaults to
@@ -403,8 +404,8 @@ class FlowActor(TensorDictModuleBase):
         >>> td = actor(TensorDict(observation=torch.randn(5, 11), batch_size=[5]))
         >>> td["action"].shape, td["flow_chain"].shape
         (torch.Size([5, 4, 3]), torch.Size([5, 9, 4, 3]))
-        >>> actor.spec
-        Bounded(...)
+        >>> actor.action_spec.shape, bool(actor.action_spec.is_in(td["action"]))
+        (torch.Size([4, 3]), True)
     """
 
     def __init__(
@@ -465,13 +466,22 @@ class FlowActor(TensorDictModuleBase):
         return self._noise_key
 
     @property
-    def spec(self) -> TensorSpec:
-        """The action spec of one chunk: ``Bounded`` when the model has both bounds."""
+    def action_spec(self) -> TensorSpec:
+        """The spec of one action chunk ``[H, A]``: ``Bounded`` when the model has both bounds."""
         model = self.model
         shape = model.action_shape
         if model.low is None or model.high is None:
-            return Unbounded(shape)
-        return Bounded(model.low.expand(shape), model.high.expand(shape), shape)
+            return Unbounded(shape, device=model.low.device if model.low is not None else None)
+        return Bounded(model.low.expand(shape), model.high.expand(shape), shape,
+                       device=model.low.device)
+
+    @property
+    def spec(self) -> Composite:
+        """The output spec, as TorchRL actors have it: ``Composite({action_key: action_spec})``.
+
+        The chain (when written) is left out: its length follows ``num_steps``, which can change.
+        """
+        return Composite({self.action_key: self.action_spec})
 
     def initial_noise(self, tensordict: TensorDictBase) -> torch.Tensor:
         """``x_0`` for ``tensordict``: its ``noise_key`` entry, else 0 when deterministic, else N(0, I)."""

@@ -6,10 +6,12 @@ One convention for every loss of the package: time runs from ``t = 0`` (noise ``
 ``t = 1`` (action ``a``) on the linear path ``x_t = (1 - t) z + t a``, whose velocity is
 ``a - z``.
 
-Reduction over the chunk's dimensions: the behaviour-cloning loss and RLDT use the squared
-norm (``"sum"``), which is the formula of the papers and what their learning rates were set
-for; FPO uses the per-dimension mean (``"mean"``) because its ratio ``exp(l_old - l_new)`` and
-its clamps are calibrated per dimension, as in the FPO++ code. Both are kept on purpose.
+Reduction over the chunk's dimensions, chosen per loss and kept on purpose: the behaviour-cloning
+loss and RLDT's reference term use the squared norm (``"sum"``), the formula as written in the
+RLDT paper and what the shipped bases and fine-tuning runs were trained with (under Adam a
+constant factor barely matters); FPO uses the per-dimension mean (``"mean"``) because its ratio
+``exp(l_old - l_new)`` and its clamps are calibrated per dimension, as in the FPO++ code, where
+a sum would scale every log-ratio by ``H x A``.
 """
 from __future__ import annotations
 

@@ -51,9 +51,10 @@ class ReinFlowLoss(ClipPPOLoss):
         >>> from tensordict import TensorDict
         >>> from torchrl.envs.utils import ExplorationType, set_exploration_type
         >>> from torchrl.modules import MLP, ValueOperator
-        >>> from torchrl_rldt.modules import FlowActor, FlowNoiseMLP, NoisyFlowActor, VelocityMLP
+        >>> from torchrl_rldt.modules import (
+        ...     FlowActor, FlowModel, FlowNoiseMLP, NoisyFlowActor, VelocityMLP)
         >>> from torchrl_rldt.objectives import ReinFlowLoss
-        >>> flow = FlowActor(VelocityMLP(11, 3, chunk_len=4, hidden_dim=32), 3, 4, chunk_len=4)
+        >>> flow = FlowActor(FlowModel(VelocityMLP(11, 3, chunk_len=4, hidden_dim=32), 3, 4, chunk_len=4))
         >>> policy = NoisyFlowActor(flow, FlowNoiseMLP(11, 3, chunk_len=4), average_log_prob=True)
         >>> critic = ValueOperator(MLP(in_features=11, out_features=1, num_cells=[32]),
         ...                        in_keys=["observation"])
