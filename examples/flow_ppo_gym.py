@@ -26,7 +26,7 @@ from torchrl.objectives import ValueEstimators
 from torchrl_rldt.harness import ConfigCheck, TrainingRun
 from torchrl_rldt.modules import FlowNoiseMLP, NoisyFlowActor
 from torchrl_rldt.objectives import FPOLoss, ReinFlowLoss
-from utils import load_base_policy, make_policy_chunk_env, repo_path
+from utils import load_base_policy, make_policy_chunk_env
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -55,9 +55,8 @@ def check_config(cfg: DictConfig) -> None:
 def main(cfg: DictConfig) -> None:
     check_config(cfg)
     device = torch.device(cfg.device)
-    torch.set_num_threads(cfg.num_threads)
     run = TrainingRun.from_hydra(
-        "flow_ppo_gym", cfg, resume=repo_path(cfg.resume) if cfg.resume else None,
+        "flow_ppo_gym", cfg,
         identity={"task": cfg.task, "method": cfg.method},
         counters={"env_steps": 0, "iterations": 0, "updates": 0},
     )

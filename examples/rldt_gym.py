@@ -33,7 +33,6 @@ from utils import (
     make_rldt_critic,
     make_rldt_loss,
     make_rldt_optimizers,
-    repo_path,
 )
 
 
@@ -42,9 +41,8 @@ def main(cfg: DictConfig) -> None:
     # --- everything that can be refused is checked before any work ---------------------------
     check_rldt_config(cfg)
     device = torch.device(cfg.device)
-    torch.set_num_threads(cfg.num_threads)
     run = TrainingRun.from_hydra(
-        "rldt_gym", cfg, resume=repo_path(cfg.resume) if cfg.resume else None,
+        "rldt_gym", cfg,
         counters={"env_steps": 0, "chunks": 0, "batches": 0, "critic_updates": 0, "actor_updates": 0},
     )
     base = load_base_policy(cfg, device, cfg.rldt.num_steps)

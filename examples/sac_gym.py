@@ -31,7 +31,6 @@ from utils import (
     make_sac_agent,
     make_sac_loss,
     make_sac_optimizers,
-    repo_path,
     sac_update,
 )
 
@@ -60,10 +59,9 @@ def check_config(cfg: DictConfig) -> None:
 def main(cfg: DictConfig) -> None:
     check_config(cfg)
     device = torch.device(cfg.device)
-    torch.set_num_threads(cfg.num_threads)
     chunk_len = cfg.env.chunk_len
     run = TrainingRun.from_hydra(
-        "sac_gym", cfg, resume=repo_path(cfg.resume) if cfg.resume else None,
+        "sac_gym", cfg,
         identity={"task": cfg.task, "chunk_len": chunk_len},
         counters={"env_steps": 0, "frames": 0, "updates": 0},
     )

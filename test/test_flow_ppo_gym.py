@@ -45,7 +45,7 @@ def test_smoke_trains_the_actor_and_resumes(tmp_path, base, method):
     state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     base_velocity = torch.load(base, weights_only=True)["velocity_state_dict"]
     # the velocity network moved after the critic warm-up iteration
-    prefix = "actor_network_params." + ("flow_actor." if method == "reinflow" else "")
+    prefix = "actor_network_params." + ("flow_actor." if method == "reinflow" else "") + "model."
     moved = [not torch.equal(state["loss"][f"{prefix}velocity_network.{name}"], value)
              for name, value in base_velocity.items() if not name.endswith("frequencies")]
     assert any(moved)

@@ -336,21 +336,24 @@ class TrainingRun:
         self.stop_requested = False
 
     @classmethod
-    def from_hydra(cls, name: str, config: Any, *, resume: Path | None = None,
-                   **kwargs: Any) -> TrainingRun:
-        """A run of ``examples/<name>.py`` under Hydra: its output directory and command line.
+    def from_hydra(cls, name: str, config: Any, **kwargs: Any) -> TrainingRun:
+        """A run of ``examples/<name>.py`` under Hydra.
+
+        The output directory is Hydra's, the command line is recorded for the summary,
+        ``config.resume`` (a checkpoint path, relative to the directory the command was started
+        in) names the run to continue, and ``config.num_threads`` sets torch's intra-op threads.
 
         Args:
             name (str): the example's name (its script is ``examples/<name>.py``).
             config: the Hydra config of the run.
-
-        Keyword Args:
-            resume (Path, optional): a checkpoint to continue. Defaults to ``None``.
-            **kwargs: the other keyword arguments of :class:`TrainingRun`.
+            **kwargs: the other keyword arguments of :class:`TrainingRun` (``identity``,
+                ``counters``).
         """
         from hydra.core.hydra_config import HydraConfig
 
         hydra_config = HydraConfig.get()
+        torch.set_num_threads(config.num_threads)
+        resume = Path(hydra_config.runtime.cwd, config.resume) if config.resume else None
         return cls(name, config, output_dir=Path(hydra_config.runtime.output_dir), resume=resume,
                    command=f"python examples/{name}.py " + " ".join(hydra_config.overrides.task),
                    **kwargs)
