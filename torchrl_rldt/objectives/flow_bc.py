@@ -79,6 +79,7 @@ class FlowMatchingBCLoss(LossModule):
         if reduction is None:
             reduction = "mean"
         super().__init__()
+        self._out_keys = None
         self.reduction = reduction
         self.convert_to_functional(actor_network, "actor_network")
 
@@ -91,7 +92,13 @@ class FlowMatchingBCLoss(LossModule):
 
     @property
     def out_keys(self) -> list[str]:
-        return ["loss_flow_bc"]
+        if self._out_keys is None:
+            self._out_keys = ["loss_flow_bc"]
+        return self._out_keys
+
+    @out_keys.setter
+    def out_keys(self, values) -> None:
+        self._out_keys = values
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDict:

@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import dispatch
+from tensordict.utils import unravel_key
 from torch import nn
 from torchrl.objectives import ClipPPOLoss
 
@@ -125,6 +126,29 @@ class FPOLoss(ClipPPOLoss):
         )
         self.num_cfm_samples, self.variant = num_cfm_samples, variant
         self.max_cfm_loss, self.max_log_ratio = max_cfm_loss, max_log_ratio
+
+    CFM_RECORD_KEYS = ("cfm_time", "cfm_noise", "cfm_old_loss")
+
+    def _set_in_keys(self) -> None:
+        # PPO's keys without the log-probability (the ratio comes from the recorded CFM losses)
+        super()._set_in_keys()
+        log_prob = unravel_key(self.tensor_keys.sample_log_prob)
+        self._in_keys = [key for key in self._in_keys if key != log_prob] + list(self.CFM_RECORD_KEYS)
+
+    @property
+    def out_keys(self) -> list[str]:
+        if self._out_keys is None:
+            keys = ["loss_objective", "clip_fraction", "mean_ratio", "cfm_loss"]
+            if self._has_critic:
+                keys.append("loss_critic")
+                if self.log_explained_variance:
+                    keys.append("explained_variance")
+            self._out_keys = keys
+        return self._out_keys
+
+    @out_keys.setter
+    def out_keys(self, values) -> None:
+        self._out_keys = values
 
     def _cfm_losses(self, observation, action, time, noise) -> torch.Tensor:
         """Per-pair CFM losses ``[*B, M]`` under the current parameters."""
