@@ -43,7 +43,7 @@ from torchrl_rldt.checkpoint import (
     save_checkpoint,
 )
 from torchrl_rldt.data import d4rl_arrays, save_d4rl_dataset
-from torchrl_rldt.harness import evaluate_policy, restore_rng_state, rng_state
+from torchrl_rldt.harness import NonFiniteError, evaluate_policy, restore_rng_state, rng_state
 
 from utils import (
     make_env,
@@ -58,24 +58,28 @@ from utils import (
 log = logging.getLogger("make_dataset")
 
 
-def save_sac_state(state_dir: Path, loss, optimizers, replay_buffer, progress: dict) -> None:
+def save_sac_state(state_dir: Path, loss, optimizers, replay_buffer, progress: dict,
+                   device: torch.device) -> None:
     """Writes the resumable SAC state with its replay buffer."""
     state = {
         "loss": loss.state_dict(),
         "optimizers": {name: optim.state_dict() for name, optim in optimizers.items()},
         "progress": progress,
-        "rng": rng_state("cpu"),
+        "rng": rng_state(device),
     }
     save_checkpoint(state, state_dir / "sac_state.pt", replay_buffer)
 
 
-def restore_sac_state(state: dict, state_dir: Path, loss, optimizers, replay_buffer) -> None:
+def restore_sac_state(state: dict, state_dir: Path, loss, optimizers, replay_buffer,
+                      device: torch.device) -> None:
     """Loads what :func:`save_sac_state` wrote into freshly built SAC objects."""
     loss.load_state_dict(state["loss"])
     for name, optim in optimizers.items():
         optim.load_state_dict(state["optimizers"][name])
     load_checkpoint_buffer(state, state_dir / "sac_state.pt", replay_buffer)
-    restore_rng_state(state["rng"], "cpu")
+    rng = state["rng"]
+    # states written before the run harness hold the CPU generator's state alone
+    restore_rng_state(rng if isinstance(rng, dict) else {"torch": rng, "cuda": None}, device)
 
 
 def stochastic_and_deterministic_returns(env, actor) -> dict:
@@ -126,7 +130,7 @@ def main(cfg: DictConfig) -> None:
     optimizers = make_sac_optimizers(loss, sac.lr)
     replay_buffer = make_replay_buffer(sac.buffer_size, sac.batch_size, device)
     if saved:
-        restore_sac_state(saved, state_dir, loss, optimizers, replay_buffer)
+        restore_sac_state(saved, state_dir, loss, optimizers, replay_buffer, device)
         log.info("resumed from %s at %d env steps", state_dir, frames)
     collector = Collector(
         train_env,
@@ -141,33 +145,40 @@ def main(cfg: DictConfig) -> None:
     next_eval = (frames // sac.eval_every + 1) * sac.eval_every
     reached = False
     start = time.perf_counter() - progress["train_seconds"]
-    for batch in collector:
-        replay_buffer.extend(batch.reshape(-1))
-        frames += batch.numel()
-        if frames >= sac.init_random_frames:
-            for _ in range(max(1, round(batch.numel() * sac.utd_ratio))):
-                sac_update(loss, optimizers, target_updater, replay_buffer.sample())
-                updates += 1
-        if frames >= next_eval:
-            next_eval += sac.eval_every
-            returns = stochastic_and_deterministic_returns(eval_env, actor)
-            history.append({"env_steps": frames, "updates": updates, **returns})
-            log.info(
-                "%s %7d steps %6.0fs: stochastic %.0f +- %.0f, deterministic %.0f (target %d)",
-                cfg.task, frames, time.perf_counter() - start, returns["stochastic"]["mean"],
-                returns["stochastic"]["std"], returns["deterministic"]["mean"], threshold,
-            )
-            progress = {
-                "frames": frames, "updates": updates, "history": history,
-                "train_seconds": time.perf_counter() - start,
-            }
-            save_sac_state(state_dir, loss, optimizers, replay_buffer, progress)
-            if threshold <= returns["stochastic"]["mean"] <= upper:
-                reached = True
-                break
-            if returns["stochastic"]["mean"] > upper:
-                log.info("above the medium band (%d, %d]: not medium, training on", threshold, upper)
-    collector.shutdown()
+    try:
+        for batch in collector:
+            replay_buffer.extend(batch.reshape(-1))
+            frames += batch.numel()
+            if frames >= sac.init_random_frames:
+                for _ in range(max(1, round(batch.numel() * sac.utd_ratio))):
+                    try:
+                        sac_update(loss, optimizers, target_updater, replay_buffer.sample())
+                    except NonFiniteError as error:
+                        raise SystemExit(
+                            f"{error} at {frames} env steps; the last SAC state is in {state_dir} "
+                            f"(run again to resume it, or delete it to start over)") from None
+                    updates += 1
+            if frames >= next_eval:
+                next_eval += sac.eval_every
+                returns = stochastic_and_deterministic_returns(eval_env, actor)
+                history.append({"env_steps": frames, "updates": updates, **returns})
+                log.info(
+                    "%s %7d steps %6.0fs: stochastic %.0f +- %.0f, deterministic %.0f (target %d)",
+                    cfg.task, frames, time.perf_counter() - start, returns["stochastic"]["mean"],
+                    returns["stochastic"]["std"], returns["deterministic"]["mean"], threshold,
+                )
+                progress = {
+                    "frames": frames, "updates": updates, "history": history,
+                    "train_seconds": time.perf_counter() - start,
+                }
+                save_sac_state(state_dir, loss, optimizers, replay_buffer, progress, device)
+                if threshold <= returns["stochastic"]["mean"] <= upper:
+                    reached = True
+                    break
+                if returns["stochastic"]["mean"] > upper:
+                    log.info("above the medium band (%d, %d]: not medium, training on", threshold, upper)
+    finally:
+        collector.shutdown()
     train_seconds = time.perf_counter() - start
     if not reached:
         log.warning(

@@ -20,7 +20,7 @@ from tensordict import TensorDict
 from torchrl.envs import ExplorationType, set_exploration_type
 
 from torchrl_rldt.data import load_offline_dataset
-from torchrl_rldt.harness import episode_returns
+from torchrl_rldt.harness import episode_returns, read_checkpoint
 
 import utils
 
@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
 
-    checkpoint = torch.load(args.checkpoint, weights_only=True)
+    checkpoint = read_checkpoint(args.checkpoint, "rldt_gym")
     # checkpoints written before a config value existed take its current default
     cfg = OmegaConf.merge(OmegaConf.load(ROOT / "examples" / "config" / "rldt_gym.yaml"), checkpoint["config"])
     base = utils.load_base_policy(cfg, torch.device("cpu"), cfg.rldt.num_steps)

@@ -40,6 +40,7 @@ __all__ = [
     "TrainingRun",
     "episode_returns",
     "evaluate_policy",
+    "read_checkpoint",
     "restore_rng_state",
     "rng_state",
 ]
@@ -157,17 +158,19 @@ def episode_returns(
 
 # --- random state --------------------------------------------------------------------------------
 def rng_state(device: torch.device | str) -> dict:
-    """The torch (and, on CUDA, the CUDA) random state, for a checkpoint."""
+    """The torch (and, on CUDA, that device's) random state, for a checkpoint."""
     device = torch.device(device)
     return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
 def restore_rng_state(rng: dict, device: torch.device | str) -> None:
-    """Restores what :func:`rng_state` saved."""
-    torch.set_rng_state(rng["torch"])
-    if torch.device(device).type == "cuda" and rng.get("cuda") is not None:
-        torch.cuda.set_rng_state(rng["cuda"])
+    """Restores what :func:`rng_state` saved (also from a checkpoint loaded onto a GPU)."""
+    device = torch.device(device)
+    # torch's setters take CPU byte tensors, whatever map_location the checkpoint was read with
+    torch.set_rng_state(rng["torch"].cpu())
+    if device.type == "cuda" and rng.get("cuda") is not None:
+        torch.cuda.set_rng_state(rng["cuda"].cpu(), device)
 
 
 # --- config checks -------------------------------------------------------------------------------
@@ -252,6 +255,40 @@ class NonFiniteError(RuntimeError):
     """A loss or a reward became NaN or infinite."""
 
 
+# version 2: the run-harness layout (modules by name, "extra", "wall_seconds"), FlowActor.model
+CHECKPOINT_VERSION = 2
+
+
+def read_checkpoint(path: str | Path, name: str, *, map_location: Any = "cpu") -> dict:
+    """Reads a training checkpoint of ``examples/<name>.py`` and checks that this code can use it.
+
+    Args:
+        path (str or Path): the ``checkpoint.pt`` file.
+        name (str): the example that must have written it, e.g. ``"rldt_gym"``.
+
+    Keyword Args:
+        map_location: where tensors are loaded. Defaults to ``"cpu"``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: another example's checkpoint, or one of an older layout (written before
+            torchrl-rldt's run harness), which cannot be resumed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}.")
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if state.get("format") != f"torchrl_rldt.{name}":
+        raise ValueError(f"{path} is not a torchrl_rldt.{name} checkpoint.")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{path} has checkpoint layout version {state.get('version', 1)}; this torchrl-rldt "
+            f"reads version {CHECKPOINT_VERSION} (its modules and keys changed since). Start a new "
+            f"run, or use the torchrl-rldt release that wrote it."
+        )
+    return state
+
+
 class TrainingRun:
     """A training run's directory, checkpoints, learning curve, logging and stops.
 
@@ -332,7 +369,9 @@ class TrainingRun:
         self._tracked: dict[str, Any] = {}
         self._logger = None
         self._progress = None
-        self._start = self._wall_offset = 0.0
+        # wall-clock of the loop: what earlier sessions of a resumed run spent, plus this one's
+        self._wall_offset = float(self.state["wall_seconds"]) if self.state else 0.0
+        self._start: float | None = None
         self.stop_requested = False
 
     @classmethod
@@ -362,9 +401,7 @@ class TrainingRun:
     def _load(self, path: Path) -> dict:
         if not path.is_file():
             raise FileNotFoundError(f"resume={path}: no such checkpoint.")
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        if state.get("format") != self.format:
-            raise ValueError(f"{path} is not a {self.format} checkpoint.")
+        state = read_checkpoint(path, self.name, map_location=self.device)
         saved = {key: state.get(key) for key in self.identity}
         if saved != self.identity:
             raise ValueError(
@@ -412,11 +449,13 @@ class TrainingRun:
 
         state = {
             "format": self.format,
+            "version": CHECKPOINT_VERSION,
             **self.identity,
             **{name: obj.state_dict() for name, obj in self._tracked.items()},
             "counters": dict(self.counters),
             "history": self.history,
             "extra": self.extra,
+            "wall_seconds": self.wall_seconds,
             "rng": rng_state(self.device),
             "config": OmegaConf.to_container(self.config, resolve=True),
         }
@@ -425,7 +464,9 @@ class TrainingRun:
     # --- the loop ----------------------------------------------------------------------------
     @property
     def wall_seconds(self) -> float:
-        """Wall-clock seconds of training so far, across resumes (evaluations included)."""
+        """Wall-clock seconds of the training loop so far, across resumes (evaluations included)."""
+        if self._start is None:
+            return self._wall_offset
         return self._wall_offset + time.perf_counter() - self._start
 
     @contextlib.contextmanager
@@ -449,7 +490,6 @@ class TrainingRun:
                               mininterval=2)
         every = cfg.eval.every_env_steps
         self._next_evaluation = (self.counters["env_steps"] // every + 1) * every
-        self._wall_offset = self.history[-1]["wall_seconds"] if self.history else 0.0
         self._start = time.perf_counter()
 
         def request_stop(signum, frame):
@@ -489,9 +529,8 @@ class TrainingRun:
         """
         returns = episode_returns(env, policy, max_env_steps=self.config.env.max_episode_steps,
                                   chunk_len=chunk_len)
-        wall = self.wall_seconds if self.counters["env_steps"] else 0.0
-        self.history.append({"env_steps": self.counters["env_steps"], "wall_seconds": wall,
-                             **returns})
+        self.history.append({"env_steps": self.counters["env_steps"],
+                             "wall_seconds": self.wall_seconds, **returns})
         return returns
 
     def evaluate_base(self, env: EnvBase, policy: TensorDictModuleBase, *, chunk_len: int) -> dict:

@@ -1,16 +1,19 @@
-"""Environments: EnvPool for TorchRL, action-chunk execution, normalisation transforms and a toy
-bandit."""
+"""Environments: EnvPool for TorchRL (MuJoCo locomotion, Meta-World with a sparse success reward),
+action-chunk execution, normalisation transforms and a toy bandit."""
 from __future__ import annotations
 
 from torchrl_rldt.envs.chunk import ActionChunkEnv
 from torchrl_rldt.envs.custom import PeaksBanditEnv
 from torchrl_rldt.envs.libs import EnvPoolEnv, check_task_id
+from torchrl_rldt.envs.metaworld import is_success, make_metaworld_env
 from torchrl_rldt.envs.transforms import NormalizationStats, normalization_transforms
 
 __all__ = [
     "ActionChunkEnv",
     "EnvPoolEnv",
     "check_task_id",
+    "is_success",
+    "make_metaworld_env",
     "NormalizationStats",
     "PeaksBanditEnv",
     "normalization_transforms",

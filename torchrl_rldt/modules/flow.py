@@ -324,13 +324,13 @@ class FlowModel(nn.Module):
         num_steps = self.num_steps
         x, chain, means, stds = noise, [noise], [], []
         for k in range(num_steps):
-            time = k / num_steps
-            mean = self.step_mean(observation, x, time)
             if step_std is None:
-                x = mean
+                # one time for the whole batch: the velocity network can embed it once
+                x = self.step_mean(observation, x, k / num_steps)
             else:
-                std = step_std(observation, torch.full(observation.shape[:-1], time,
-                                                       dtype=x.dtype, device=x.device))
+                time = torch.full(observation.shape[:-1], k / num_steps, dtype=x.dtype,
+                                  device=x.device)
+                mean, std = self.step_mean(observation, x, time), step_std(observation, time)
                 x = mean + std * torch.randn_like(mean)
                 means.append(mean)
                 stds.append(std)
@@ -467,13 +467,19 @@ class FlowActor(TensorDictModuleBase):
 
     @property
     def action_spec(self) -> TensorSpec:
-        """The spec of one action chunk ``[H, A]``: ``Bounded`` when the model has both bounds."""
+        """The spec of one action chunk ``[H, A]``, on the model's device.
+
+        ``Bounded`` when the model has both bounds; ``Unbounded`` otherwise (a single bound is
+        applied by the model's clamp but has no TorchRL spec).
+        """
         model = self.model
         shape = model.action_shape
+        reference = next(model.parameters(), model.low)
+        device = None if reference is None else reference.device
         if model.low is None or model.high is None:
-            return Unbounded(shape, device=model.low.device if model.low is not None else None)
+            return Unbounded(shape, device=device)
         return Bounded(model.low.expand(shape), model.high.expand(shape), shape,
-                       device=model.low.device)
+                       device=device, dtype=model.low.dtype)
 
     @property
     def spec(self) -> Composite:

@@ -41,10 +41,11 @@ class RLDTLoss(LossModule):
     * ``L_cons = E[||a_hat - a||^2 / (N (1 - t))^2]``, which keeps the chains straight;
     * ``L_ref = E[||v(x', t' | s) - v_ref(x', t' | s)||^2]`` at ``x' = (1 - t') z + t' a``, a
       Fisher-style divergence to a reference policy: the pretrained one (``reference="frozen"``)
-      or the iterate of ``reanchor_every`` actor updates ago (``reference="previous"``, as the
-      reference code re-anchors every iteration). The loss owns the re-anchoring: it counts its
-      :meth:`actor_loss` calls (one per actor update) and re-anchors before every
-      ``reanchor_every``-th one; the count is in the state dict, so a resumed run keeps it.
+      or the iterate of at most ``reanchor_every`` actor updates ago (``reference="previous"``,
+      as the reference code re-anchors every iteration). The loss owns the re-anchoring: it
+      counts its completed :meth:`actor_loss` calls (meant as one per actor update) and, after
+      every ``reanchor_every`` of them, re-anchors at the start of the next call; the count is
+      in the state dict, so a resumed run keeps the schedule.
 
     Deviations from the reference code, on purpose: bootstrapping masks ``terminated`` only (the
     reference code also stops at time-limit truncations); the particles are the clamped chain
@@ -77,7 +78,8 @@ class RLDTLoss(LossModule):
             ``"previous"`` (re-anchored every ``reanchor_every`` actor updates). Defaults to
             ``"frozen"``.
         reanchor_every (int, optional): the re-anchoring period of ``reference="previous"``, in
-            calls of :meth:`actor_loss`; must be ``None`` for ``"frozen"``. Defaults to ``None``.
+            completed calls of :meth:`actor_loss` (actor updates); must be ``None`` for
+            ``"frozen"``. Defaults to ``None``.
         rl_objective (str, optional): ``"inner_product"`` (the formula above) or
             ``"regression"`` (the equivalent ``0.5 ||v - sg(v + phi / (N (1 - t)))||^2``: same
             gradient, other value). Defaults to ``"inner_product"``.
@@ -134,9 +136,10 @@ class RLDTLoss(LossModule):
 
         Attributes:
             observation (NestedKey): the observation the actor conditions on. Defaults to
-                ``"observation"``.
+                the actor's ``observation_key`` (``"observation"``).
             action (NestedKey): the executed action chunk ``[*B, H, A]``, also where the
-                critic reads its action. Defaults to ``"action"``.
+                critic reads its action. Defaults to the actor's ``action_key``
+                (``"action"``).
             reward (NestedKey): the chunk reward, under ``"next"``. Defaults to ``"reward"``.
             done (NestedKey): the done flag, under ``"next"``. Defaults to ``"done"``.
             terminated (NestedKey): the termination flag, under ``"next"``; the TD target
@@ -262,6 +265,8 @@ class RLDTLoss(LossModule):
         )
         self.register_buffer("actor_loss_calls", torch.zeros((), dtype=torch.long))
         self._make_vmap()
+        # the actor's own keys are the loss's defaults: one place to name them
+        self.set_keys(observation=actor_network.observation_key, action=actor_network.action_key)
 
     # --- TorchRL plumbing -------------------------------------------------------------------
     def _make_vmap(self) -> None:
@@ -280,7 +285,7 @@ class RLDTLoss(LossModule):
                 done=self.tensor_keys.done,
                 terminated=self.tensor_keys.terminated,
             )
-        self._set_in_keys()
+        self._in_keys = None  # rebuilt (and checked against the critic) when next read
 
     def make_value_estimator(self, value_type: ValueEstimators | None = None, **hyperparams):
         """Builds the TD(0) estimator of the critic target; ``gamma`` is given here.
@@ -354,11 +359,12 @@ class RLDTLoss(LossModule):
                 "td_error_mean",
                 "q_gradient_norm",
                 "transport_norm",
+                "transport_bandwidth",
                 "transport_temperature",
                 "particle_spread",
             ]
-            if self.transport.kernel == "rbf":
-                keys.append("transport_bandwidth")
+            if self.transport.kernel != "rbf":  # the delta kernel has no bandwidth
+                keys.remove("transport_bandwidth")
             self._out_keys = keys
         return self._out_keys
 
@@ -452,8 +458,9 @@ class RLDTLoss(LossModule):
     def actor_loss(self, tensordict: TensorDictBase) -> TensorDict:
         """The three policy terms and the transport statistics.
 
-        With ``reference="previous"``, every ``reanchor_every``-th call first re-anchors the
-        reference policy to the current actor.
+        With ``reference="previous"``, after every ``reanchor_every`` completed calls the next
+        one first re-anchors the reference policy to the current actor: call it once per actor
+        update (a diagnostic call counts as one).
 
         Args:
             tensordict (TensorDictBase): a batch holding the observations and the critic's other
@@ -468,14 +475,16 @@ class RLDTLoss(LossModule):
         calls = int(self.actor_loss_calls)
         if self.reference == "previous" and calls and calls % self.reanchor_every == 0:
             self.reset_reference()
-        self.actor_loss_calls += 1
         actor, model = self.actor_network, self.actor_network.model
         num_steps, num_particles = model.num_steps, self.num_particles
         observation = tensordict.get(self.tensor_keys.observation)
         batch_shape = observation.shape[:-1]
         observation = observation.unsqueeze(-2).expand(*batch_shape, num_particles, -1)
         state = tensordict.select(*self._critic_state_keys())
-        state = state.unsqueeze(-1).expand(*state.batch_size, num_particles)
+        if state.batch_size != batch_shape:  # e.g. a tensordict of batch size []
+            state = state.clone(False)
+            state.batch_size = batch_shape
+        state = state.unsqueeze(-1).expand(*batch_shape, num_particles)
 
         # K particles per state: full chains of the current policy (no gradient).
         particles, chain = self._sample(observation, return_chain=True)
@@ -524,7 +533,7 @@ class RLDTLoss(LossModule):
         }
         if "bandwidth" in info:
             stats["transport_bandwidth"] = info["bandwidth"].mean()
-        return TensorDict(
+        out = TensorDict(
             {
                 "loss_rl": reduce(rl, self.rl_coef),
                 "loss_consistency": reduce(consistency, self.consistency_coef),
@@ -532,6 +541,8 @@ class RLDTLoss(LossModule):
                 **{key: value.detach() for key, value in stats.items()},
             }
         )
+        self.actor_loss_calls += 1  # counted once the terms exist: a failed call is no update
+        return out
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:

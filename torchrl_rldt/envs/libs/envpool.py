@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -109,7 +109,11 @@ class EnvPoolEnv(EnvBase):
       to execute action chunks) step only the selected envs; the others keep their
       observation and done flags and get a reward of 0;
     - seeding: the same ``seed`` gives the same trajectories;
-      :meth:`~torchrl.envs.EnvBase.set_seed` rebuilds the pool with the new seed.
+      :meth:`~torchrl.envs.EnvBase.set_seed` rebuilds the pool with the new seed;
+    - ``info_keys`` exposes per-env scalars of envpool's ``info`` dict (e.g. Meta-World's
+      ``"success"``) as float32 entries of shape ``[num_envs, 1]``, at reset and at every
+      step (with TorchRL's ``SuccessReward`` and ``TerminateTransform`` they make a sparse,
+      success-terminated task: see :func:`~torchrl_rldt.envs.make_metaworld_env`).
 
     Args:
         env_name (str): an envpool task id, for example ``"Hopper-v5"``. The ids
@@ -124,12 +128,15 @@ class EnvPoolEnv(EnvBase):
             runs on the CPU; actions are copied to the CPU. Defaults to ``"cpu"``.
         num_threads (int, optional): envpool worker threads. Defaults to envpool's
             choice (one per environment).
+        info_keys (sequence of str, optional): entries of envpool's ``info`` to output, each
+            a scalar per env. Defaults to none.
         **task_kwargs: forwarded to ``envpool.make``, for example
             ``max_episode_steps=100``.
 
     Raises:
-        ValueError: for an unknown task id (the message lists close matches) or
-            ``num_envs < 1``.
+        ValueError: for an unknown task id (the message lists close matches),
+            ``num_envs < 1``, or an info key the task does not report (the message lists
+            those it does).
 
     Examples:
         >>> from torchrl_rldt.envs import EnvPoolEnv
@@ -149,6 +156,7 @@ class EnvPoolEnv(EnvBase):
         seed: int | None = None,
         device: torch.device | str | None = None,
         num_threads: int | None = None,
+        info_keys: Sequence[str] = (),
         **task_kwargs: Any,
     ) -> None:
         if not _has_envpool:
@@ -168,9 +176,11 @@ class EnvPoolEnv(EnvBase):
         self.num_envs = num_envs
         self.num_threads = num_threads
         self.task_kwargs = dict(task_kwargs)
+        self.info_keys = tuple(info_keys)
         if seed is None:
             seed = int(torch.randint(_MAX_SEED, ()))
         self._pool = self._make_pool(int(seed))
+        self._check_info_keys()
         self._make_specs()
         self._all_ids = np.arange(num_envs)
         # Set by a step that ends an episode, cleared by a reset: envpool would
@@ -182,6 +192,7 @@ class EnvPoolEnv(EnvBase):
         self._pool_state: dict[str, Any] = {
             "obs": None,
             "flags": np.zeros((num_envs, 2), dtype=bool),
+            "info": {key: np.zeros((num_envs, 1), dtype=np.float32) for key in self.info_keys},
         }
         # hot-path constants: spec and key properties are slow to query per step
         self._action_shape = self.action_spec.shape
@@ -205,6 +216,25 @@ class EnvPoolEnv(EnvBase):
             **kwargs,
         )
 
+    def _check_info_keys(self) -> None:
+        # envpool lists a task's state entries ("info:<key>", ...) only in its spec's
+        # private `_state_keys`; without it, an unknown key fails at the first reset instead
+        state_keys = getattr(self._pool.spec, "_state_keys", None)
+        if state_keys is None:
+            return
+        available = sorted(key[len("info:"):] for key in state_keys
+                           if key.startswith("info:") and "env_id" not in key)
+        unknown = [key for key in self.info_keys if key not in available]
+        if unknown:
+            raise ValueError(
+                f"{self.env_name} reports no info entries {unknown}; it reports {available}."
+            )
+
+    def _info_arrays(self, info: dict) -> dict[str, np.ndarray]:
+        """The ``info_keys`` entries of envpool's ``info`` as float32 ``[n, 1]`` arrays."""
+        return {key: np.asarray(info[key], dtype=np.float32).reshape(-1, 1)
+                for key in self.info_keys}
+
     def _make_specs(self) -> None:
         from torchrl.envs.libs.gym import _gym_to_torchrl_spec_transform, set_gym_backend
 
@@ -225,6 +255,8 @@ class EnvPoolEnv(EnvBase):
         self.action_spec = (
             _float32_spec(action_spec).expand(*batch, *action_spec.shape).to(self.device)
         )
+        for key in self.info_keys:
+            observation_spec[key] = Unbounded(shape=(1,), dtype=torch.float32)
         self.observation_spec = observation_spec.expand(batch).to(self.device)
         self.reward_spec = Unbounded(shape=(*batch, 1), device=self.device)
         flag = Categorical(2, shape=(*batch, 1), dtype=torch.bool, device=self.device)
@@ -271,7 +303,8 @@ class EnvPoolEnv(EnvBase):
         return _map_tree(scatter, cached, new)
 
     def _output(
-        self, obs: Any, flags: np.ndarray, reward: np.ndarray | None = None
+        self, obs: Any, flags: np.ndarray, info: dict[str, np.ndarray],
+        reward: np.ndarray | None = None,
     ) -> TensorDictBase:
         """Builds the output from envpool's arrays; no tensor aliases the cache."""
 
@@ -287,6 +320,8 @@ class EnvPoolEnv(EnvBase):
         source["terminated"], source["truncated"], source["done"] = torch.from_numpy(
             done[..., None]
         ).unbind(0)
+        for key, array in info.items():
+            source[key] = torch.from_numpy(array.copy())
         if reward is not None:
             # envpool returns a fresh reward array per call, nothing else holds it
             source[self._reward_key] = torch.from_numpy(reward).unsqueeze(-1)
@@ -314,14 +349,16 @@ class EnvPoolEnv(EnvBase):
         obs, reward, terminated, truncated, info = self._pool.step(action, stepped)
         order = info["env_id"]
         flags = np.stack([terminated, truncated], -1).astype(bool, copy=False)
+        info = self._info_arrays(info)
         state = self._pool_state
         if stepped is not None or not np.array_equal(order, self._all_ids):
             obs = self._scatter(state["obs"], obs, order)
             flags = self._scatter(state["flags"], flags, order)
+            info = self._scatter(state["info"], info, order)
             reward = self._scatter(None, np.asarray(reward, dtype=np.float32), order)
         self._needs_reset[order] = flags[order].any(-1)
-        state["obs"], state["flags"] = obs, flags
-        return self._output(obs, flags, reward)
+        state["obs"], state["flags"], state["info"] = obs, flags, info
+        return self._output(obs, flags, info, reward)
 
     def _reset(
         self, tensordict: TensorDictBase | None = None, **kwargs: Any
@@ -334,14 +371,16 @@ class EnvPoolEnv(EnvBase):
             env_ids = reset_mask.reshape(-1).cpu().numpy().nonzero()[0]
             obs, info = self._pool.reset(env_ids)
         order = info["env_id"]
+        info = self._info_arrays(info)
         state = self._pool_state
         if env_ids is not None or not np.array_equal(order, self._all_ids):
             obs = self._scatter(state["obs"], obs, order)
+            info = self._scatter(state["info"], info, order)
         flags = state["flags"].copy()
         flags[order] = False
         self._needs_reset[order] = False
-        state["obs"], state["flags"] = obs, flags
-        return self._output(obs, flags)
+        state["obs"], state["flags"], state["info"] = obs, flags, info
+        return self._output(obs, flags, info)
 
     def __repr__(self) -> str:
         return (
