@@ -7,6 +7,7 @@ from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent
 EXAMPLES_REQUIRE = ["hydra-core>=1.3", "tqdm", "matplotlib"]
+DEMOS_REQUIRE = ["scipy"]
 
 
 def _version() -> str:
@@ -39,7 +40,11 @@ setup(
     extras_require={
         # what the example scripts, benchmarks and the harness's summaries add on top
         "examples": EXAMPLES_REQUIRE,
+        # Meta-World's scripted experts (metaworld.policies) for recording demonstrations: they
+        # need scipy; metaworld itself is installed with `pip install --no-deps metaworld==3.1.1`
+        # (scripts/setup.sh), because it pins mujoco==3.3.0 for environments we do not use
+        "demos": DEMOS_REQUIRE,
         # the test suite runs the examples end to end
-        "test": ["pytest>=7", "pytest-timeout", *EXAMPLES_REQUIRE],
+        "test": ["pytest>=7", "pytest-timeout", *EXAMPLES_REQUIRE, *DEMOS_REQUIRE],
     },
 )

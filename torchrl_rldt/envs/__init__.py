@@ -5,13 +5,14 @@ from __future__ import annotations
 from torchrl_rldt.envs.chunk import ActionChunkEnv
 from torchrl_rldt.envs.custom import PeaksBanditEnv
 from torchrl_rldt.envs.libs import EnvPoolEnv, check_task_id
-from torchrl_rldt.envs.metaworld import is_success, make_metaworld_env
+from torchrl_rldt.envs.metaworld import MetaWorldExpert, is_success, make_metaworld_env
 from torchrl_rldt.envs.transforms import NormalizationStats, normalization_transforms
 
 __all__ = [
     "ActionChunkEnv",
     "EnvPoolEnv",
     "check_task_id",
+    "MetaWorldExpert",
     "is_success",
     "make_metaworld_env",
     "NormalizationStats",

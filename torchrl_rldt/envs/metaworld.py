@@ -3,17 +3,47 @@
 """Meta-World manipulation tasks (EnvPool's ``MetaWorld/<Task>-v3``) with a sparse success reward."""
 from __future__ import annotations
 
+import importlib
+
+import numpy as np
 import torch
 from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from tensordict.utils import NestedKey
 from torchrl.envs import Compose, TransformedEnv
 from torchrl.envs.transforms import SuccessReward, TerminateTransform
 
 from torchrl_rldt.envs.libs.envpool import EnvPoolEnv
 
-__all__ = ["METAWORLD_EPISODE_STEPS", "is_success", "make_metaworld_env"]
+__all__ = [
+    "METAWORLD_EPISODE_STEPS",
+    "MetaWorldExpert",
+    "PartialStepSuccessReward",
+    "is_success",
+    "make_metaworld_env",
+]
 
 # the time limit of every Meta-World v3 task in EnvPool
 METAWORLD_EPISODE_STEPS = 500
+
+
+class PartialStepSuccessReward(SuccessReward):
+    """TorchRL's :class:`~torchrl.envs.transforms.SuccessReward` that honours partial steps.
+
+    An env left out of a step (the ``"_step"`` mask, e.g. a finished env while
+    ``rollout(break_when_all_done=True)`` or :class:`~torchrl_rldt.envs.ActionChunkEnv` steps
+    the others) keeps its success flag but earns no reward: TorchRL's partial-step contract.
+    The parent transform would pay such an env its success again at every skipped step.
+    """
+
+    def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase) -> TensorDictBase:
+        next_tensordict = super()._step(tensordict, next_tensordict)
+        stepped = tensordict.get("_step", None)
+        if stepped is not None:
+            key = self.out_keys[0]
+            reward = next_tensordict.get(key)
+            next_tensordict.set(key, reward * stepped.reshape(reward.shape).to(reward.dtype))
+        return next_tensordict
 
 
 def is_success(next_tensordict: TensorDictBase) -> torch.Tensor:
@@ -35,8 +65,8 @@ def make_metaworld_env(
     return a dense shaped reward. Here, per env step:
 
     - ``"success"`` (float32 ``[num_envs, 1]``, 0 or 1) is an output at every step;
-    - the reward is TorchRL's :class:`~torchrl.envs.transforms.SuccessReward`: 1 on a success
-      step, else 0. Since the episode ends at the first success, an episode's return is its
+    - the reward is TorchRL's :class:`~torchrl.envs.transforms.SuccessReward` (honouring
+      partial steps, :class:`PartialStepSuccessReward`): 1 on a success step, else 0. Since the episode ends at the first success, an episode's return is its
       success (0 or 1) and the reward 1 occurs once;
     - :class:`~torchrl.envs.transforms.TerminateTransform` sets ``terminated`` (and ``done``)
       at success: the critic does not bootstrap past it, and a collector resets the env;
@@ -70,4 +100,85 @@ def make_metaworld_env(
         raise ValueError(f"make_metaworld_env expects a 'MetaWorld/<Task>-v3' id, got {task!r}.")
     base = EnvPoolEnv(task, num_envs, seed=seed, device=device, info_keys=("success",),
                       partially_observable=False, max_episode_steps=max_episode_steps)
-    return TransformedEnv(base, Compose(TerminateTransform(is_success), SuccessReward("success")))
+    return TransformedEnv(
+        base, Compose(TerminateTransform(is_success), PartialStepSuccessReward("success"))
+    )
+
+
+# EnvPool task names whose scripted policy in `metaworld.policies` is not Sawyer<Name>V3Policy
+_EXPERT_NAMES = {"PegInsertSide": "SawyerPegInsertionSideV3Policy"}
+
+
+class MetaWorldExpert(TensorDictModuleBase):
+    """Meta-World's scripted expert of a task as a TensorDict policy, with optional action noise.
+
+    The ``metaworld`` package ships one hand-written policy per task
+    (``metaworld.policies``); it reads the full 39-D state (with the goal, as
+    :func:`make_metaworld_env` exposes it) and returns a 4-D action. This module runs it on each
+    env of a batch and adds Gaussian noise of standard deviation ``noise_std`` to every action
+    (clipped to [-1, 1]): a deliberately imperfect demonstrator. The scripted policies are
+    Python functions of one observation, so the batch is a loop; they are meant for recording
+    demonstrations, not for training.
+
+    ``metaworld`` 3.1.1 pins ``mujoco==3.3.0``; only its policies are used here, which need
+    numpy and scipy but not its environments, so it is installed without its dependencies
+    (``scripts/setup.sh`` does it) next to the MuJoCo that gymnasium brings.
+
+    Args:
+        task (str): an EnvPool Meta-World id, e.g. ``"MetaWorld/PickPlace-v3"``.
+
+    Keyword Args:
+        noise_std (float, optional): the action noise. Defaults to ``0.0``.
+        seed (int, optional): seed of the noise generator. Defaults to ``0``.
+        observation_key (NestedKey, optional): defaults to ``"observation"``.
+        action_key (NestedKey, optional): defaults to ``"action"``.
+
+    Examples:
+        >>> from torchrl_rldt.envs import MetaWorldExpert, make_metaworld_env
+        >>> from torchrl_rldt.harness import evaluate_policy
+        >>> env = make_metaworld_env("MetaWorld/PickPlace-v3", num_envs=2, seed=0)
+        >>> result = evaluate_policy(env, MetaWorldExpert("MetaWorld/PickPlace-v3"), max_steps=500)
+        >>> result["return"].tolist()  # the success of each episode
+        [1.0, 1.0]
+    """
+
+    def __init__(
+        self,
+        task: str,
+        *,
+        noise_std: float = 0.0,
+        seed: int = 0,
+        observation_key: NestedKey = "observation",
+        action_key: NestedKey = "action",
+    ) -> None:
+        super().__init__()
+        if not task.startswith("MetaWorld/") or not task.endswith("-v3"):
+            raise ValueError(f"expected a 'MetaWorld/<Task>-v3' id, got {task!r}.")
+        if noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0, got {noise_std}.")
+        try:
+            policies = importlib.import_module("metaworld.policies")
+        except ImportError as err:
+            raise ImportError(
+                "MetaWorldExpert needs the metaworld package's scripted policies: "
+                "`pip install --no-deps metaworld==3.1.1 scipy` (scripts/setup.sh installs them)."
+            ) from err
+        name = task[len("MetaWorld/"):-len("-v3")]
+        class_name = _EXPERT_NAMES.get(name, f"Sawyer{name}V3Policy")
+        if not hasattr(policies, class_name):
+            raise ValueError(f"metaworld.policies has no scripted policy {class_name} for {task}.")
+        self.task, self.noise_std = task, noise_std
+        self.policy = getattr(policies, class_name)()
+        self.generator = np.random.default_rng(seed)
+        self.in_keys, self.out_keys = [observation_key], [action_key]
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        observation = tensordict.get(self.in_keys[0])
+        flat = observation.reshape(-1, observation.shape[-1]).cpu().double().numpy()
+        action = np.stack([self.policy.get_action(row) for row in flat])
+        if self.noise_std:
+            action = action + self.noise_std * self.generator.standard_normal(action.shape)
+        action = torch.as_tensor(np.clip(action, -1.0, 1.0), dtype=torch.float32)
+        tensordict.set(self.out_keys[0],
+                       action.reshape(*observation.shape[:-1], -1).to(observation.device))
+        return tensordict

@@ -1,0 +1,88 @@
+# This source code is licensed under the MIT license found in the
+# LICENSE file in the root directory of this source tree.
+"""Meta-World through EnvPool with a sparse success reward: success ends the episode once, a
+time-out truncates, and no transition follows an episode end without a reset."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+from torchrl.collectors import Collector
+from torchrl.envs import Compose, InitTracker, RewardSum, TransformedEnv
+
+from torchrl_rldt.envs import ActionChunkEnv, EnvPoolEnv, MetaWorldExpert, make_metaworld_env
+from torchrl_rldt.harness import evaluate_policy
+
+TASK = "MetaWorld/PickPlace-v3"
+
+
+def test_scripted_success_ends_the_episode_with_reward_one_exactly_once():
+    env = make_metaworld_env(TASK, num_envs=3, seed=0)
+    rollout = env.rollout(500, MetaWorldExpert(TASK), break_when_any_done=False,
+                          break_when_all_done=True)
+    done = rollout["next", "done"].squeeze(-1)
+    first_done = done.float().argmax(1)
+    for env_index, end in enumerate(first_done.tolist()):
+        assert done[env_index, end]
+        episode = rollout[env_index, : end + 1]
+        # reward 1 on the success step only, which terminates (no time-out) the episode
+        assert episode["next", "reward"].squeeze(-1).tolist() == [0.0] * end + [1.0]
+        assert episode["next", "success"][-1].item() == 1.0
+        assert (episode["next", "success"][:-1] == 0).all()
+        assert episode["next", "terminated"][-1].item() and not episode["next", "truncated"][-1].item()
+        assert not episode["next", "done"][:-1].any()
+    assert evaluate_policy(env, MetaWorldExpert(TASK), max_steps=500)["return"].tolist() == [1.0] * 3
+
+
+def test_time_out_truncates_without_terminating():
+    env = make_metaworld_env(TASK, num_envs=2, seed=1, max_episode_steps=20)
+    still = torch.zeros(2, 4)
+    rollout = env.rollout(20, lambda td: td.set("action", still), break_when_any_done=False)
+    last = rollout[:, -1]["next"]
+    assert last["truncated"].all() and not last["terminated"].any() and last["done"].all()
+    assert not rollout[:, :-1]["next", "done"].any()
+    assert (rollout["next", "reward"] == 0).all()  # a sparse reward: no success, nothing
+
+
+def test_collector_resets_after_success_and_records_no_fake_transition():
+    # chunks of 4 expert actions, 4 envs, long enough for several successes per env
+    class ChunkExpert(MetaWorldExpert):
+        def forward(self, tensordict):
+            tensordict = super().forward(tensordict)
+            action = tensordict.get("action")
+            return tensordict.set("action", action.unsqueeze(-2).expand(*action.shape[:-1], 4, 4))
+
+    env = TransformedEnv(ActionChunkEnv(make_metaworld_env(TASK, num_envs=4, seed=2), chunk_len=4),
+                         Compose(InitTracker(), RewardSum()))
+    collector = Collector(env, ChunkExpert(TASK), frames_per_batch=4 * 100, total_frames=4 * 100)
+    batch = next(iter(collector))
+    collector.shutdown()
+    done = batch["next", "done"].squeeze(-1)  # [4 envs, 100 chunks]
+    terminated = batch["next", "terminated"].squeeze(-1)
+    reward = batch["next", "reward"].squeeze(-1)
+    assert terminated.sum() >= 4  # the repeated first action of each chunk still succeeds
+    # every success is paid once, and only success is paid
+    assert torch.equal(reward, terminated.float())
+    # the transition after an episode end starts a new episode from a reset
+    after = torch.zeros_like(done)
+    after[:, 1:] = done[:, :-1]
+    assert batch["is_init"].squeeze(-1)[after].all()
+    assert torch.equal(batch["next", "episode_reward"].squeeze(-1)[done], reward[done])
+    # a chunk that ends in success executed up to the success step only
+    steps = batch["next", "chunk_steps"].squeeze(-1)
+    assert (steps[~done] == 4).all() and (steps[done] <= 4).all()
+
+
+def test_info_keys_are_checked_against_the_task():
+    with pytest.raises(ValueError, match="reports no info entries \\['sucess'\\]; it reports"):
+        EnvPoolEnv(TASK, 2, seed=0, info_keys=("sucess",))
+    with pytest.raises(ValueError, match="MetaWorld/<Task>-v3"):
+        make_metaworld_env("Hopper-v5", 2)
+    with pytest.raises(ValueError, match="no scripted policy"):
+        MetaWorldExpert("MetaWorld/NoSuchTask-v3")
+
+
+if __name__ == "__main__":
+    args, unknown = argparse.ArgumentParser().parse_known_args()
+    pytest.main([__file__, "--capture", "no", "--exitfirst"] + unknown)
