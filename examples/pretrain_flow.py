@@ -31,12 +31,12 @@ from torchrl_rldt.harness import episode_returns
 from torchrl_rldt.modules import FlowActor, FlowModel, VelocityMLP
 from torchrl_rldt.objectives import FlowMatchingBCLoss
 
-from utils import make_chunk_env, repo_path
+from utils import default_data_path, make_chunk_env, repo_path, task_slug, time_limit
 
 log = logging.getLogger("pretrain_flow")
 
 def evaluate(actor, env, cfg, mode: ExplorationType) -> dict:
-    return episode_returns(env, actor, max_env_steps=cfg.eval.max_env_steps,
+    return episode_returns(env, actor, max_env_steps=time_limit(cfg.task, cfg.eval.max_env_steps),
                            chunk_len=actor.model.chunk_len, exploration_type=mode)
 
 
@@ -45,7 +45,7 @@ def main(cfg: DictConfig) -> None:
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.num_threads)
     device = torch.device(cfg.device)
-    source = cfg.data.source or f"data/{cfg.task.lower()}-medium.npz"
+    source = cfg.data.source or default_data_path(cfg.task)
     if ":" not in source:
         source = str(repo_path(source))
 
@@ -65,7 +65,7 @@ def main(cfg: DictConfig) -> None:
         return make_chunk_env(
             cfg.task, num_episodes, seed, cfg.model.chunk_len,
             normalization_transforms(observation_stats, action_stats),
-            max_episode_steps=cfg.eval.max_env_steps, device=device,
+            max_episode_steps=time_limit(cfg.task, cfg.eval.max_env_steps), device=device,
         )
 
     eval_env = make_eval_env(cfg.eval.episodes, cfg.seed + 1000)
@@ -130,7 +130,7 @@ def main(cfg: DictConfig) -> None:
         "deterministic": evaluate(ema_actor, final_env, cfg, ExplorationType.DETERMINISTIC),
         "stochastic": evaluate(ema_actor, final_env, cfg, ExplorationType.RANDOM),
     }
-    checkpoint = repo_path(cfg.out.checkpoint or f"checkpoints/{cfg.task.lower()}-flow-base.pt")
+    checkpoint = repo_path(cfg.out.checkpoint or f"checkpoints/{task_slug(cfg.task)}-flow-base.pt")
     data_path = Path(source)
     entry = {
         "file": checkpoint.name,

@@ -24,7 +24,8 @@ from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import SACLoss, SoftUpdate
 
 from torchrl_rldt.checkpoint import FlowPolicy, load_flow_policy
-from torchrl_rldt.envs import ActionChunkEnv, EnvPoolEnv
+from torchrl_rldt.envs import ActionChunkEnv, EnvPoolEnv, make_metaworld_env
+from torchrl_rldt.envs.metaworld import METAWORLD_EPISODE_STEPS
 from torchrl_rldt.harness import ConfigCheck, NonFiniteError
 from torchrl_rldt.modules import ChunkQValueMLP, FlowActor, LandingPointExploration, SVGDTransport
 from torchrl_rldt.objectives import RLDTLoss
@@ -36,6 +37,29 @@ def repo_path(path: str | Path) -> Path:
     """``path`` as given when absolute, else relative to the repository root."""
     path = Path(path)
     return path if path.is_absolute() else REPO_ROOT / path
+
+
+def task_slug(task: str) -> str:
+    """The file-name form of a task id: ``"Hopper-v5"`` -> ``"hopper-v5"``,
+    ``"MetaWorld/PickPlace-v3"`` -> ``"metaworld-pickplace-v3"``."""
+    return task.lower().replace("/", "-")
+
+
+def is_metaworld(task: str) -> bool:
+    """Whether ``task`` is an EnvPool Meta-World id (sparse success reward, 500-step episodes)."""
+    return task.startswith("MetaWorld/")
+
+
+def time_limit(task: str, configured: int | None) -> int:
+    """``configured`` when set, else the task's own time limit (Meta-World 500, MuJoCo 1000)."""
+    if configured is not None:
+        return configured
+    return METAWORLD_EPISODE_STEPS if is_metaworld(task) else 1000
+
+
+def default_data_path(task: str) -> str:
+    """Where the data set of ``task`` is: demonstrations for Meta-World, medium data otherwise."""
+    return f"data/{task_slug(task)}-{'demos' if is_metaworld(task) else 'medium'}.npz"
 
 
 def make_env(task: str, num_envs: int, seed: int, device: str | torch.device = "cpu") -> EnvPoolEnv:
@@ -215,7 +239,7 @@ def load_base_policy(cfg: DictConfig, device: torch.device, num_steps: int) -> F
 
     Errors name a missing file or a mismatch (task, dimensions, chunks longer than an episode).
     """
-    path = repo_path(cfg.base_checkpoint or f"checkpoints/{cfg.task.lower()}-flow-base.pt")
+    path = repo_path(cfg.base_checkpoint or f"checkpoints/{task_slug(cfg.task)}-flow-base.pt")
     policy = load_flow_policy(path, task=cfg.task, device=device)
     chunk_len = policy.actor.model.chunk_len
     if chunk_len > cfg.env.max_episode_steps:
@@ -234,9 +258,15 @@ def make_chunk_env(
     """EnvPool ``task`` executing action chunks, behind ``transforms`` (e.g. a policy's normalisation).
 
     One step is one chunk; ``("next", "reward")`` is the chunk's summed reward and
-    ``"episode_reward"`` the running return.
+    ``"episode_reward"`` the running return. A Meta-World task gets its sparse success reward
+    and ends at success (:func:`~torchrl_rldt.envs.make_metaworld_env`): its return is the
+    episode's success.
     """
-    env = EnvPoolEnv(task, num_envs, seed=seed, device=device, max_episode_steps=max_episode_steps)
+    if is_metaworld(task):
+        env = make_metaworld_env(task, num_envs, seed=seed, device=device,
+                                 max_episode_steps=max_episode_steps)
+    else:
+        env = EnvPoolEnv(task, num_envs, seed=seed, device=device, max_episode_steps=max_episode_steps)
     for transform in (InitTracker(), StepCounter(), RewardSum()):
         transforms.append(transform)
     return TransformedEnv(ActionChunkEnv(env, chunk_len), transforms)

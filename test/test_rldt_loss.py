@@ -11,7 +11,7 @@ from tensordict.nn import TensorDictModule
 from torch import nn
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import ValueOperator
-from torchrl.objectives import SoftUpdate
+from torchrl.objectives import SoftUpdate, ValueEstimators
 
 from torchrl_rldt.modules import ChunkQValueMLP, FlowActor, FlowModel, SVGDTransport, VelocityMLP
 from torchrl_rldt.objectives import FlowMatchingBCLoss, RLDTLoss
@@ -196,6 +196,48 @@ class TestRLDTLoss:
         assert (loss.reference_actor_network_params == reference_before).all()
         loss.reset_reference()
         assert (loss.reference_actor_network_params == loss.actor_network_params.data).all()
+
+    @pytest.mark.parametrize("terminated_at", [None, 2])
+    def test_td_lambda_target_along_trajectory_slices(self, terminated_at):
+        """TD(lambda) over [slices, T]: the lambda-return recursion, cut at done (a slice end)
+        and without bootstrap at terminated, with V(s') = 1 from a constant critic."""
+        gamma, lmbda, slices, steps = 0.9, 0.5, 2, 5
+
+        class ConstantCritic(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.value = nn.Parameter(torch.ones(()))
+
+            def forward(self, observation, action):
+                return self.value.expand(*action.shape[:-2], 1)
+
+        critic = TensorDictModule(ConstantCritic(), ["observation", "action"], ["state_action_value"])
+        loss = RLDTLoss(make_actor(), critic, num_particles=2, target_clip=(0.0, 1.0))
+        loss.make_value_estimator(ValueEstimators.TDLambda, gamma=gamma, lmbda=lmbda)
+        batch = make_batch(slices * steps).reshape(slices, steps)
+        reward = torch.rand(slices, steps, 1) * 0.5
+        done = torch.zeros(slices, steps, 1, dtype=torch.bool)
+        done[:, -1] = True  # the slice end, as SliceSampler marks it
+        terminated = torch.zeros_like(done)
+        if terminated_at is not None:
+            terminated[0, terminated_at] = done[0, terminated_at] = True
+        batch["next", "reward"], batch["next", "done"] = reward, done
+        batch["next", "terminated"] = terminated
+        _, info = loss.qvalue_loss(batch)
+
+        expected = torch.zeros(slices, steps)
+        for row in range(slices):
+            following = None
+            for t in reversed(range(steps)):
+                bootstrap = 0.0 if terminated[row, t] else 1.0  # V(s') = 1
+                if done[row, t]:
+                    value = reward[row, t, 0] + gamma * bootstrap
+                else:
+                    value = reward[row, t, 0] + gamma * ((1 - lmbda) * bootstrap + lmbda * following)
+                expected[row, t] = value
+                following = value
+        torch.testing.assert_close(info["target_value"], expected.clamp(0, 1))
+        assert (info["target_value"] <= 1).all() and (expected > 1).any()  # the clip acted
 
     @pytest.mark.parametrize("kernel", ["rbf", "delta"])
     def test_policy_moves_up_the_critic(self, kernel):

@@ -30,7 +30,9 @@ class RLDTLoss(LossModule):
 
     The critic is trained on chunk transitions with the TD target
     ``y = r + gamma (1 - terminated) V(s')``, ``V(s') = mean over fresh policy samples of the min
-    over the target critics`` (no entropy term). The policy update draws ``K`` particles per state
+    over the target critics`` (no entropy term), or its TD(lambda) version along trajectory slices
+    (``make_value_estimator(ValueEstimators.TDLambda, ...)``), optionally clipped
+    (``target_clip``), as the reference does on sparse rewards. The policy update draws ``K`` particles per state
     (full Euler chains of the current policy), picks a query step per particle, computes the
     expected landing points ``a_hat = x_t + (1 - t) v(x_t, t | s)``, the critics' action-gradients
     (ensemble mean; no gradient reaches the critic parameters) and the SVGD transport field
@@ -83,6 +85,9 @@ class RLDTLoss(LossModule):
         rl_objective (str, optional): ``"inner_product"`` (the formula above) or
             ``"regression"`` (the equivalent ``0.5 ||v - sg(v + phi / (N (1 - t)))||^2``: same
             gradient, other value). Defaults to ``"inner_product"``.
+        target_clip (tuple of float, optional): ``(low, high)`` bounds of the critic's target,
+            e.g. ``(0, 1)`` for a success reward paid once (the reference's sparse-reward
+            setting). Defaults to ``None`` (no clipping).
         loss_function (str, optional): the critic's distance, ``"l2"``, ``"l1"`` or
             ``"smooth_l1"``. Defaults to ``"l2"``.
         reduction (str, optional): ``"mean"``, ``"sum"`` or ``"none"`` over the batch. Defaults
@@ -167,7 +172,7 @@ class RLDTLoss(LossModule):
     default_keys = _AcceptedKeys
     tensor_keys: _AcceptedKeys
     default_value_estimator = ValueEstimators.TD0
-    SUPPORTED_VALUE_ESTIMATORS = (ValueEstimators.TD0,)
+    SUPPORTED_VALUE_ESTIMATORS = (ValueEstimators.TD0, ValueEstimators.TDLambda)
     POLICY_TERMS = ("loss_rl", "loss_consistency", "loss_reference")
 
     actor_network: FlowActor
@@ -193,6 +198,7 @@ class RLDTLoss(LossModule):
         reference: Literal["frozen", "previous"] = "frozen",
         reanchor_every: int | None = None,
         rl_objective: Literal["inner_product", "regression"] = "inner_product",
+        target_clip: tuple[float, float] | None = None,
         loss_function: str = "l2",
         reduction: str | None = None,
         use_prioritized_weights: str | bool = "auto",
@@ -229,6 +235,8 @@ class RLDTLoss(LossModule):
                 )
         else:
             raise ValueError(f"reference must be 'frozen' or 'previous', got {reference!r}.")
+        if target_clip is not None and not (len(target_clip) == 2 and target_clip[0] <= target_clip[1]):
+            raise ValueError(f"target_clip must be (low, high) with low <= high, got {target_clip!r}.")
         if rl_objective not in ("inner_product", "regression"):
             raise ValueError(
                 f"rl_objective must be 'inner_product' or 'regression', got {rl_objective!r}."
@@ -249,6 +257,7 @@ class RLDTLoss(LossModule):
         self.reference_coef = reference_coef
         self.reference, self.reanchor_every = reference, reanchor_every
         self.rl_objective = rl_objective
+        self.target_clip = None if target_clip is None else tuple(float(v) for v in target_clip)
         self.loss_function = loss_function
 
         self.convert_to_functional(actor_network, "actor_network")
@@ -288,12 +297,17 @@ class RLDTLoss(LossModule):
         self._in_keys = None  # rebuilt (and checked against the critic) when next read
 
     def make_value_estimator(self, value_type: ValueEstimators | None = None, **hyperparams):
-        """Builds the TD(0) estimator of the critic target; ``gamma`` is given here.
+        """Builds the estimator of the critic target; ``gamma`` (and ``lmbda``) are given here.
 
         Args:
-            value_type (ValueEstimators, optional): only ``ValueEstimators.TD0`` (the default)
-                is supported: the target is a one-step bootstrap over a chunk transition.
-            **hyperparams: estimator hyper-parameters, e.g. ``gamma=0.99``.
+            value_type (ValueEstimators, optional): ``ValueEstimators.TD0`` (the default): a
+                one-step bootstrap over each chunk transition, any batch shape. Or
+                ``ValueEstimators.TDLambda``: lambda-returns along trajectories, for batches of
+                shape ``[*B, T]`` holding consecutive transitions of one env along the last
+                dimension (e.g. TorchRL's ``SliceSampler`` samples, reshaped to
+                ``[num_slices, slice_len]``); the recursion stops at ``done`` (a slice end is
+                done) and bootstraps there unless ``terminated``.
+            **hyperparams: estimator hyper-parameters, e.g. ``gamma=0.999, lmbda=0.5``.
         """
         value_type, hp = self._prepare_value_estimator_kwargs(value_type, **hyperparams)
         if value_type is None:
@@ -417,8 +431,12 @@ class RLDTLoss(LossModule):
                 ("next", self.tensor_keys.done),
                 ("next", self.tensor_keys.terminated),
             )
-            target_td.set(("next", self.tensor_keys.value), next_value.unsqueeze(-1))
-            return self.value_estimator.value_estimate(target_td).squeeze(-1)
+            next_value = next_value.unsqueeze(-1)
+            target_td.set(("next", self.tensor_keys.value), next_value)
+            target = self.value_estimator.value_estimate(target_td, next_value=next_value)
+            if self.target_clip is not None:
+                target = target.clamp(*self.target_clip)
+            return target.squeeze(-1)
 
     def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict]:
         """The critic loss ``sum_e (Q_e(s, a) - y)^2`` and its TD error.
@@ -427,8 +445,9 @@ class RLDTLoss(LossModule):
             tensordict (TensorDictBase): a batch of chunk transitions.
 
         Returns:
-            The reduced loss and a dict with ``"td_error"`` ``[*B]`` (max over the ensemble) and
-            ``"state_action_value"`` ``[E, *B]`` (every member's prediction, detached).
+            The reduced loss and a dict with ``"td_error"`` ``[*B]`` (max over the ensemble),
+            ``"state_action_value"`` ``[E, *B]`` (every member's prediction, detached) and
+            ``"target_value"`` ``[*B]`` (the target ``y``).
         """
         if self._value_estimator is None:
             self.make_value_estimator()
@@ -443,7 +462,8 @@ class RLDTLoss(LossModule):
         ).sum(0)
         td_error = (predicted - target).abs().max(0).values.detach()
         weights = self._maybe_get_priority_weight(tensordict)
-        metadata = {"td_error": td_error, "state_action_value": predicted.detach()}
+        metadata = {"td_error": td_error, "state_action_value": predicted.detach(),
+                    "target_value": target}
         return self._reduce_loss(loss, tensordict, weights=weights), metadata
 
     # --- actor -------------------------------------------------------------------------------
