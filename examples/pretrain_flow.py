@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -146,7 +147,7 @@ def main(cfg: DictConfig) -> None:
         "train_seconds": round(train_seconds, 1),
         "final_loss": running,
         "history": history,
-        "command": f"python examples/pretrain_flow.py task={cfg.task} seed={cfg.seed}",
+        "command": "python examples/pretrain_flow.py " + " ".join(HydraConfig.get().overrides.task),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     save_flow_policy(

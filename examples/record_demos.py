@@ -21,6 +21,7 @@ import platform
 
 import envpool
 import hydra
+from hydra.core.hydra_config import HydraConfig
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torchrl.envs import ExplorationType, set_exploration_type
@@ -95,8 +96,7 @@ def main(cfg: DictConfig) -> None:
                    "success_rate": successes / attempted},
         "seed": cfg.seed,
         "config": OmegaConf.to_container(cfg, resolve=True),
-        "command": f"python examples/record_demos.py task={cfg.task} seed={cfg.seed} "
-                   f"noise_std={cfg.noise_std} num_episodes={cfg.num_episodes} keep={cfg.keep}",
+        "command": "python examples/record_demos.py " + " ".join(HydraConfig.get().overrides.task),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "envpool": envpool.__version__},
     }

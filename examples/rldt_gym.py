@@ -57,8 +57,11 @@ def main(cfg: DictConfig) -> None:
     actor, chunk_len = base.actor, base.actor.model.chunk_len
     loss, target_updater = make_rldt_loss(actor, make_rldt_critic(base, cfg, device), cfg)
     actor_optim, actor_warmup, critic_optim = make_rldt_optimizers(loss, cfg)
-    # no default batch size: the critic and the actor sample batches of their own sizes
-    replay_buffer = make_replay_buffer(cfg.buffer.size, None, device)
+    # no default batch size: the critic and the actor sample batches of their own sizes;
+    # TD(lambda) samples slices of consecutive transitions, stored per env
+    slices = cfg.critic.value_estimator == "td_lambda"
+    replay_buffer = make_replay_buffer(cfg.buffer.size, None, device,
+                                       slice_len=cfg.buffer.slice_len if slices else None)
     run.track(loss=loss, actor_optim=actor_optim, actor_warmup=actor_warmup, critic_optim=critic_optim)
     run.restore_buffer(replay_buffer)
     run.evaluate_base(final_env, actor, chunk_len=chunk_len)
@@ -78,7 +81,7 @@ def main(cfg: DictConfig) -> None:
                 counters["env_steps"] += steps
                 counters["chunks"] += batch.numel()
                 counters["batches"] += 1
-                replay_buffer.extend(batch.reshape(-1))
+                replay_buffer.extend(batch if slices else batch.reshape(-1))
                 # rewards are divided by an EMA of mean |r| (the reference's reward scale)
                 if cfg.optim.reward_scale_rate is not None:
                     batch_abs, rate = reward.abs().mean().item(), cfg.optim.reward_scale_rate

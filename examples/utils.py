@@ -11,7 +11,7 @@ from tensordict import TensorDictBase
 from tensordict.nn import NormalParamExtractor, TensorDictModule
 from torch import nn
 from torchrl.collectors import Collector
-from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+from torchrl.data import LazyTensorStorage, SliceSampler, TensorDictReplayBuffer
 from torchrl.envs import (
     Compose,
     EnvBase,
@@ -21,7 +21,7 @@ from torchrl.envs import (
     TransformedEnv,
 )
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
-from torchrl.objectives import SACLoss, SoftUpdate
+from torchrl.objectives import SACLoss, SoftUpdate, ValueEstimators
 
 from torchrl_rldt.checkpoint import FlowPolicy, load_flow_policy
 from torchrl_rldt.envs import ActionChunkEnv, EnvPoolEnv, make_metaworld_env
@@ -184,11 +184,24 @@ def sac_update(loss: SACLoss, optimizers: dict[str, torch.optim.Optimizer], targ
 
 
 def make_replay_buffer(
-    size: int, batch_size: int | None, device: str | torch.device
+    size: int, batch_size: int | None, device: str | torch.device, *, slice_len: int | None = None
 ) -> TensorDictReplayBuffer:
-    """A uniform FIFO replay buffer kept on ``device`` (``batch_size`` None: given to ``sample``)."""
+    """A FIFO replay buffer kept on ``device`` (``batch_size`` None: given to ``sample``).
+
+    Uniform over transitions (extend it with flat batches), or, with ``slice_len``, over slices
+    of up to ``slice_len`` consecutive transitions of one env (TorchRL's ``SliceSampler`` on a
+    ``[num_envs, time]`` storage: extend it with the collector's ``[num_envs, T]`` batches). A
+    slice ends at an episode end or after ``slice_len`` steps, where the sampler marks it done
+    (and truncated): what TD(lambda) targets need.
+    """
+    if slice_len is None:
+        return TensorDictReplayBuffer(
+            storage=LazyTensorStorage(size, device=device), batch_size=batch_size
+        )
     return TensorDictReplayBuffer(
-        storage=LazyTensorStorage(size, device=device), batch_size=batch_size
+        storage=LazyTensorStorage(size, device=device, ndim=2),
+        sampler=SliceSampler(slice_len=slice_len, end_key=("next", "done"), strict_length=False),
+        batch_size=batch_size,
     )
 
 
@@ -224,6 +237,13 @@ def check_rldt_config(cfg: DictConfig) -> None:
         number("rldt.bandwidth", 0.0, open_low=True)
     if cfg.rldt.temperature != "adaptive":
         number("rldt.temperature", 0.0)
+    check.one_of("critic.value_estimator", ("td0", "td_lambda"))
+    number("critic.lmbda", 0.0, 1.0)
+    clip = cfg.critic.target_clip
+    need(clip is None or (len(clip) == 2 and all(isinstance(v, (int, float)) for v in clip)
+                          and clip[0] <= clip[1]),
+         f"critic.target_clip must be null or [low, high] with low <= high, got {clip}")
+    positive_int("buffer.slice_len")
     need(cfg.rldt.rl_objective in ("inner_product", "regression"),
          f"rldt.rl_objective must be inner_product or regression, got {cfg.rldt.rl_objective!r}")
     positive_int("rldt.min_step", minimum=0)
@@ -240,6 +260,16 @@ def load_base_policy(cfg: DictConfig, device: torch.device, num_steps: int) -> F
     Errors name a missing file or a mismatch (task, dimensions, chunks longer than an episode).
     """
     path = repo_path(cfg.base_checkpoint or f"checkpoints/{task_slug(cfg.task)}-flow-base.pt")
+    if not path.is_file() and is_metaworld(cfg.task):
+        data = repo_path(default_data_path(cfg.task))
+        raise FileNotFoundError(
+            f"no base policy for {cfg.task} at {path}. " + (
+                f"Pretrain one on {data}: python examples/pretrain_flow.py task={cfg.task}"
+                if data.is_file() else
+                f"There are no demonstrations for it either ({data}): record them with "
+                f"python examples/record_demos.py task={cfg.task}, then pretrain with "
+                f"python examples/pretrain_flow.py task={cfg.task}.")
+        )
     policy = load_flow_policy(path, task=cfg.task, device=device)
     chunk_len = policy.actor.model.chunk_len
     if chunk_len > cfg.env.max_episode_steps:
@@ -310,8 +340,13 @@ def make_rldt_loss(actor: FlowActor, critic: ValueOperator, cfg: DictConfig) -> 
         reference="frozen" if cfg.schedule.reanchor_every is None else "previous",
         reanchor_every=cfg.schedule.reanchor_every,
         rl_objective=cfg.rldt.rl_objective,
+        target_clip=None if cfg.critic.target_clip is None else tuple(cfg.critic.target_clip),
     )
-    loss.make_value_estimator(gamma=cfg.optim.gamma)
+    if cfg.critic.value_estimator == "td_lambda":
+        loss.make_value_estimator(ValueEstimators.TDLambda, gamma=cfg.optim.gamma,
+                                  lmbda=cfg.critic.lmbda)
+    else:
+        loss.make_value_estimator(ValueEstimators.TD0, gamma=cfg.optim.gamma)
     return loss, SoftUpdate(loss, tau=cfg.optim.tau)
 
 

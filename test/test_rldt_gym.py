@@ -151,3 +151,36 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, base):
     assert checkpoint["counters"]["batches"] >= 1
     assert all(torch.isfinite(value).all() for value in checkpoint["loss"].values()
                if isinstance(value, torch.Tensor) and value.is_floating_point())
+
+
+def test_metaworld_sparse_config_trains_with_td_lambda_on_trajectory_slices(tmp_path):
+    base = make_base(tmp_path / "pickplace.pt", task="MetaWorld/PickPlace-v3", observation_dim=39,
+                     action_dim=4)
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--config-name", "rldt_metaworld", f"base_checkpoint={base}",
+         f"hydra.run.dir={run_dir}", *TINY, "env.max_episode_steps=40",
+         "collector.total_env_steps=400", "buffer.slice_len=4", "checkpoint.save_replay_buffer=true"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["counters"]["actor_updates"] > 0
+    # stochastic evaluation of a success reward: returns are success rates in [0, 1]
+    assert all(0.0 <= point["mean"] <= 1.0 for point in summary["history"])
+    assert "random return" in result.stderr + result.stdout
+    checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
+    assert checkpoint["config"]["critic"]["value_estimator"] == "td_lambda"
+    assert checkpoint["config"]["optim"]["gamma"] == 0.999
+    scalars = run_dir / "rldt_gym" / "scalars"
+    assert (scalars / "loss_qvalue.csv").is_file()
+
+
+def test_metaworld_task_without_demonstrations_names_the_recording_command(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--config-name", "rldt_metaworld", "task=MetaWorld/Hammer-v3",
+         f"hydra.run.dir={tmp_path / 'run'}", *TINY],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0
+    assert "python examples/record_demos.py task=MetaWorld/Hammer-v3" in result.stderr, result.stderr[-3000:]

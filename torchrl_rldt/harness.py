@@ -243,6 +243,8 @@ class ConfigCheck:
         if str(self.cfg.device).startswith("cuda"):
             self.need(torch.cuda.is_available(),
                       f"device={self.cfg.device} but CUDA is not available; use device=cpu")
+        if "exploration" in self.cfg.eval:
+            self.one_of("eval.exploration", ("deterministic", "random"))
 
     def done(self) -> None:
         """Raises ``ValueError`` listing every recorded problem, if any."""
@@ -516,19 +518,29 @@ class TrainingRun:
         if not torch.isfinite(value).all():
             raise NonFiniteError(f"{name} is not finite at {self.counters['env_steps']} env steps")
 
+    @property
+    def evaluation_mode(self) -> str:
+        """``config.eval.exploration``: ``"deterministic"`` (the default) or ``"random"``."""
+        return self.config.eval.get("exploration", "deterministic")
+
     def evaluate(self, env: EnvBase, policy: TensorDictModuleBase, *, chunk_len: int) -> dict:
-        """Deterministic returns of one episode per env of ``env``, added to the learning curve.
+        """Returns of one episode per env of ``env``, added to the learning curve.
+
+        Under ``config.eval.exploration``: ``"deterministic"`` (a flow actor starts from x0 = 0,
+        a TanhNormal actor takes its squashed mean) or ``"random"`` (stochastic sampling; give
+        the bare actor, without an exploration module, for "no exploration noise").
 
         Args:
             env (EnvBase): the evaluation env (one episode per env).
-            policy (TensorDictModuleBase): the policy; deterministic (a flow actor starts from
-                x0 = 0, a TanhNormal actor takes its squashed mean).
+            policy (TensorDictModuleBase): the policy.
 
         Keyword Args:
             chunk_len (int): env actions per step of ``env``.
         """
+        exploration = (ExplorationType.RANDOM if self.evaluation_mode == "random"
+                       else ExplorationType.DETERMINISTIC)
         returns = episode_returns(env, policy, max_env_steps=self.config.env.max_episode_steps,
-                                  chunk_len=chunk_len)
+                                  chunk_len=chunk_len, exploration_type=exploration)
         self.history.append({"env_steps": self.counters["env_steps"],
                              "wall_seconds": self.wall_seconds, **returns})
         return returns
@@ -540,8 +552,8 @@ class TrainingRun:
         """
         if "base_returns" not in self.extra:
             returns = self.extra["base_returns"] = self.evaluate(env, policy, chunk_len=chunk_len)
-            log.info("%s starting policy: deterministic return %.1f +- %.1f (%d episodes)",
-                     self.config.task, returns["mean"], returns["std"], returns["episodes"])
+            log.info("%s starting policy: %s return %.4g +- %.4g (%d episodes)", self.config.task,
+                     self.evaluation_mode, returns["mean"], returns["std"], returns["episodes"])
         return self.extra["base_returns"]
 
     def evaluate_periodically(self, env: EnvBase, policy: TensorDictModuleBase, *,
@@ -551,8 +563,8 @@ class TrainingRun:
             return None
         self._next_evaluation += self.config.eval.every_env_steps
         returns = self.evaluate(env, policy, chunk_len=chunk_len)
-        log.info("%d env steps: deterministic return %.1f +- %.1f", self.counters["env_steps"],
-                 returns["mean"], returns["std"])
+        log.info("%d env steps: %s return %.4g +- %.4g", self.counters["env_steps"],
+                 self.evaluation_mode, returns["mean"], returns["std"])
         return returns
 
     def log(self, metrics: dict[str, float], env_steps: int, batch: Any = None) -> None:
@@ -623,9 +635,10 @@ class TrainingRun:
         atomic_write_text(json.dumps(report, indent=2) + "\n", self.run_dir / "summary.json")
         self._plot(title)
         log.info(
-            "\n%s (%s), deterministic return over %d episodes:\n"
-            "  base       %8.1f +- %.1f\n  fine-tuned %8.1f +- %.1f   (%s)\n  run directory: %s",
-            self.config.task, title, final["episodes"], base["mean"], base["std"], final["mean"],
+            "\n%s (%s), %s return over %d episodes:\n"
+            "  base       %8.4g +- %.4g\n  fine-tuned %8.4g +- %.4g   (%s)\n  run directory: %s",
+            self.config.task, title, self.evaluation_mode, final["episodes"], base["mean"],
+            base["std"], final["mean"],
             final["std"], ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in self.counters.items()),
             self.run_dir,
         )
@@ -642,7 +655,7 @@ class TrainingRun:
         ax.errorbar([h["env_steps"] for h in history], [h["mean"] for h in history],
                     yerr=[h["std"] for h in history], marker="o", capsize=3)
         ax.set_xlabel("env steps")
-        ax.set_ylabel("deterministic return")
+        ax.set_ylabel(f"{self.evaluation_mode} return")
         ax.set_title(f"{title} on {self.config.task} (seed {self.config.seed})")
         fig.tight_layout()
         fig.savefig(self.run_dir / "learning_curve.png", dpi=100)
