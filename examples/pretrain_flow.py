@@ -164,7 +164,7 @@ def main(cfg: DictConfig) -> None:
     manifest[cfg.task] = entry
     atomic_write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", manifest_path)
     log.info(
-        "%s base policy: deterministic %.0f +- %.0f, stochastic %.0f +- %.0f (%d episodes each); "
+        "%s base policy: deterministic %.4g +- %.4g, stochastic %.4g +- %.4g (%d episodes each); "
         "saved %s",
         cfg.task, final["deterministic"]["mean"], final["deterministic"]["std"],
         final["stochastic"]["mean"], final["stochastic"]["std"], cfg.eval.final_episodes,
