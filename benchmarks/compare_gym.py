@@ -1,8 +1,11 @@
 """RLDT against the baselines in one harness: the same task, base policy, env-step budget and seeds.
 
 Runs, for every method and seed, its example with its default config (``rldt``:
-``examples/rldt_gym.py``; ``reinflow`` and ``fpo`` (FPO++): ``examples/flow_ppo_gym.py``; ``sac``,
-from scratch: ``examples/sac_gym.py``). The fine-tuning methods start from the task's shipped base
+``examples/rldt_gym.py``, ``rldt_delta`` the same with the delta kernel; ``reinflow`` and ``fpo``
+(FPO++): ``examples/flow_ppo_gym.py``; ``sac``, from scratch: ``examples/sac_gym.py``). For a
+``MetaWorld/<Task>-v3`` task each example runs with its sparse-reward config
+(``--config-name rldt_metaworld``, ``flow_ppo_metaworld``, ``sac_metaworld``) and the table reports
+the stochastic success rate. The fine-tuning methods start from the task's shipped base
 policy; all are evaluated the same way (deterministic policy, 10 episodes every 20k env steps, 20
 episodes at the start and the end, the same evaluation seeds). Each run has its own directory under
 ``--runs``: a run whose ``summary.json`` reached the budget is not run again, a run with a
@@ -11,6 +14,8 @@ evaluation returns against env steps and wall-clock into ``<out>/<name>.csv``, a
 ``<out>/<name>.png``, a markdown table ``<out>/<name>.md`` and ``<out>/<name>.json``.
 
     python benchmarks/compare_gym.py --task Hopper-v5 --seeds 1 2 --env-steps 100000 --jobs 2
+    python benchmarks/compare_gym.py --task MetaWorld/Assembly-v3 --methods rldt rldt_delta reinflow \\
+        fpo sac --seeds 1 1000 2000 --env-steps 300000 --jobs 2
     python benchmarks/compare_gym.py --methods reinflow fpo --seeds 0 --set ppo.actor_lr=1e-4 \\
         --name ppo_lr_1e-4
 
@@ -41,6 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 METHODS = {
     # with its replay buffer, so that a killed or extended run resumes exactly
     "rldt": ("rldt_gym.py", ["checkpoint.save_replay_buffer=true"], "RLDT"),
+    "rldt_delta": ("rldt_gym.py", ["checkpoint.save_replay_buffer=true", "rldt.kernel=delta"],
+                   "RLDT-Delta"),
     "reinflow": ("flow_ppo_gym.py", ["method=reinflow"], "ReinFlow"),
     "fpo": ("flow_ppo_gym.py", ["method=fpo"], "FPO++"),
     "sac": ("sac_gym.py", [], "SAC (from scratch)"),
@@ -64,6 +71,18 @@ def parse_overrides(settings: list[str], methods: list[str]) -> dict[str, list[s
         for method in methods if not target else [target] if target in methods else []:
             overrides[method].append(override)
     return overrides
+
+
+# the Gym comparison's methods (the default); Meta-World adds rldt_delta, the paper's ablation
+GYM_METHODS = ["rldt", "reinflow", "fpo", "sac"]
+# Meta-World tasks run each example with its sparse-reward config (a sibling of the Gym one)
+METAWORLD_CONFIGS = {"rldt_gym.py": "rldt_metaworld", "flow_ppo_gym.py": "flow_ppo_metaworld",
+                     "sac_gym.py": "sac_metaworld"}
+
+
+def is_metaworld(task: str) -> bool:
+    """Meta-World tasks are measured by their stochastic success rate, Gym ones by deterministic return."""
+    return task.startswith("MetaWorld/")
 
 
 # Options that change neither what a run learns nor how it is evaluated: a finished run whose
@@ -91,7 +110,8 @@ def run(method: str, task: str, seed: int, env_steps: int, run_dir: Path, overri
     and the budget ``env_steps``; a run to a smaller budget is extended through ``resume=``.
     """
     example, selector, _ = METHODS[method]
-    options = [*selector, f"task={task}", f"seed={seed}", *overrides]
+    config = ["--config-name", METAWORLD_CONFIGS[example]] if is_metaworld(task) else []
+    options = [*config, *selector, f"task={task}", f"seed={seed}", *overrides]
     summary_path = run_dir / "summary.json"
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
@@ -129,7 +149,7 @@ def run(method: str, task: str, seed: int, env_steps: int, run_dir: Path, overri
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="Hopper-v5")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=GYM_METHODS, choices=list(METHODS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--env-steps", type=int, default=100_000)
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
@@ -143,12 +163,15 @@ def main() -> None:
     args.methods, args.seeds = list(dict.fromkeys(args.methods)), list(dict.fromkeys(args.seeds))
     cores = len(os.sched_getaffinity(0))
     overrides = parse_overrides(args.settings, args.methods)
-    name = args.name or f"compare_gym_{args.task.lower()}"
+    name = args.name or f"compare_gym_{args.task.lower().replace('/', '-')}"
+    # what the table reports: success rate (Meta-World, stochastic) or deterministic return
+    metric, digits = (("success rate (stochastic)", 2) if is_metaworld(args.task)
+                      else ("deterministic return", 0))
     args.out.mkdir(parents=True, exist_ok=True)
 
     # the longest runs first, so that parallel jobs end together
     order = sorted(((method, seed) for seed in args.seeds for method in args.methods),
-                   key=lambda item: ["sac", "rldt", "fpo", "reinflow"].index(item[0]))
+                   key=lambda item: ["sac", "rldt", "rldt_delta", "fpo", "reinflow"].index(item[0]))
     run_root = args.runs / name
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = {
@@ -176,7 +199,7 @@ def main() -> None:
         axes[1].plot([p["wall_seconds"] / 60 for p in history], returns, marker="o", color=colors[method])
     axes[0].set_xlabel("env steps")
     axes[1].set_xlabel(f"wall-clock minutes ({cores} CPU cores, {args.jobs} run(s) at a time)")
-    axes[0].set_ylabel("deterministic return")
+    axes[0].set_ylabel(metric)
     axes[0].legend()
     fig.suptitle(f"{args.task}: seeds {args.seeds}, {args.env_steps} env steps")
     fig.tight_layout()
@@ -203,15 +226,15 @@ def main() -> None:
         }
         # one seed: the spread over its 20 final episodes; several: over the seeds' means
         final_spread = runs[0]["final"]["std"] if len(runs) == 1 else spread(final_per_seed)
-        rows.append(f"| {METHODS[method][2]} | {start:.0f} | {final:.0f} +- {final_spread:.0f} "
-                    f"| {final - start:+.0f} | {steps:.0f} | {minutes:.1f} |")
+        rows.append(f"| {METHODS[method][2]} | {start:.{digits}f} | {final:.{digits}f} +- "
+                    f"{final_spread:.{digits}f} | {final - start:+.{digits}f} | {steps:.0f} | {minutes:.1f} |")
     episodes = summaries[(args.methods[0], args.seeds[0])]["final"]["episodes"]
     spread_note = (f"+- the standard deviation over the {episodes} final episodes" if len(args.seeds) == 1
                    else "+- the standard deviation of the seeds' means")
     command = "python benchmarks/compare_gym.py " + " ".join(sys.argv[1:])
     table = "\n".join([
-        f"{args.task}, seeds {args.seeds}, {args.env_steps} env steps per run, deterministic "
-        f"return of the final policy over {episodes} episodes ({spread_note}); start: the policy before "
+        f"{args.task}, seeds {args.seeds}, {args.env_steps} env steps per run, {metric} "
+        f"of the final policy over {episodes} episodes ({spread_note}); start: the policy before "
         f"training (the shipped base, or SAC's random initialisation). Wall-clock on {cores} CPU "
         f"cores with {args.jobs} run(s) at a time.",
         "",

@@ -244,6 +244,12 @@ def check_rldt_config(cfg: DictConfig) -> None:
                           and clip[0] <= clip[1]),
          f"critic.target_clip must be null or [low, high] with low <= high, got {clip}")
     positive_int("buffer.slice_len")
+    if cfg.critic.value_estimator == "td_lambda" and isinstance(cfg.buffer.slice_len, int):
+        for name in ("buffer.batch_size", "schedule.actor_batch_size"):
+            value = check.get(name)
+            need(isinstance(value, int) and value % cfg.buffer.slice_len == 0,
+                 f"{name} ({value}) must be a multiple of buffer.slice_len ({cfg.buffer.slice_len}): "
+                 f"TD(lambda) samples whole slices")
     need(cfg.rldt.rl_objective in ("inner_product", "regression"),
          f"rldt.rl_objective must be inner_product or regression, got {cfg.rldt.rl_objective!r}")
     positive_int("rldt.min_step", minimum=0)

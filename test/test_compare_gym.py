@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import load_script
 
@@ -86,3 +87,35 @@ def test_a_run_directory_of_other_options_is_not_reused(tmp_path):
          "--env-steps", "160", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "not of the options asked for" in result.stderr
+
+
+def test_metaworld_runs_each_method_with_its_sparse_config(tmp_path):
+    """RLDT-Delta and ReinFlow on Meta-World at a tiny size: success rates, the sparse configs."""
+    command = [
+        sys.executable, str(BENCHMARKS / "compare_gym.py"), "--task", "MetaWorld/PickPlace-v3",
+        "--methods", "rldt_delta", "reinflow", "--seeds", "0", "--env-steps", "128",
+        "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+        "--set", "env.max_episode_steps=24", "--set", "env.num_envs=2", "--set", "eval.episodes=2",
+        "--set", "eval.final_episodes=2", "--set", "eval.every_env_steps=64",
+        "--set", "rldt_delta:collector.chunks_per_env=4", "--set", "rldt_delta:schedule.critic_warmup_batches=1",
+        "--set", "rldt_delta:schedule.critic_steps=1", "--set", "rldt_delta:schedule.actor_batch_size=4",
+        "--set", "rldt_delta:buffer.batch_size=16", "--set", "rldt_delta:critic.hidden_dim=16",
+        "--set", "rldt_delta:buffer.slice_len=4",
+        "--set", "reinflow:collector.chunks_per_env=8", "--set", "reinflow:ppo.minibatch_size=8",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "out"
+    report = json.loads((out / "compare_gym_metaworld-pickplace-v3.json").read_text())
+    for method in ("rldt_delta", "reinflow"):
+        run = report["methods"][method]["per_seed"]["0"]
+        assert 0.0 <= run["final"]["mean"] <= 1.0  # a success rate
+    table = (out / "compare_gym_metaworld-pickplace-v3.md").read_text()
+    assert "success rate (stochastic)" in table and "| RLDT-Delta |" in table
+    delta = json.loads((tmp_path / "runs" / "compare_gym_metaworld-pickplace-v3" / "rldt_delta-seed0"
+                        / "summary.json").read_text())
+    assert "rldt.kernel=delta" in delta["command"]
+    state = torch.load(tmp_path / "runs" / "compare_gym_metaworld-pickplace-v3" / "rldt_delta-seed0"
+                       / "checkpoint.pt", weights_only=True)
+    assert state["config"]["critic"]["value_estimator"] == "td_lambda"
+    assert state["config"]["rldt"]["kernel"] == "delta"

@@ -122,6 +122,9 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_cleanly(tmp_path, base):
         (["env.max_episode_steps=2"], "longer than an episode"),
         (["task=Hoper-v5"], "Close matches: Hopper-v5"),
         (["base_checkpoint=/nonexistent/base.pt"], "/nonexistent/base.pt"),
+        (["critic.value_estimator=td_lambda", "buffer.slice_len=3"],
+         "schedule.actor_batch_size (8) must be a multiple of buffer.slice_len (3)"),
+        (["critic.value_estimator=td3"], "critic.value_estimator must be one of td0, td_lambda"),
     ],
 )
 def test_bad_input_is_refused_before_any_work(tmp_path, base, overrides, message):
