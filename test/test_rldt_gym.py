@@ -172,6 +172,7 @@ def test_metaworld_sparse_config_trains_with_td_lambda_on_trajectory_slices(tmp_
     # stochastic evaluation of a success reward: returns are success rates in [0, 1]
     assert all(0.0 <= point["mean"] <= 1.0 for point in summary["history"])
     assert "random return" in result.stderr + result.stdout
+    assert summary["command"].startswith("python examples/rldt_gym.py --config-name rldt_metaworld ")
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
     assert checkpoint["config"]["critic"]["value_estimator"] == "td_lambda"
     assert checkpoint["config"]["optim"]["gamma"] == 0.999

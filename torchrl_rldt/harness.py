@@ -380,7 +380,8 @@ class TrainingRun:
     def from_hydra(cls, name: str, config: Any, **kwargs: Any) -> TrainingRun:
         """A run of ``examples/<name>.py`` under Hydra.
 
-        The output directory is Hydra's, the command line is recorded for the summary,
+        The output directory is Hydra's, the command line (with ``--config-name`` when it is
+        not the example's own config) is recorded for the summary,
         ``config.resume`` (a checkpoint path, relative to the directory the command was started
         in) names the run to continue, and ``config.num_threads`` sets torch's intra-op threads.
 
@@ -395,9 +396,12 @@ class TrainingRun:
         hydra_config = HydraConfig.get()
         torch.set_num_threads(config.num_threads)
         resume = Path(hydra_config.runtime.cwd, config.resume) if config.resume else None
+        command = [f"python examples/{name}.py"]
+        if hydra_config.job.config_name != name:  # e.g. --config-name rldt_metaworld
+            command.append(f"--config-name {hydra_config.job.config_name}")
+        command += list(hydra_config.overrides.task)
         return cls(name, config, output_dir=Path(hydra_config.runtime.output_dir), resume=resume,
-                   command=f"python examples/{name}.py " + " ".join(hydra_config.overrides.task),
-                   **kwargs)
+                   command=" ".join(command), **kwargs)
 
     # --- resume and checkpoints ------------------------------------------------------------------
     def _load(self, path: Path) -> dict:
