@@ -18,7 +18,6 @@ command resumes from there.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -42,7 +41,7 @@ from torchrl_rldt.checkpoint import (
     load_checkpoint_buffer,
     save_checkpoint,
 )
-from torchrl_rldt.data import d4rl_arrays, save_d4rl_dataset
+from torchrl_rldt.data import d4rl_arrays, describe_dataset_file, save_d4rl_dataset
 from torchrl_rldt.harness import NonFiniteError, evaluate_policy, restore_rng_state, rng_state
 
 from utils import (
@@ -227,10 +226,7 @@ def main(cfg: DictConfig) -> None:
     final_returns = stochastic_and_deterministic_returns(eval_env, actor)
     manifest = {
         "task": cfg.task,
-        "file": path.name,
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "bytes": path.stat().st_size,
-        "num_transitions": int(len(arrays["rewards"])),
+        **describe_dataset_file(path, arrays),
         "num_episodes": int(ends.sum()),
         "num_terminals": int(arrays["terminals"].sum()),
         "num_timeouts": int(arrays["timeouts"].sum()),

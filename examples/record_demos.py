@@ -14,7 +14,6 @@ attempted episodes, lengths, sha256, command).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import platform
@@ -27,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchrl.envs import ExplorationType, set_exploration_type
 
 from torchrl_rldt.checkpoint import atomic_write_text
-from torchrl_rldt.data import d4rl_arrays, save_d4rl_dataset
+from torchrl_rldt.data import d4rl_arrays, describe_dataset_file, save_d4rl_dataset
 from torchrl_rldt.envs import MetaWorldExpert, make_metaworld_env
 from torchrl_rldt.envs.metaworld import METAWORLD_EPISODE_STEPS
 from torchrl_rldt.harness import ConfigCheck
@@ -83,10 +82,7 @@ def main(cfg: DictConfig) -> None:
     kept_success = float(arrays["terminals"].sum()) / len(episodes)
     manifest = {
         "task": cfg.task,
-        "file": path.name,
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "bytes": path.stat().st_size,
-        "num_transitions": int(len(arrays["rewards"])),
+        **describe_dataset_file(path, arrays),
         "num_episodes": len(episodes),
         "episode_length": {"mean": sum(lengths) / len(lengths), "min": min(lengths),
                            "max": max(lengths)},

@@ -86,3 +86,29 @@ def test_info_keys_are_checked_against_the_task():
 if __name__ == "__main__":
     args, unknown = argparse.ArgumentParser().parse_known_args()
     pytest.main([__file__, "--capture", "no", "--exitfirst"] + unknown)
+
+
+def test_record_demos_writes_a_loadable_data_set_and_its_manifest(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from torchrl_rldt.data import load_offline_dataset
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "record_demos.py"
+    result = subprocess.run(
+        [sys.executable, str(script), f"hydra.run.dir={tmp_path / 'run'}", f"out_dir={tmp_path}",
+         "num_envs=4", "num_episodes=6", "noise_std=0.7", "keep=all"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((tmp_path / "metaworld-pickplace-v3-demos.json").read_text())
+    data = load_offline_dataset(str(tmp_path / "metaworld-pickplace-v3-demos.npz"))
+    assert data.shape[0] == manifest["num_transitions"] and manifest["num_episodes"] == 6
+    terminated, truncated = data["next", "terminated"], data["next", "truncated"]
+    # every kept episode ends once: at success (reward 1) or at the time limit (a failure)
+    assert int(terminated.sum() + truncated.sum()) == 6
+    assert torch.equal(data["next", "reward"].squeeze(-1) == 1, terminated.squeeze(-1))
+    assert manifest["kept_success_rate"] == pytest.approx(terminated.float().sum().item() / 6)
+    assert manifest["command"].startswith("python examples/record_demos.py ")

@@ -10,6 +10,7 @@ hub data set alike.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import zipfile
@@ -26,6 +27,7 @@ __all__ = [
     "D4RL_KEYS",
     "action_chunks",
     "d4rl_arrays",
+    "describe_dataset_file",
     "load_d4rl_dataset",
     "load_offline_dataset",
     "make_offline_replay_buffer",
@@ -114,6 +116,22 @@ def save_d4rl_dataset(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
                 archive.writestr(f"{key}.npy", buffer.getvalue())
 
     return atomic_write(path, write)
+
+
+def describe_dataset_file(path: str | Path, arrays: dict[str, np.ndarray]) -> dict:
+    """What a manifest records of a written data-set file: name, sha256, size, transitions.
+
+    Args:
+        path: the file written by :func:`save_d4rl_dataset`.
+        arrays: the arrays it holds.
+    """
+    path = Path(path)
+    return {
+        "file": path.name,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "bytes": path.stat().st_size,
+        "num_transitions": int(len(arrays["rewards"])),
+    }
 
 
 def load_d4rl_dataset(path: str | Path, device: str | torch.device = "cpu") -> TensorDict:
