@@ -26,7 +26,6 @@ from omegaconf import DictConfig  # noqa: E402
 from tensordict import TensorDict  # noqa: E402
 from torchrl.collectors import Collector  # noqa: E402
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer  # noqa: E402
-from torchrl.envs.utils import ExplorationType, set_exploration_type  # noqa: E402
 from torchrl.modules import ValueOperator  # noqa: E402
 from torchrl.objectives import SoftUpdate  # noqa: E402
 
@@ -50,8 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def evaluate(actor: FlowActor, env: PeaksBanditEnv, cfg: DictConfig) -> tuple[dict, torch.Tensor]:
     """Mean reward and share of policy samples near each peak (stochastic sampling)."""
     observation = torch.zeros(cfg.eval.samples, 1, device=env.device)
-    with set_exploration_type(ExplorationType.RANDOM):
-        samples = actor.model(observation).squeeze(-2)
+    samples = actor.model(observation).squeeze(-2)  # x0 ~ N(0, I): stochastic samples
     distance = torch.cdist(samples, env.peaks)
     near = distance < cfg.eval.near_radius
     return {

@@ -23,7 +23,6 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torchrl.envs import ExplorationType, set_exploration_type
 
 from torchrl_rldt.checkpoint import atomic_write_text
 from torchrl_rldt.data import d4rl_arrays, describe_dataset_file, save_d4rl_dataset
@@ -56,7 +55,7 @@ def main(cfg: DictConfig) -> None:
     episodes, attempted, successes, lengths = [], 0, 0, []
     while len(episodes) < cfg.num_episodes and attempted < cfg.max_attempts:
         # one episode per env: a finished env is no longer stepped (rollout's partial steps)
-        with set_exploration_type(ExplorationType.DETERMINISTIC), torch.no_grad():
+        with torch.no_grad():
             rollout = env.rollout(METAWORLD_EPISODE_STEPS, expert, break_when_any_done=False,
                                   break_when_all_done=True)
         done = rollout["next", "done"].squeeze(-1)

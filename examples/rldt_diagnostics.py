@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 from tensordict import TensorDict
-from torchrl.envs import ExplorationType, set_exploration_type
+from torchrl.envs import ExplorationType
 
 from torchrl_rldt.data import load_offline_dataset
 from torchrl_rldt.harness import episode_returns, read_checkpoint
@@ -61,8 +61,8 @@ def main() -> None:
     data = load_offline_dataset(str(args.data))
     stride = max(1, data.shape[0] // args.states)
     observation = base.observation_stats.normalize(data["observation"][::stride][: args.states])
-    with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
-        action = base.actor.model.sample(observation)
+    with torch.no_grad():
+        action = base.actor.model.sample(observation)  # x0 ~ N(0, I)
     action.requires_grad_(True)
     state = TensorDict(observation=observation, batch_size=observation.shape[:-1])
     q = loss._q_values(state, action, loss.qvalue_network_params.detach())  # [E, B]

@@ -278,7 +278,7 @@ def read_checkpoint(path: str | Path, name: str, *, map_location: Any = "cpu") -
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}.")
+        raise FileNotFoundError(f"no such checkpoint: {path}.")
     state = torch.load(path, map_location=map_location, weights_only=True)
     if state.get("format") != f"torchrl_rldt.{name}":
         raise ValueError(f"{path} is not a torchrl_rldt.{name} checkpoint.")
@@ -405,8 +405,6 @@ class TrainingRun:
 
     # --- resume and checkpoints ------------------------------------------------------------------
     def _load(self, path: Path) -> dict:
-        if not path.is_file():
-            raise FileNotFoundError(f"resume={path}: no such checkpoint.")
         state = read_checkpoint(path, self.name, map_location=self.device)
         saved = {key: state.get(key) for key in self.identity}
         if saved != self.identity:
@@ -415,11 +413,6 @@ class TrainingRun:
                 + "; this run has " + " ".join(f"{k}={v}" for k, v in self.identity.items()) + "."
             )
         return state
-
-    @property
-    def resumed(self) -> bool:
-        """Whether this run continues a checkpoint."""
-        return self.state is not None
 
     def track(self, **objects: Any) -> bool:
         """Registers objects with ``state_dict``/``load_state_dict`` to checkpoint by name.

@@ -264,8 +264,7 @@ class FlowModel(nn.Module):
 
         Its parameter gradient is ``(1 - t) dv/dtheta``: no back-propagation through the ODE.
         """
-        velocity, landing = self._velocity_and_landing(observation, action, time)
-        return landing
+        return self._velocity_and_landing(observation, action, time)[1]
 
     def _velocity_and_landing(self, observation, action, time):
         time = torch.as_tensor(time, dtype=action.dtype, device=action.device)
@@ -503,9 +502,8 @@ class FlowActor(TensorDictModuleBase):
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         """Samples an action chunk (and, with a chain key, the chain) into ``tensordict``."""
         observation = tensordict.get(self.observation_key)
-        action, chain = self.model.sample(observation, self.initial_noise(tensordict),
-                                          return_chain=True)
-        tensordict.set(self.action_key, action)
-        if self.chain_key is not None:
-            tensordict.set(self.chain_key, chain)
-        return tensordict
+        noise = self.initial_noise(tensordict)
+        if self.chain_key is None:
+            return tensordict.set(self.action_key, self.model.sample(observation, noise))
+        action, chain = self.model.sample(observation, noise, return_chain=True)
+        return tensordict.set(self.action_key, action).set(self.chain_key, chain)

@@ -10,7 +10,6 @@ import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
 from tensordict.nn import TensorDictModule, dispatch
 from tensordict.utils import NestedKey, unravel_key
-from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.objectives import LossModule
 from torchrl.objectives.utils import (
     _vmap_func,
@@ -304,9 +303,9 @@ class RLDTLoss(LossModule):
                 one-step bootstrap over each chunk transition, any batch shape. Or
                 ``ValueEstimators.TDLambda``: lambda-returns along trajectories, for batches of
                 shape ``[*B, T]`` holding consecutive transitions of one env along the last
-                dimension (e.g. TorchRL's ``SliceSampler`` samples, reshaped to
-                ``[num_slices, slice_len]``); the recursion stops at ``done`` (a slice end is
-                done) and bootstraps there unless ``terminated``.
+                dimension, or a flat batch of such slices laid end to end (what TorchRL's
+                ``SliceSampler`` returns); the recursion stops at ``done`` (the sampler marks
+                every slice end done) and bootstraps there unless ``terminated``.
             **hyperparams: estimator hyper-parameters, e.g. ``gamma=0.999, lmbda=0.5``.
         """
         value_type, hp = self._prepare_value_estimator_kwargs(value_type, **hyperparams)
@@ -410,9 +409,9 @@ class RLDTLoss(LossModule):
         return values.squeeze(-1)
 
     def _sample(self, observation: torch.Tensor, return_chain: bool = False):
-        with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
-            with self.actor_network_params.to_module(self.actor_network):
-                return self.actor_network.model.sample(observation, return_chain=return_chain)
+        # the model samples x0 ~ N(0, I) whatever the exploration type
+        with torch.no_grad(), self.actor_network_params.to_module(self.actor_network):
+            return self.actor_network.model.sample(observation, return_chain=return_chain)
 
     # --- critic ------------------------------------------------------------------------------
     def _target_value(self, tensordict: TensorDictBase) -> torch.Tensor:
@@ -431,9 +430,8 @@ class RLDTLoss(LossModule):
                 ("next", self.tensor_keys.done),
                 ("next", self.tensor_keys.terminated),
             )
-            next_value = next_value.unsqueeze(-1)
-            target_td.set(("next", self.tensor_keys.value), next_value)
-            target = self.value_estimator.value_estimate(target_td, next_value=next_value)
+            target = self.value_estimator.value_estimate(target_td,
+                                                         next_value=next_value.unsqueeze(-1))
             if self.target_clip is not None:
                 target = target.clamp(*self.target_clip)
             return target.squeeze(-1)
