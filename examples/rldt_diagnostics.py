@@ -1,8 +1,11 @@
 """Diagnostics of an ``examples/rldt_gym.py`` checkpoint against its base policy.
 
-Re-evaluates the base and the fine-tuned policy on fresh episodes in both sampling modes, and
-probes the critic on data states: mean Q, the gap between ensemble members, and the cosine
-between the members' action-gradients at policy samples. Writes a JSON file.
+Re-evaluates the base and the fine-tuned policy on fresh episodes in both sampling modes
+(``--episodes 0`` skips this), compares the two flows on data states (the spread of the actions
+sampled from x0 ~ N(0, I), how straight their chains are, the share of clamped components, how far
+fine-tuning moved the action of each noise draw), and
+probes the critic there: mean Q, the gap between ensemble members, and the cosine between the
+members' action-gradients at policy samples. Writes a JSON file.
 
     python examples/rldt_diagnostics.py outputs/rldt_gym/<run>/checkpoint.pt \
         --data data/halfcheetah-v5-medium.npz --out benchmarks/results/rldt_diagnostics.json
@@ -27,11 +30,44 @@ import utils
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@torch.no_grad()
+def flow_statistics(model, observation: torch.Tensor, samples: int, seed: int = 0) -> dict:
+    """How the flow maps noise to actions at ``observation`` (``[B, D]``), from ``samples`` draws each.
+
+    ``action_spread``: the standard deviation of a sampled action component across x0 draws at one
+    state, averaged over components and states (what stochastic evaluation explores).
+    ``landing_drift``: the mean squared distance, per component, from the landing point predicted
+    at each Euler step to the chain's end (0 for straight chains; what the consistency term lowers).
+    ``clamped_share``: the share of sampled components at the action bounds.
+    The draws come from ``seed``: two flows given the same seed map the same noise, so their actions
+    can be compared draw by draw.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn((samples, observation.shape[0], *model.action_shape), generator=generator)
+    states = observation.expand(samples, *observation.shape)
+    chain = model.integrate(states, noise).chain  # [S, B, N + 1, H, A]
+    action = model.clamp(chain[..., -1, :, :])
+    steps = chain.shape[-3] - 1
+    drift = [
+        (model.chain_landing(states, chain, torch.full(chain.shape[:2], k))[1] - chain[..., -1, :, :])
+        .pow(2).mean().item()
+        for k in range(steps)
+    ]
+    return {
+        "actions": action,
+        "action_spread": action.std(dim=0).mean().item(),
+        "landing_drift": sum(drift) / steps,
+        "landing_drift_per_step": drift,
+        "clamped_share": ((action <= model.low) | (action >= model.high)).float().mean().item(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--data", type=Path, required=True, help="a data set of the same task")
-    parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument("--episodes", type=int, default=20, help="per sampling mode; 0: no evaluation")
+    parser.add_argument("--samples", type=int, default=16, help="x0 draws per state for the flow statistics")
     parser.add_argument("--states", type=int, default=1000, help="data states for the critic probe")
     parser.add_argument("--seed", type=int, default=12345, help="seed of the evaluation envs")
     parser.add_argument("--out", type=Path, required=True)
@@ -42,11 +78,22 @@ def main() -> None:
     # checkpoints written before a config value existed take its current default
     cfg = OmegaConf.merge(OmegaConf.load(ROOT / "examples" / "config" / "rldt_gym.yaml"), checkpoint["config"])
     base = utils.load_base_policy(cfg, torch.device("cpu"), cfg.rldt.num_steps)
-    env = utils.make_policy_chunk_env(base, cfg, args.episodes, args.seed, torch.device("cpu"))
+    if args.episodes < 0 or args.samples < 2:
+        raise SystemExit("--episodes must be >= 0 and --samples >= 2")
+    env = (utils.make_policy_chunk_env(base, cfg, args.episodes, args.seed, torch.device("cpu"))
+           if args.episodes else None)
     modes = {"deterministic": ExplorationType.DETERMINISTIC, "stochastic": ExplorationType.RANDOM}
     report = {"checkpoint": str(args.checkpoint), "counters": checkpoint["counters"], "returns": {}}
 
+    data = load_offline_dataset(str(args.data))
+    stride = max(1, data.shape[0] // args.states)
+    observation = base.observation_stats.normalize(data["observation"][::stride][: args.states])
+    report["flow"] = {}
+
     def returns(name: str) -> None:
+        report["flow"][name] = flow_statistics(base.actor.model, observation, args.samples)
+        if env is None:
+            return
         report["returns"][name] = {
             mode: episode_returns(env, base.actor, max_env_steps=cfg.env.max_episode_steps,
                                   chunk_len=base.actor.model.chunk_len, exploration_type=exploration)
@@ -57,10 +104,13 @@ def main() -> None:
     loss, _ = utils.make_rldt_loss(base.actor, utils.make_rldt_critic(base, cfg, "cpu"), cfg)
     loss.load_state_dict(checkpoint["loss"])  # the actor now holds the fine-tuned weights
     returns("fine_tuned")
+    # the same noise through both flows: how far fine-tuning moved each sampled action
+    report["flow"]["fine_tuned"]["displacement_rms"] = (
+        (report["flow"]["fine_tuned"]["actions"] - report["flow"]["base"]["actions"]).pow(2).mean().sqrt().item()
+    )
+    for statistics in report["flow"].values():
+        del statistics["actions"]
 
-    data = load_offline_dataset(str(args.data))
-    stride = max(1, data.shape[0] // args.states)
-    observation = base.observation_stats.normalize(data["observation"][::stride][: args.states])
     with torch.no_grad():
         action = base.actor.model.sample(observation)  # x0 ~ N(0, I)
     action.requires_grad_(True)
@@ -83,7 +133,7 @@ def main() -> None:
     report["command"] = "python examples/rldt_diagnostics.py " + " ".join(sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({"returns": report["returns"], "critic": report["critic"]}, indent=1))
+    print(json.dumps({key: report[key] for key in ("returns", "flow", "critic")}, indent=1))
 
 
 if __name__ == "__main__":
