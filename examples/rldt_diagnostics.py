@@ -18,16 +18,13 @@ import sys
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from tensordict import TensorDict
 from torchrl.envs import ExplorationType
 
 from torchrl_rldt.data import load_offline_dataset
-from torchrl_rldt.harness import episode_returns, read_checkpoint
+from torchrl_rldt.harness import episode_returns
 
 import utils
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @torch.no_grad()
@@ -74,12 +71,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
 
-    checkpoint = read_checkpoint(args.checkpoint, "rldt_gym")
-    # checkpoints written before a config value existed take its current default
-    cfg = OmegaConf.merge(OmegaConf.load(ROOT / "examples" / "config" / "rldt_gym.yaml"), checkpoint["config"])
-    base = utils.load_base_policy(cfg, torch.device("cpu"), cfg.rldt.num_steps)
     if args.episodes < 0 or args.samples < 2:
         raise SystemExit("--episodes must be >= 0 and --samples >= 2")
+    cfg, base, fine_tuned, loss, checkpoint = utils.load_rldt_run(args.checkpoint, torch.device("cpu"))
     env = (utils.make_policy_chunk_env(base, cfg, args.episodes, args.seed, torch.device("cpu"))
            if args.episodes else None)
     modes = {"deterministic": ExplorationType.DETERMINISTIC, "stochastic": ExplorationType.RANDOM}
@@ -89,21 +83,14 @@ def main() -> None:
     stride = max(1, data.shape[0] // args.states)
     observation = base.observation_stats.normalize(data["observation"][::stride][: args.states])
     report["flow"] = {}
-
-    def returns(name: str) -> None:
-        report["flow"][name] = flow_statistics(base.actor.model, observation, args.samples)
-        if env is None:
-            return
-        report["returns"][name] = {
-            mode: episode_returns(env, base.actor, max_env_steps=cfg.env.max_episode_steps,
-                                  chunk_len=base.actor.model.chunk_len, exploration_type=exploration)
-            for mode, exploration in modes.items()
-        }
-
-    returns("base")
-    loss, _ = utils.make_rldt_loss(base.actor, utils.make_rldt_critic(base, cfg, "cpu"), cfg)
-    loss.load_state_dict(checkpoint["loss"])  # the actor now holds the fine-tuned weights
-    returns("fine_tuned")
+    for name, policy in (("base", base), ("fine_tuned", fine_tuned)):
+        report["flow"][name] = flow_statistics(policy.actor.model, observation, args.samples)
+        if env is not None:
+            report["returns"][name] = {
+                mode: episode_returns(env, policy.actor, max_env_steps=cfg.env.max_episode_steps,
+                                      chunk_len=policy.actor.model.chunk_len, exploration_type=exploration)
+                for mode, exploration in modes.items()
+            }
     # the same noise through both flows: how far fine-tuning moved each sampled action
     report["flow"]["fine_tuned"]["displacement_rms"] = (
         (report["flow"]["fine_tuned"]["actions"] - report["flow"]["base"]["actions"]).pow(2).mean().sqrt().item()

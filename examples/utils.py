@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDictBase
 from tensordict.nn import NormalParamExtractor, TensorDictModule
 from torch import nn
@@ -26,7 +26,7 @@ from torchrl.objectives import SACLoss, SoftUpdate, ValueEstimators
 from torchrl_rldt.checkpoint import FlowPolicy, load_flow_policy
 from torchrl_rldt.envs import ActionChunkEnv, EnvPoolEnv, make_metaworld_env
 from torchrl_rldt.envs.metaworld import METAWORLD_EPISODE_STEPS
-from torchrl_rldt.harness import ConfigCheck, NonFiniteError
+from torchrl_rldt.harness import ConfigCheck, NonFiniteError, read_checkpoint
 from torchrl_rldt.modules import ChunkQValueMLP, FlowActor, LandingPointExploration, SVGDTransport
 from torchrl_rldt.objectives import RLDTLoss
 
@@ -354,6 +354,29 @@ def make_rldt_loss(actor: FlowActor, critic: ValueOperator, cfg: DictConfig) -> 
     else:
         loss.make_value_estimator(ValueEstimators.TD0, gamma=cfg.optim.gamma)
     return loss, SoftUpdate(loss, tau=cfg.optim.tau)
+
+
+def load_rldt_run(path: str | Path, device: torch.device) -> tuple[DictConfig, FlowPolicy, FlowPolicy, RLDTLoss, dict]:
+    """An ``examples/rldt_gym.py`` checkpoint: its config, the base and the fine-tuned policy, the loss.
+
+    Args:
+        path: the run's ``checkpoint.pt``.
+        device: where the modules go.
+
+    Returns:
+        ``(cfg, base, fine_tuned, loss, checkpoint)``: ``base`` is the run's starting policy, as
+        shipped; ``fine_tuned`` has the same normalisation and the run's actor weights (the loss's
+        actor); ``loss`` holds the run's critic.
+    """
+    checkpoint = read_checkpoint(path, "rldt_gym")
+    # checkpoints written before a config value existed take its current default
+    cfg = OmegaConf.merge(OmegaConf.load(Path(__file__).parent / "config" / "rldt_gym.yaml"),
+                          checkpoint["config"])
+    base = load_base_policy(cfg, device, cfg.rldt.num_steps)
+    fine_tuned = load_base_policy(cfg, device, cfg.rldt.num_steps)
+    loss, _ = make_rldt_loss(fine_tuned.actor, make_rldt_critic(fine_tuned, cfg, device), cfg)
+    loss.load_state_dict(checkpoint["loss"])
+    return cfg, base, fine_tuned, loss, checkpoint
 
 
 def make_rldt_optimizers(loss: RLDTLoss, cfg: DictConfig):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from torchrl_rldt.checkpoint import save_flow_policy
+from torchrl_rldt.checkpoint import load_flow_policy, save_flow_policy
 from torchrl_rldt.envs import NormalizationStats
 from torchrl_rldt.modules import FlowActor, FlowModel, VelocityMLP
 
@@ -73,6 +73,28 @@ def test_smoke_writes_everything(tmp_path, base):
     assert (run_dir / "rldt_gym" / "scalars" / "loss_qvalue.csv").is_file()
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")  # weights_only=True reads it
     assert checkpoint["counters"] == summary["counters"]
+
+    # the fine-tuned actor, exported, loads as a base does and holds the run's weights
+    exported, manifest = tmp_path / "fine-tuned.pt", tmp_path / "manifest.json"
+    export = subprocess.run(
+        [sys.executable, str(SCRIPT.parent / "export_policy.py"), str(run_dir / "checkpoint.pt"),
+         "--out", str(exported), "--episodes", "2", "--manifest", str(manifest)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert export.returncode == 0, export.stderr[-3000:]
+    policy = load_flow_policy(exported, task="Hopper-v5", observation_dim=11)
+    prefix = "actor_network_params.model.velocity_network."
+    weights = policy.actor.model.velocity_network.state_dict()
+    assert weights and set(weights) <= {key[len(prefix):] for key in checkpoint["loss"] if key.startswith(prefix)}
+    for name, value in weights.items():
+        torch.testing.assert_close(value, checkpoint["loss"][prefix + name], rtol=0, atol=0)
+    base_weights = load_flow_policy(base).actor.model.velocity_network.state_dict()
+    assert any(not torch.equal(value, base_weights[name]) for name, value in weights.items())
+    entry = json.loads(manifest.read_text())["fine_tuned"]["fine-tuned.pt"]
+    assert entry["task"] == "Hopper-v5" and entry["counters"] == summary["counters"]
+    assert entry == {"task": "Hopper-v5", **policy.metadata}
+    assert {mode: result["episodes"] for mode, result in entry["returns"]["fine_tuned"].items()} == {
+        "deterministic": 2, "stochastic": 2}
 
 
 def test_resume_reaches_the_same_counters(tmp_path, base):

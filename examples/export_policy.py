@@ -1,0 +1,85 @@
+"""Exports the policy of an ``examples/rldt_gym.py`` run as a flow-policy checkpoint, measured.
+
+The fine-tuned actor is written with :func:`torchrl_rldt.checkpoint.save_flow_policy`, so
+:func:`~torchrl_rldt.checkpoint.load_flow_policy` (and ``base_checkpoint=`` of every example) loads
+it as it loads a shipped base. Before writing, the base and the fine-tuned policy are evaluated on
+the same fresh episodes, in both sampling modes; the figures go into the checkpoint's metadata and
+under ``"fine_tuned"`` in the manifest beside the bases.
+
+    python examples/export_policy.py outputs/rldt_metaworld/<run>/checkpoint.pt \\
+        --out checkpoints/metaworld-assembly-v3-rldt.pt --episodes 100
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torchrl.envs import ExplorationType
+
+from torchrl_rldt.checkpoint import atomic_write_text, save_flow_policy
+from torchrl_rldt.harness import episode_returns
+
+import utils
+
+# evaluation envs of their own: neither a training nor a periodic-evaluation seed of the run
+EVAL_SEED_OFFSET = 30_000
+
+
+def run_command(checkpoint: Path) -> str | None:
+    """The command of the run that wrote ``checkpoint``, from its ``summary.json`` when it has one."""
+    summary = checkpoint.parent / "summary.json"
+    return json.loads(summary.read_text()).get("command") if summary.is_file() else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path, help="the run's checkpoint.pt")
+    parser.add_argument("--out", type=Path, required=True, help="the flow-policy file to write")
+    parser.add_argument("--episodes", type=int, default=100, help="per policy and sampling mode")
+    parser.add_argument("--manifest", type=Path, default=utils.repo_path("checkpoints/manifest.json"),
+                        help="where to record the export (its 'fine_tuned' entry); 'none' to skip")
+    args = parser.parse_args()
+    if args.episodes < 1:
+        raise SystemExit(f"--episodes must be >= 1, got {args.episodes}")
+    if args.out.suffix != ".pt":
+        raise SystemExit(f"--out must be a .pt file, got {args.out}")
+    torch.manual_seed(0)
+
+    device = torch.device("cpu")
+    cfg, base, fine_tuned, _, checkpoint = utils.load_rldt_run(args.checkpoint, device)
+    env = utils.make_policy_chunk_env(base, cfg, args.episodes, cfg.seed + EVAL_SEED_OFFSET, device)
+    modes = {"deterministic": ExplorationType.DETERMINISTIC, "stochastic": ExplorationType.RANDOM}
+    returns = {
+        name: {mode: episode_returns(env, policy.actor, max_env_steps=cfg.env.max_episode_steps,
+                                     chunk_len=policy.actor.model.chunk_len, exploration_type=exploration)
+               for mode, exploration in modes.items()}
+        for name, policy in (("base", base), ("fine_tuned", fine_tuned))
+    }
+    command = "python examples/export_policy.py " + " ".join(sys.argv[1:])
+    metadata = {
+        "method": "rldt",
+        "source": str(args.checkpoint),
+        "run_command": run_command(args.checkpoint),
+        "counters": checkpoint["counters"],
+        "returns": returns,
+        "command": command,
+    }
+    save_flow_policy(args.out, fine_tuned.actor, task=cfg.task, observation_stats=fine_tuned.observation_stats,
+                     action_stats=fine_tuned.action_stats, metadata=metadata)
+    if str(args.manifest) != "none":
+        manifest = json.loads(args.manifest.read_text()) if args.manifest.is_file() else {}
+        manifest.setdefault("fine_tuned", {})[args.out.name] = {"task": cfg.task, **metadata}
+        atomic_write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", args.manifest)
+
+    metric = "success rate" if utils.is_metaworld(cfg.task) else "return"
+    print(f"{cfg.task}: {metric} over {args.episodes} episodes, base -> fine-tuned")
+    for mode in modes:
+        print(f"  {mode:13s} {returns['base'][mode]['mean']:.3f} -> {returns['fine_tuned'][mode]['mean']:.3f}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
