@@ -22,7 +22,9 @@ from tensordict import TensorDict
 from torchrl.envs import ExplorationType
 
 from torchrl_rldt.data import load_offline_dataset
+from torchrl_rldt.checkpoint.training import load_checkpoint_buffer
 from torchrl_rldt.harness import episode_returns
+from torchrl_rldt.objectives.calibration import critic_calibration
 
 import utils
 
@@ -59,6 +61,57 @@ def flow_statistics(model, observation: torch.Tensor, samples: int, seed: int = 
     }
 
 
+@torch.no_grad()
+def buffer_calibration(path: Path, checkpoint: dict, cfg, loss) -> dict:
+    """The critic's Q at the stored chunk transitions against their episodes' discounted returns.
+
+    Returns the report and the stored states (a flat TensorDict of the critic's state inputs).
+    """
+    if cfg.critic.value_estimator != "td_lambda":
+        raise SystemExit("--buffer needs a run whose replay buffer stores each env's transitions in "
+                         "order (critic.value_estimator=td_lambda)")
+    replay_buffer = utils.make_replay_buffer(cfg.buffer.size, None, "cpu", slice_len=cfg.buffer.slice_len)
+    if not load_checkpoint_buffer(checkpoint, path, replay_buffer):
+        raise SystemExit(f"{path} was saved without its replay buffer (checkpoint.save_replay_buffer=false)")
+    storage = replay_buffer.storage
+    rows, capacity = len(storage) // storage.shape[1], storage.shape[0]
+    transitions = storage[:rows]  # [time, env]; once full, the oldest row is at the write cursor
+    if rows == capacity:
+        transitions = torch.cat([transitions[replay_buffer.write_count % capacity:],
+                                 transitions[: replay_buffer.write_count % capacity]])
+    transitions = transitions.transpose(0, 1)  # [env, time]
+    state = transitions.select(*loss._critic_state_keys())
+    q = loss._q_values(state, transitions["action"], loss.qvalue_network_params)  # [E, env, time]
+    reward, done = transitions["next", "reward"], transitions["next", "done"]
+    report = {}
+    for name, value in (("ensemble_mean", q.mean(0)), ("ensemble_min", q.min(0).values)):
+        report[name] = critic_calibration(value.unsqueeze(-1), reward, done, cfg.optim.gamma)
+    report["transitions"] = transitions.numel()
+    return report, transitions.reshape(-1).select(*loss._critic_state_keys())
+
+
+def rl_gradient_agreement(loss, states, batch_sizes=(128, 1024), pairs: int = 3) -> dict:
+    """The cosine between the transport term's parameter gradients on independent state batches.
+
+    Near 0: one batch's step is mostly noise, which Adam's moment estimates then average away.
+    """
+    params = [p for p in loss.actor_network_params.values(True, True) if p.requires_grad]
+    report = {}
+    for size in batch_sizes:
+        cosines, norms = [], []
+        for _ in range(pairs):
+            gradients = []
+            for _ in range(2):
+                batch = states[torch.randint(states.shape[0], (size,))]
+                gradient = torch.autograd.grad(loss.actor_loss(batch)["loss_rl"], params, allow_unused=True)
+                gradients.append(torch.cat([g.flatten() for g in gradient if g is not None]))
+            cosines.append(torch.nn.functional.cosine_similarity(*gradients, dim=0).item())
+            norms.append(gradients[0].norm().item())
+        report[str(size)] = {"cosine_mean": sum(cosines) / pairs, "cosines": cosines,
+                             "gradient_norm_mean": sum(norms) / pairs}
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
@@ -67,6 +120,11 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=16, help="x0 draws per state for the flow statistics")
     parser.add_argument("--states", type=int, default=1000, help="data states for the critic probe")
     parser.add_argument("--seed", type=int, default=12345, help="seed of the evaluation envs")
+    parser.add_argument("--buffer", action="store_true",
+                        help="also set the critic against the Monte-Carlo returns of the episodes in the "
+                             "replay buffer saved with the checkpoint (a run with "
+                             "checkpoint.save_replay_buffer=true and per-env storage: "
+                             "critic.value_estimator=td_lambda)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -117,10 +175,15 @@ def main() -> None:
         "reward_abs_mean": checkpoint["extra"].get("reward_abs_mean"),
         "gamma": cfg.optim.gamma,
     }
+    if args.buffer:
+        report["calibration"], states = buffer_calibration(args.checkpoint, checkpoint, cfg, loss)
+        report["rl_gradient_agreement"] = rl_gradient_agreement(loss, states)
     report["command"] = "python examples/rldt_diagnostics.py " + " ".join(sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({key: report[key] for key in ("returns", "flow", "critic")}, indent=1))
+    print(json.dumps({key: report[key] for key in ("returns", "flow", "critic", "calibration",
+                                                       "rl_gradient_agreement") if key in report},
+                     indent=1))
 
 
 if __name__ == "__main__":
