@@ -27,6 +27,7 @@ MODULES = [
     "torchrl_rldt.objectives.reinflow",
     "torchrl_rldt.objectives.fpo",
     "torchrl_rldt.objectives.flow_bc",
+    "torchrl_rldt.objectives.calibration",
     "torchrl_rldt.objectives.functional",
     "torchrl_rldt.objectives.rldt",
 ]
