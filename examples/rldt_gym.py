@@ -66,6 +66,7 @@ def main(cfg: DictConfig) -> None:
     run.restore_buffer(replay_buffer)
     run.evaluate_base(final_env, actor, chunk_len=chunk_len)
     saved_buffer = replay_buffer if cfg.checkpoint.save_replay_buffer else None
+    round_size = cfg.buffer.batch_size * cfg.schedule.critic_steps // cfg.schedule.target_action_reuse
 
     # --- training loop ------------------------------------------------------------------------
     remaining = cfg.collector.total_env_steps - counters["env_steps"]
@@ -91,8 +92,17 @@ def main(cfg: DictConfig) -> None:
                 reward_scale = run.extra.get("reward_abs_mean")
 
                 metrics = {}
+                # the actor is fixed during the critic steps: with target_action_reuse > 1 its
+                # samples at s' are drawn once on one round batch that the steps take windows of
+                round_batch = None
+                if cfg.schedule.target_action_reuse > 1:
+                    round_batch = loss.sample_target_actions(replay_buffer.sample(round_size))
                 for _ in range(cfg.schedule.critic_steps):
-                    sample = replay_buffer.sample(cfg.buffer.batch_size)
+                    if round_batch is None:
+                        sample = replay_buffer.sample(cfg.buffer.batch_size)
+                    else:
+                        start = int(torch.randint(round_size - cfg.buffer.batch_size + 1, ()))
+                        sample = round_batch[start:start + cfg.buffer.batch_size]
                     if reward_scale:
                         sample["next", "reward"] = sample["next", "reward"] / max(reward_scale, 1e-8)
                     critic_loss, critic_info = loss.qvalue_loss(sample)

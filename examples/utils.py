@@ -244,6 +244,17 @@ def check_rldt_config(cfg: DictConfig) -> None:
                           and clip[0] <= clip[1]),
          f"critic.target_clip must be null or [low, high] with low <= high, got {clip}")
     positive_int("buffer.slice_len")
+    positive_int("schedule.target_action_reuse")
+    reuse, steps = cfg.schedule.target_action_reuse, cfg.schedule.critic_steps
+    if all(isinstance(v, int) and v >= 1 for v in (reuse, steps)) and reuse > 1:
+        need(reuse <= steps and (steps * cfg.buffer.batch_size) % reuse == 0,
+             f"schedule.target_action_reuse ({reuse}) must divide schedule.critic_steps x "
+             f"buffer.batch_size ({steps} x {cfg.buffer.batch_size}) and be <= critic_steps")
+        if cfg.critic.value_estimator == "td_lambda" and isinstance(cfg.buffer.slice_len, int):
+            need((steps * cfg.buffer.batch_size // reuse) % cfg.buffer.slice_len == 0,
+                 f"the round batch (critic_steps x batch_size / target_action_reuse = "
+                 f"{steps * cfg.buffer.batch_size // reuse}) must be a multiple of buffer.slice_len "
+                 f"({cfg.buffer.slice_len}): TD(lambda) samples whole slices")
     if cfg.critic.value_estimator == "td_lambda" and isinstance(cfg.buffer.slice_len, int):
         for name in ("buffer.batch_size", "schedule.actor_batch_size"):
             value = check.get(name)

@@ -181,6 +181,30 @@ class TestRLDTLoss:
         truncated["next", "terminated"] = torch.zeros(6, 1, dtype=torch.bool)
         assert not torch.allclose(loss.qvalue_loss(truncated)[0], value)
 
+    def test_target_actions_drawn_once_give_the_target_drawn_in_the_step(self):
+        loss = make_loss()
+        batch = make_batch(6)
+        torch.manual_seed(5)
+        _, fresh = loss.qvalue_loss(batch.clone())
+        torch.manual_seed(5)
+        stored = loss.sample_target_actions(batch.clone())
+        assert stored["next", "target_action"].shape == (6, loss.num_target_samples, H, ACT)
+        _, reused = loss.qvalue_loss(stored)
+        torch.testing.assert_close(reused["target_value"], fresh["target_value"])
+        # the stored samples are what the target uses: the actor is not called again
+        with torch.no_grad():
+            for param in loss.actor_network_params.values(True, True):
+                param.add_(1.0)
+        _, again = loss.qvalue_loss(stored)
+        torch.testing.assert_close(again["target_value"], reused["target_value"])
+        assert not torch.allclose(loss.qvalue_loss(batch.clone())[1]["target_value"],
+                                  reused["target_value"])
+        # the key can be moved, as every key of the loss
+        loss.set_keys(target_action="next_action_samples")
+        renamed = batch.clone()
+        renamed["next", "next_action_samples"] = stored["next", "target_action"]
+        torch.testing.assert_close(loss.qvalue_loss(renamed)[1]["target_value"], reused["target_value"])
+
     def test_soft_update_and_reference_reanchoring(self):
         loss = make_loss()
         updater = SoftUpdate(loss, eps=0.5)

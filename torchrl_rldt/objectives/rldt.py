@@ -156,6 +156,9 @@ class RLDTLoss(LossModule):
                 Defaults to ``"td_error"``.
             priority_weight (NestedKey): importance weights of a prioritized replay buffer,
                 used by the reduction when present. Defaults to ``"priority_weight"``.
+            target_action (NestedKey): under ``"next"``, policy samples at ``s'``
+                ``[*B, M, H, A]`` for the TD target, written by :meth:`sample_target_actions`;
+                when absent the target draws fresh ones. Defaults to ``"target_action"``.
         """
 
         observation: NestedKey = "observation"
@@ -167,6 +170,7 @@ class RLDTLoss(LossModule):
         value: NestedKey = "state_value"
         priority: NestedKey = "td_error"
         priority_weight: NestedKey = "priority_weight"
+        target_action: NestedKey = "target_action"
 
     default_keys = _AcceptedKeys
     tensor_keys: _AcceptedKeys
@@ -414,15 +418,38 @@ class RLDTLoss(LossModule):
             return self.actor_network.model.sample(observation, return_chain=return_chain)
 
     # --- critic ------------------------------------------------------------------------------
+    def sample_target_actions(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """Draws the TD target's policy samples at every ``s'`` of ``tensordict``, once.
+
+        Writes ``("next", target_action)`` ``[*B, M, H, A]`` (``M = num_target_samples``) with the
+        current actor; :meth:`qvalue_loss` then uses them instead of drawing its own. Sampling is
+        most of a critic step's work, and the actor does not change between critic steps: the
+        reference draws these once per round of critic steps on one batch and reuses them. Draw
+        them on a batch that several critic steps take sub-batches of; draw again once the actor
+        has changed.
+
+        Args:
+            tensordict (TensorDictBase): a batch of transitions; modified in place and returned.
+        """
+        next_td = tensordict.get("next")
+        observation = next_td.get(self.tensor_keys.observation)
+        samples = self._sample(observation.expand(self.num_target_samples, *observation.shape))
+        tensordict.set(("next", self.tensor_keys.target_action), samples.movedim(0, -3))
+        return tensordict
+
     def _target_value(self, tensordict: TensorDictBase) -> torch.Tensor:
         next_td = tensordict.get("next")
-        samples = self.num_target_samples
+        stored = next_td.get(self.tensor_keys.target_action, None)
+        samples = self.num_target_samples if stored is None else stored.shape[-3]
         next_state = next_td.select(*self._critic_state_keys())
         next_state = next_state.expand(samples, *next_state.batch_size)
         next_observation = next_td.get(self.tensor_keys.observation)
         next_observation = next_observation.expand(samples, *next_observation.shape)
         with torch.no_grad():
-            next_action = self._sample(next_observation)  # [M, *B, H, A]
+            if stored is None:
+                next_action = self._sample(next_observation)  # [M, *B, H, A]
+            else:
+                next_action = stored.movedim(-3, 0)
             next_q = self._q_values(next_state, next_action, self.target_qvalue_network_params)
             next_value = next_q.min(0).values.mean(0)  # min over critics, mean over samples
             target_td = tensordict.select(
@@ -440,7 +467,8 @@ class RLDTLoss(LossModule):
         """The critic loss ``sum_e (Q_e(s, a) - y)^2`` and its TD error.
 
         Args:
-            tensordict (TensorDictBase): a batch of chunk transitions.
+            tensordict (TensorDictBase): a batch of chunk transitions, with the TD target's
+                policy samples of :meth:`sample_target_actions` or without (then drawn here).
 
         Returns:
             The reduced loss and a dict with ``"td_error"`` ``[*B]`` (max over the ensemble),
