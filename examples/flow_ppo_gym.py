@@ -99,7 +99,7 @@ def main(cfg: DictConfig) -> None:
                           device=device, storing_device=device)
     try:
         with run.loop(total_env_steps=cfg.collector.total_env_steps, description=f"{cfg.method} {cfg.task}"):
-            for batch in collector if counters["env_steps"] < cfg.collector.total_env_steps else ():
+            for batch in run.collected(collector) if counters["env_steps"] < cfg.collector.total_env_steps else ():
                 steps = int(batch["next", "chunk_steps"].sum())
                 counters["env_steps"] += steps
                 counters["iterations"] += 1
@@ -119,20 +119,21 @@ def main(cfg: DictConfig) -> None:
                 data = batch.reshape(-1)
                 train_actor = counters["iterations"] > cfg.ppo.critic_warmup_iterations
                 metrics = {}
-                for _ in range(cfg.ppo.epochs):
-                    for index in torch.randperm(data.numel(), device=device).split(cfg.ppo.minibatch_size):
-                        terms = loss(data[index])
-                        total = terms["loss_critic"] + (
-                            sum(value for key, value in terms.items() if key.startswith("loss_")
-                                and key != "loss_critic") if train_actor else 0.0)
-                        run.check_finite("the loss", total)
-                        actor_optim.zero_grad()
-                        critic_optim.zero_grad()
-                        total.backward()
-                        critic_optim.step()
-                        if train_actor:
-                            actor_optim.step()
-                        counters["updates"] += 1
+                with run.timed("update"):
+                    for _ in range(cfg.ppo.epochs):
+                        for index in torch.randperm(data.numel(), device=device).split(cfg.ppo.minibatch_size):
+                            terms = loss(data[index])
+                            total = terms["loss_critic"] + (
+                                sum(value for key, value in terms.items() if key.startswith("loss_")
+                                    and key != "loss_critic") if train_actor else 0.0)
+                            run.check_finite("the loss", total)
+                            actor_optim.zero_grad()
+                            critic_optim.zero_grad()
+                            total.backward()
+                            critic_optim.step()
+                            if train_actor:
+                                actor_optim.step()
+                            counters["updates"] += 1
                 metrics.update({key: value.item() for key, value in terms.items() if value.numel() == 1})
                 returns = run.evaluate_periodically(eval_env, actor, chunk_len=model.chunk_len)
                 if returns is not None:

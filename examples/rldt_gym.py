@@ -73,7 +73,7 @@ def main(cfg: DictConfig) -> None:
     collector = make_rldt_collector(train_env, actor, cfg, math.ceil(remaining / chunk_len))
     try:
         with run.loop(total_env_steps=cfg.collector.total_env_steps, description=f"RLDT {cfg.task}"):
-            for batch in collector:
+            for batch in run.collected(collector):
                 if counters["env_steps"] >= cfg.collector.total_env_steps:
                     break
                 steps = int(batch["next", "chunk_steps"].sum())
@@ -95,38 +95,40 @@ def main(cfg: DictConfig) -> None:
                 # the actor is fixed during the critic steps: with target_action_reuse > 1 its
                 # samples at s' are drawn once on one round batch that the steps take windows of
                 round_batch = None
-                if cfg.schedule.target_action_reuse > 1:
-                    round_batch = loss.sample_target_actions(replay_buffer.sample(round_size))
-                for _ in range(cfg.schedule.critic_steps):
-                    if round_batch is None:
-                        sample = replay_buffer.sample(cfg.buffer.batch_size)
-                    else:
-                        start = int(torch.randint(round_size - cfg.buffer.batch_size + 1, ()))
-                        sample = round_batch[start:start + cfg.buffer.batch_size]
-                    if reward_scale:
-                        sample["next", "reward"] = sample["next", "reward"] / max(reward_scale, 1e-8)
-                    critic_loss, critic_info = loss.qvalue_loss(sample)
-                    run.check_finite("the critic loss", critic_loss)
-                    critic_optim.zero_grad()
-                    critic_loss.backward()
-                    critic_optim.step()
-                    target_updater.step()
-                    counters["critic_updates"] += 1
-                    metrics["loss_qvalue"] = critic_loss.item()
-                    metrics["q_mean"] = critic_info["state_action_value"].mean().item()
+                with run.timed("critic"):
+                    if cfg.schedule.target_action_reuse > 1:
+                        round_batch = loss.sample_target_actions(replay_buffer.sample(round_size))
+                    for _ in range(cfg.schedule.critic_steps):
+                        if round_batch is None:
+                            sample = replay_buffer.sample(cfg.buffer.batch_size)
+                        else:
+                            start = int(torch.randint(round_size - cfg.buffer.batch_size + 1, ()))
+                            sample = round_batch[start:start + cfg.buffer.batch_size]
+                        if reward_scale:
+                            sample["next", "reward"] = sample["next", "reward"] / max(reward_scale, 1e-8)
+                        critic_loss, critic_info = loss.qvalue_loss(sample)
+                        run.check_finite("the critic loss", critic_loss)
+                        critic_optim.zero_grad()
+                        critic_loss.backward()
+                        critic_optim.step()
+                        target_updater.step()
+                        counters["critic_updates"] += 1
+                        metrics["loss_qvalue"] = critic_loss.item()
+                        metrics["q_mean"] = critic_info["state_action_value"].mean().item()
                 after_warmup = counters["batches"] - cfg.schedule.critic_warmup_batches
                 if after_warmup > 0 and after_warmup % cfg.schedule.actor_every_batches == 0:
-                    for _ in range(cfg.schedule.actor_steps):
-                        # with reference="previous" the loss re-anchors its reference policy itself
-                        terms = loss.actor_loss(replay_buffer.sample(cfg.schedule.actor_batch_size))
-                        actor_loss = sum(terms[key] for key in RLDTLoss.POLICY_TERMS)
-                        run.check_finite("the actor loss", actor_loss)
-                        actor_optim.zero_grad()
-                        actor_loss.backward()
-                        actor_optim.step()
-                        actor_warmup.step()
-                        counters["actor_updates"] += 1
-                        metrics.update({key: value.item() for key, value in terms.items()})
+                    with run.timed("actor"):
+                        for _ in range(cfg.schedule.actor_steps):
+                            # with reference="previous" the loss re-anchors its reference policy itself
+                            terms = loss.actor_loss(replay_buffer.sample(cfg.schedule.actor_batch_size))
+                            actor_loss = sum(terms[key] for key in RLDTLoss.POLICY_TERMS)
+                            run.check_finite("the actor loss", actor_loss)
+                            actor_optim.zero_grad()
+                            actor_loss.backward()
+                            actor_optim.step()
+                            actor_warmup.step()
+                            counters["actor_updates"] += 1
+                            metrics.update({key: value.item() for key, value in terms.items()})
 
                 metrics["env_steps_per_second"] = counters["env_steps"] / max(run.wall_seconds, 1e-9)
                 returns = run.evaluate_periodically(eval_env, actor, chunk_len=chunk_len)

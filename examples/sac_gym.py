@@ -99,7 +99,7 @@ def main(cfg: DictConfig) -> None:
     next_checkpoint = (counters["env_steps"] // cfg.checkpoint.every_env_steps + 1) * cfg.checkpoint.every_env_steps
     try:
         with run.loop(total_env_steps=cfg.collector.total_env_steps, description=f"SAC {cfg.task}"):
-            for batch in collector if counters["env_steps"] < cfg.collector.total_env_steps else ():
+            for batch in run.collected(collector) if counters["env_steps"] < cfg.collector.total_env_steps else ():
                 run.check_finite("the collected reward", batch["next", "reward"])
                 steps = int(batch["next", "chunk_steps"].sum())
                 counters["env_steps"] += steps
@@ -107,9 +107,10 @@ def main(cfg: DictConfig) -> None:
                 replay_buffer.extend(batch.reshape(-1))
                 metrics = {}
                 if counters["frames"] >= random_frames:
-                    for _ in range(max(1, round(batch.numel() * cfg.sac.utd_ratio))):
-                        terms = sac_update(loss, optimizers, target_updater, replay_buffer.sample())
-                        counters["updates"] += 1
+                    with run.timed("update"):
+                        for _ in range(max(1, round(batch.numel() * cfg.sac.utd_ratio))):
+                            terms = sac_update(loss, optimizers, target_updater, replay_buffer.sample())
+                            counters["updates"] += 1
                     metrics.update({key: value.item() for key, value in terms.items() if value.numel() == 1})
                 returns = run.evaluate_periodically(eval_env, actor, chunk_len=chunk_len)
                 if returns is not None:

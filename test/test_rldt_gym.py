@@ -69,6 +69,11 @@ def test_smoke_writes_everything(tmp_path, base):
     assert summary["history"][-1] == {**summary["final"], "env_steps": summary["counters"]["env_steps"],
                                       "wall_seconds": summary["history"][-1]["wall_seconds"]}
     assert "fine-tuned" in result.stderr + result.stdout
+    # where the loop's time went: every phase measured, and they add up to its wall-clock
+    phases = summary["phase_seconds"]
+    assert set(phases) == {"collection", "critic", "actor", "evaluation", "other"}
+    assert all(phases[phase] > 0 for phase in ("collection", "critic", "actor", "evaluation"))
+    assert sum(phases.values()) >= summary["history"][-1]["wall_seconds"] - 0.5
     assert (run_dir / "learning_curve.png").stat().st_size > 0
     assert (run_dir / "rldt_gym" / "scalars" / "loss_qvalue.csv").is_file()
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")  # weights_only=True reads it

@@ -510,6 +510,41 @@ class TrainingRun:
             signal.signal(signal.SIGINT, previous_handler)
             self._progress.close()
 
+    @contextlib.contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Adds the wall-clock seconds of the block to ``phase`` (kept across resumes).
+
+        The totals, and the share of the loop's wall-clock that no phase claims, go into
+        ``summary.json`` (``phase_seconds``): where a run spends its time.
+
+        Args:
+            phase (str): e.g. ``"critic"``, ``"actor"``; :meth:`evaluate` counts as
+                ``"evaluation"`` and :meth:`collected` as ``"collection"``.
+        """
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self._start is not None:  # the loop's clock runs (not e.g. the base's evaluation)
+                seconds = self.extra.setdefault("phase_seconds", {})
+                seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - start
+
+    def collected(self, collector: Any) -> Iterator[Any]:
+        """Iterates over ``collector``'s batches, timing each as the ``"collection"`` phase."""
+        iterator = iter(collector)
+        while True:
+            with self.timed("collection"):
+                batch = next(iterator, None)
+            if batch is None:
+                return
+            yield batch
+
+    def phase_seconds(self) -> dict[str, float]:
+        """Seconds per phase of :meth:`timed`, and ``"other"``: the rest of the loop's wall-clock."""
+        seconds = dict(self.extra.get("phase_seconds", {}))
+        seconds["other"] = max(self.wall_seconds - sum(seconds.values()), 0.0)
+        return {phase: round(value, 1) for phase, value in seconds.items()}
+
     def check_finite(self, name: str, value: torch.Tensor) -> None:
         """Raises :class:`NonFiniteError` naming ``name`` unless ``value`` is all finite."""
         if not torch.isfinite(value).all():
@@ -536,8 +571,9 @@ class TrainingRun:
         """
         exploration = (ExplorationType.RANDOM if self.evaluation_mode == "random"
                        else ExplorationType.DETERMINISTIC)
-        returns = episode_returns(env, policy, max_env_steps=self.config.env.max_episode_steps,
-                                  chunk_len=chunk_len, exploration_type=exploration)
+        with self.timed("evaluation"):
+            returns = episode_returns(env, policy, max_env_steps=self.config.env.max_episode_steps,
+                                      chunk_len=chunk_len, exploration_type=exploration)
         self.history.append({"env_steps": self.counters["env_steps"],
                              "wall_seconds": self.wall_seconds, **returns})
         return returns
@@ -627,7 +663,7 @@ class TrainingRun:
         report = {
             "task": self.config.task, "seed": self.config.seed, **(summary or {}),
             "counters": self.counters, "base": base, "final": final, "history": self.history,
-            "command": self.command,
+            "phase_seconds": self.phase_seconds(), "command": self.command,
         }
         atomic_write_text(json.dumps(report, indent=2) + "\n", self.run_dir / "summary.json")
         self._plot(title)
