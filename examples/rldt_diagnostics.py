@@ -90,6 +90,24 @@ def buffer_calibration(path: Path, checkpoint: dict, cfg, loss) -> dict:
     return report, transitions.reshape(-1).select(*loss._critic_state_keys())
 
 
+@torch.no_grad()
+def q_action_dependence(loss, states, num_states: int = 1000, samples: int = 16) -> dict:
+    """How much the critic's value changes with the action at a state, against across states.
+
+    ``q_std_across_actions``: the standard deviation of the ensemble-mean Q over ``samples``
+    policy actions at one state, averaged over states; ``q_std_across_states``: that of the
+    per-state mean. RLDT follows the action-gradient, so a small first figure means a weak signal.
+    """
+    states = states[torch.randperm(states.shape[0])[:num_states]]
+    observation = states.get(loss.tensor_keys.observation)
+    actions = loss._sample(observation.expand(samples, *observation.shape))  # [S, B, H, A]
+    q = loss._q_values(states.expand(samples, *states.batch_size), actions,
+                       loss.qvalue_network_params).mean(0)  # [S, B]
+    return {"states": states.shape[0], "samples": samples,
+            "q_std_across_actions": q.std(0).mean().item(),
+            "q_std_across_states": q.mean(0).std().item()}
+
+
 def rl_gradient_agreement(loss, states, batch_sizes=(128, 1024), pairs: int = 3) -> dict:
     """The cosine between the transport term's parameter gradients on independent state batches.
 
@@ -178,11 +196,12 @@ def main() -> None:
     if args.buffer:
         report["calibration"], states = buffer_calibration(args.checkpoint, checkpoint, cfg, loss)
         report["rl_gradient_agreement"] = rl_gradient_agreement(loss, states)
+        report["q_action_dependence"] = q_action_dependence(loss, states)
     report["command"] = "python examples/rldt_diagnostics.py " + " ".join(sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({key: report[key] for key in ("returns", "flow", "critic", "calibration",
-                                                       "rl_gradient_agreement") if key in report},
+                                                       "rl_gradient_agreement", "q_action_dependence") if key in report},
                      indent=1))
 
 
