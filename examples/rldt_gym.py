@@ -67,6 +67,8 @@ def main(cfg: DictConfig) -> None:
     run.evaluate_base(final_env, actor, chunk_len=chunk_len)
     saved_buffer = replay_buffer if cfg.checkpoint.save_replay_buffer else None
     round_size = cfg.buffer.batch_size * cfg.schedule.critic_steps // cfg.schedule.target_action_reuse
+    # the learner's forward passes in bfloat16 (its backward follows); weights and optimisers stay fp32
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.learner_precision == "bf16")
 
     # --- training loop ------------------------------------------------------------------------
     remaining = cfg.collector.total_env_steps - counters["env_steps"]
@@ -97,7 +99,8 @@ def main(cfg: DictConfig) -> None:
                 round_batch = None
                 with run.timed("critic"):
                     if cfg.schedule.target_action_reuse > 1:
-                        round_batch = loss.sample_target_actions(replay_buffer.sample(round_size))
+                        with autocast:
+                            round_batch = loss.sample_target_actions(replay_buffer.sample(round_size))
                     for _ in range(cfg.schedule.critic_steps):
                         if round_batch is None:
                             sample = replay_buffer.sample(cfg.buffer.batch_size)
@@ -106,7 +109,8 @@ def main(cfg: DictConfig) -> None:
                             sample = round_batch[start:start + cfg.buffer.batch_size]
                         if reward_scale:
                             sample["next", "reward"] = sample["next", "reward"] / max(reward_scale, 1e-8)
-                        critic_loss, critic_info = loss.qvalue_loss(sample)
+                        with autocast:
+                            critic_loss, critic_info = loss.qvalue_loss(sample)
                         run.check_finite("the critic loss", critic_loss)
                         critic_optim.zero_grad()
                         critic_loss.backward()
@@ -120,7 +124,8 @@ def main(cfg: DictConfig) -> None:
                     with run.timed("actor"):
                         for _ in range(cfg.schedule.actor_steps):
                             # with reference="previous" the loss re-anchors its reference policy itself
-                            terms = loss.actor_loss(replay_buffer.sample(cfg.schedule.actor_batch_size))
+                            with autocast:
+                                terms = loss.actor_loss(replay_buffer.sample(cfg.schedule.actor_batch_size))
                             actor_loss = sum(terms[key] for key in RLDTLoss.POLICY_TERMS)
                             run.check_finite("the actor loss", actor_loss)
                             actor_optim.zero_grad()

@@ -245,6 +245,7 @@ def check_rldt_config(cfg: DictConfig) -> None:
          f"critic.target_clip must be null or [low, high] with low <= high, got {clip}")
     positive_int("buffer.slice_len")
     positive_int("schedule.target_action_reuse")
+    check.one_of("learner_precision", ("fp32", "bf16"))
     reuse, steps = cfg.schedule.target_action_reuse, cfg.schedule.critic_steps
     if all(isinstance(v, int) and v >= 1 for v in (reuse, steps)) and reuse > 1:
         need(reuse <= steps and (steps * cfg.buffer.batch_size) % reuse == 0,

@@ -153,6 +153,7 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_cleanly(tmp_path, base):
          "schedule.actor_batch_size (8) must be a multiple of buffer.slice_len (3)"),
         (["critic.value_estimator=td3"], "critic.value_estimator must be one of td0, td_lambda"),
         (["schedule.target_action_reuse=3"], "schedule.target_action_reuse (3) must divide"),
+        (["learner_precision=fp16"], "learner_precision must be one of fp32, bf16"),
     ],
 )
 def test_bad_input_is_refused_before_any_work(tmp_path, base, overrides, message):
@@ -193,7 +194,7 @@ def test_metaworld_sparse_config_trains_with_td_lambda_on_trajectory_slices(tmp_
          f"hydra.run.dir={run_dir}", *TINY, "env.max_episode_steps=40",
          "collector.total_env_steps=400", "buffer.slice_len=4", "checkpoint.save_replay_buffer=true",
          # target samples drawn once per round batch of 4 x 32 / 2 = 64 transitions (16 slices)
-         "schedule.critic_steps=4", "schedule.target_action_reuse=2"],
+         "schedule.critic_steps=4", "schedule.target_action_reuse=2", "learner_precision=bf16"],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
