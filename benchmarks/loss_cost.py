@@ -12,9 +12,17 @@ and Hopper-v5's sizes (11-D observation, 3-D action, chunks of H = 4; SAC acts o
   6272 states for both the actor and the critic step;
 - ``default``: our CPU default, 256 states per mini-batch.
 
-Steps of the two methods are interleaved and the median kept, so that a load on the machine
-hits both alike; the load average is recorded beside the figures. Writes
-``benchmarks/results/loss_cost.json`` and ``benchmarks/results/loss_cost.md``.
+RLDT's steps are also measured in the learner's two cheaper forms (``examples/rldt_gym.py``):
+``bf16`` (forward passes under bfloat16 autocast, ``learner_precision=bf16``) and, for the critic,
+``reuse R`` (the TD target's policy samples drawn once for a round of ``critic_steps`` steps on
+windows of one batch, ``schedule.target_action_reuse=R``; the round's cost divided by its steps).
+
+Each step's floating-point work is counted once with ``torch.utils.flop_counter`` and divided by
+its median time: the achieved GFLOP/s, set against this machine's GEMM peak measured in the same
+run (a ``[2048, 512] x [512, 512]`` matmul at the same thread count, fp32 and bf16). Steps are
+interleaved and the median kept, so that a load on the machine hits all alike; the load average is
+recorded beside the figures. Writes ``benchmarks/results/loss_cost.json`` and
+``benchmarks/results/loss_cost.md``.
 
     python benchmarks/loss_cost.py
     python benchmarks/loss_cost.py --sizes default --repeats 5 --profile
@@ -26,6 +34,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -33,6 +42,8 @@ import torch
 from tensordict import TensorDict
 from tensordict.nn import NormalParamExtractor, TensorDictModule
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 from torchrl.data import Bounded
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import SACLoss, SoftUpdate
@@ -44,6 +55,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 OBSERVATION_DIM, ACTION_DIM, CHUNK_LEN = 11, 3, 4
 SIZES = {"reference": 6272, "default": 256}
 CRITIC_WIDTH, CRITIC_LAYERS = 256, 3
+CRITIC_STEPS = 16  # critic steps per collector batch in examples/rldt_gym.py, one round
 
 
 def make_batch(batch_size: int) -> TensorDict:
@@ -71,7 +83,7 @@ def make_critic() -> ValueOperator:
     )
 
 
-def make_rldt() -> tuple[RLDTLoss, dict]:
+def make_rldt(reuse: int) -> tuple[RLDTLoss, dict]:
     actor = FlowActor(FlowModel(
         VelocityMLP(OBSERVATION_DIM, ACTION_DIM, chunk_len=CHUNK_LEN), ACTION_DIM, num_steps=8,
         chunk_len=CHUNK_LEN, low=-1.0, high=1.0,
@@ -96,7 +108,28 @@ def make_rldt() -> tuple[RLDTLoss, dict]:
         critic_optim.step()
         updater.step()
 
-    return loss, {"actor": actor_step, "critic": critic_step}
+    bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
+
+    def in_bf16(step):
+        def run(batch):
+            with bf16:
+                step(batch)
+        return run
+
+    def reused_critic_round(batch):
+        """One round: target samples for CRITIC_STEPS / reuse batches, then CRITIC_STEPS steps."""
+        size = batch.shape[0]
+        round_batch = loss.sample_target_actions(batch.expand(CRITIC_STEPS // reuse, size).reshape(-1).clone())
+        for step in range(CRITIC_STEPS):
+            start = (step * size) % round_batch.shape[0]
+            critic_step(round_batch[start:start + size])
+
+    return loss, {
+        "actor": actor_step, "critic": critic_step,
+        "actor_bf16": in_bf16(actor_step), "critic_bf16": in_bf16(critic_step),
+        f"critic_reuse{reuse}": reused_critic_round,
+        f"critic_reuse{reuse}_bf16": in_bf16(reused_critic_round),
+    }
 
 
 def make_sac() -> tuple[SACLoss, dict]:
@@ -148,30 +181,79 @@ def flat_chunks(batch: TensorDict) -> TensorDict:
     return batch
 
 
-def measure(size_name: str, batch_size: int, repeats: int, warmup: int) -> dict:
+def gemm_peak(dtype: torch.dtype, repeats: int) -> float:
+    """GFLOP/s of a ``[2048, 512] x [512, 512]`` matmul in ``dtype`` (median of ``repeats``)."""
+    a, b = torch.randn(2048, 512, dtype=dtype), torch.randn(512, 512, dtype=dtype)
+    times = []
+    for _ in range(repeats + 2):
+        start = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        times.append((time.perf_counter() - start) / 10)
+    return 2 * 2048 * 512 * 512 / statistics.median(times[2:]) / 1e9
+
+
+class FlopCount(TorchDispatchMode):
+    """Adds up the operations of every op that ``torch.utils.flop_counter`` has a formula for
+    (matmuls, convolutions, attention). ``FlopCounterMode`` itself tracks modules with backward
+    hooks, which ``torch.autograd.grad`` inside RLDT's actor step does not support."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.flops += formula(*args, **kwargs, out_val=out)
+        return out
+
+
+def count_flops(step, batch) -> int:
+    """Floating-point operations of one call of ``step`` (see :class:`FlopCount`)."""
+    with FlopCount() as counter:
+        step(batch)
+    return counter.flops
+
+
+def measure(size_name: str, batch_size: int, repeats: int, warmup: int, reuse: int,
+            peaks: dict[str, float]) -> dict:
     torch.manual_seed(0)
     batch = make_batch(batch_size)
-    methods = {"rldt": (make_rldt()[1], batch), "sac": (make_sac()[1], flat_chunks(batch))}
-    times = {(method, part): [] for method in methods for part in ("actor", "critic")}
+    rldt_steps, sac_steps = make_rldt(reuse)[1], make_sac()[1]
+    steps = {f"rldt_{name}": (step, batch) for name, step in rldt_steps.items()}
+    steps.update({f"sac_{name}": (step, flat_chunks(batch)) for name, step in sac_steps.items()})
+    times = {name: [] for name in steps}
     for repeat in range(warmup + repeats):
-        for (method, part), record in times.items():
-            steps, method_batch = methods[method]
+        for name, (step, step_batch) in steps.items():
             start = time.perf_counter()
-            steps[part](method_batch)
+            step(step_batch)
             elapsed = time.perf_counter() - start
             if repeat >= warmup:
-                record.append(elapsed)
-    result = {"batch_size": batch_size}
-    for (method, part), record in times.items():
-        result[f"{method}_{part}_ms"] = 1e3 * statistics.median(record)
+                times[name].append(elapsed)
+    result = {"batch_size": batch_size, "steps": {}}
+    for name, (step, step_batch) in steps.items():
+        seconds = statistics.median(times[name])
+        flops = count_flops(step, step_batch)
+        # a reused-target round is CRITIC_STEPS critic steps: report per step
+        per_round = CRITIC_STEPS if "reuse" in name else 1
+        peak = peaks["bf16"] if name.endswith("bf16") else peaks["fp32"]
+        result["steps"][name] = {
+            "ms": 1e3 * seconds / per_round,
+            "gflop": flops / per_round / 1e9,
+            "gflops_per_second": flops / seconds / 1e9,
+            "fraction_of_peak": flops / seconds / 1e9 / peak,
+        }
     for part in ("actor", "critic"):
-        result[f"{part}_ratio"] = result[f"rldt_{part}_ms"] / result[f"sac_{part}_ms"]
+        result[f"{part}_ratio"] = result["steps"][f"rldt_{part}"]["ms"] / result["steps"][f"sac_{part}"]["ms"]
     return result
 
 
 def profile_actor_step(batch_size: int, path: Path) -> str:
     torch.manual_seed(0)
-    steps = make_rldt()[1]
+    steps = make_rldt(reuse=1)[1]
     batch = make_batch(batch_size)
     steps["actor"](batch)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -188,43 +270,50 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--reuse", type=int, default=4, help="target_action_reuse of the reused-critic row")
     parser.add_argument("--profile", action="store_true", help="profile RLDT's actor step (default size)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.reuse < 1 or CRITIC_STEPS % args.reuse:
+        raise SystemExit(f"--reuse must divide the {CRITIC_STEPS} critic steps of a round, got {args.reuse}")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
 
     load_before = os.getloadavg()
-    rows = {name: measure(name, SIZES[name], args.repeats, args.warmup) for name in args.sizes}
+    peaks = {"fp32": gemm_peak(torch.float32, args.repeats), "bf16": gemm_peak(torch.bfloat16, args.repeats)}
+    rows = {name: measure(name, SIZES[name], args.repeats, args.warmup, args.reuse, peaks)
+            for name in args.sizes}
+    peaks_after = {"fp32": gemm_peak(torch.float32, args.repeats), "bf16": gemm_peak(torch.bfloat16, args.repeats)}
     report = {
         "rows": rows,
+        "gemm_peak_gflops": {"before": peaks, "after": peaks_after},
         "setup": {
             "observation_dim": OBSERVATION_DIM, "action_dim": ACTION_DIM, "chunk_len": CHUNK_LEN,
             "rldt_actor": "VelocityMLP 3 x 512, N = 8, K = 8", "sac_actor": "TanhNormal MLP 3 x 256",
             "critic": f"2 x MLP {CRITIC_LAYERS} x {CRITIC_WIDTH} SiLU",
             "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
+            "critic_steps_per_round": CRITIC_STEPS, "target_action_reuse": args.reuse,
         },
         "machine": {
             "cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
             "load_average_before": load_before, "load_average_after": os.getloadavg(),
             "torch": torch.__version__,
         },
-        "command": "python benchmarks/loss_cost.py",
+        "command": "python benchmarks/loss_cost.py " + " ".join(sys.argv[1:]),
     }
     (args.out / "loss_cost.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [
-        "| size | batch | RLDT actor ms | SAC actor ms | actor ratio | RLDT critic ms | SAC critic ms | critic ratio |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    lines = ["| size | batch | step | ms | GFLOP | GFLOP/s | of the GEMM peak |", "|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
-        lines.append(
-            f"| {name} | {row['batch_size']} | {row['rldt_actor_ms']:.1f} | {row['sac_actor_ms']:.1f} "
-            f"| {row['actor_ratio']:.1f} | {row['rldt_critic_ms']:.1f} | {row['sac_critic_ms']:.1f} "
-            f"| {row['critic_ratio']:.1f} |"
-        )
+        for step, figures in row["steps"].items():
+            lines.append(f"| {name} | {row['batch_size']} | {step} | {figures['ms']:.1f} | {figures['gflop']:.2f} "
+                         f"| {figures['gflops_per_second']:.1f} | {figures['fraction_of_peak']:.0%} |")
     lines.append("")
-    lines.append(f"{args.threads} torch threads, median of {args.repeats} steps; load average "
-                 f"{load_before[0]:.1f} before, {report['machine']['load_average_after'][0]:.1f} after.")
+    lines.append(
+        f"{args.threads} torch thread(s), median of {args.repeats} steps; GEMM peak (fp32 / bf16) "
+        f"{peaks['fp32']:.0f} / {peaks['bf16']:.0f} GFLOP/s before, {peaks_after['fp32']:.0f} / "
+        f"{peaks_after['bf16']:.0f} after; load average {load_before[0]:.1f} before, "
+        f"{report['machine']['load_average_after'][0]:.1f} after. `critic_reuse{args.reuse}`: per critic "
+        f"step of a round of {CRITIC_STEPS} with the target samples drawn once for {CRITIC_STEPS // args.reuse} batches.")
     (args.out / "loss_cost.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if args.profile:
