@@ -84,6 +84,9 @@ def main(cfg: DictConfig) -> None:
                 counters["env_steps"] += steps
                 counters["chunks"] += batch.numel()
                 counters["batches"] += 1
+                if cfg.critic.bootstrap:  # each env's trajectories train one ensemble member
+                    member = torch.arange(batch.shape[0], device=batch.device) % cfg.critic.num_qvalue_nets
+                    batch["critic_member"] = member.unsqueeze(-1).expand(batch.shape)
                 replay_buffer.extend(batch if slices else batch.reshape(-1))
                 # rewards are divided by an EMA of mean |r| (the reference's reward scale)
                 if cfg.optim.reward_scale_rate is not None:

@@ -246,6 +246,12 @@ def check_rldt_config(cfg: DictConfig) -> None:
     positive_int("buffer.slice_len")
     positive_int("schedule.target_action_reuse")
     check.one_of("learner_precision", ("fp32", "bf16"))
+    check.one_of("critic.bootstrap", (False, True))
+    if cfg.critic.bootstrap and isinstance(cfg.critic.num_qvalue_nets, int):
+        need(cfg.env.num_envs >= cfg.critic.num_qvalue_nets,
+             f"critic.bootstrap gives each ensemble member the trajectories of its own envs: "
+             f"env.num_envs ({cfg.env.num_envs}) must be >= critic.num_qvalue_nets "
+             f"({cfg.critic.num_qvalue_nets})")
     reuse, steps = cfg.schedule.target_action_reuse, cfg.schedule.critic_steps
     if all(isinstance(v, int) and v >= 1 for v in (reuse, steps)) and reuse > 1:
         need(reuse <= steps and (steps * cfg.buffer.batch_size) % reuse == 0,

@@ -194,13 +194,20 @@ def test_metaworld_sparse_config_trains_with_td_lambda_on_trajectory_slices(tmp_
          f"hydra.run.dir={run_dir}", *TINY, "env.max_episode_steps=40",
          "collector.total_env_steps=400", "buffer.slice_len=4", "checkpoint.save_replay_buffer=true",
          # target samples drawn once per round batch of 4 x 32 / 2 = 64 transitions (16 slices)
-         "schedule.critic_steps=4", "schedule.target_action_reuse=2", "learner_precision=bf16"],
+         "schedule.critic_steps=4", "schedule.target_action_reuse=2", "learner_precision=bf16",
+         "critic.bootstrap=true"],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["counters"]["actor_updates"] > 0
     assert summary["counters"]["critic_updates"] == 4 * summary["counters"]["batches"]
+    # critic.bootstrap: every stored transition names the member of its env (env i -> i mod 2)
+    from tensordict import TensorDict
+
+    stored = TensorDict.load_memmap(next(run_dir.glob("checkpoint.pt.buffer-*")) / "storage")
+    member = stored["critic_member"][: summary["counters"]["chunks"] // 4]  # [time, env]: 4 envs
+    assert torch.equal(member, (torch.arange(member.shape[-1]) % 2).expand_as(member))
     # stochastic evaluation of a success reward: returns are success rates in [0, 1]
     assert all(0.0 <= point["mean"] <= 1.0 for point in summary["history"])
     assert "random return" in result.stderr + result.stdout

@@ -205,6 +205,25 @@ class TestRLDTLoss:
         renamed["next", "next_action_samples"] = stored["next", "target_action"]
         torch.testing.assert_close(loss.qvalue_loss(renamed)[1]["target_value"], reused["target_value"])
 
+    def test_bootstrap_members_train_on_their_own_transitions(self):
+        loss = make_loss()
+        batch = make_batch(6)
+        torch.manual_seed(2)
+        value, info = loss.qvalue_loss(batch.clone())
+        squared = (info["state_action_value"] - info["target_value"]).pow(2)  # [E, B]
+        torch.testing.assert_close(value, squared.sum(0).mean())
+        member = torch.tensor([0, 1, 0, 1, 1, 1])
+        torch.manual_seed(2)
+        split, _ = loss.qvalue_loss(batch.clone().set("critic_member", member))
+        expected = 2 * (squared[0] * (member == 0) + squared[1] * (member == 1)).mean()
+        torch.testing.assert_close(split, expected)
+        # a member named by no transition gets no gradient
+        torch.manual_seed(2)
+        only_first, _ = loss.qvalue_loss(batch.clone().set("critic_member", torch.zeros(6, dtype=torch.long)))
+        only_first.backward()
+        gradients = [p.grad for p in loss.qvalue_network_params.values(True, True) if p.grad is not None]
+        assert gradients and all(g[1].abs().sum() == 0 and g[0].abs().sum() > 0 for g in gradients)
+
     def test_soft_update_and_reference_reanchoring(self):
         loss = make_loss()
         updater = SoftUpdate(loss, eps=0.5)

@@ -156,6 +156,10 @@ class RLDTLoss(LossModule):
                 Defaults to ``"td_error"``.
             priority_weight (NestedKey): importance weights of a prioritized replay buffer,
                 used by the reduction when present. Defaults to ``"priority_weight"``.
+            critic_member (NestedKey): optional, an integer ``[*B]`` naming the one ensemble
+                member that trains on each transition (a bootstrap: members trained on disjoint
+                trajectories, as the reference splits them); absent, every member trains on
+                every transition. Defaults to ``"critic_member"``.
             target_action (NestedKey): under ``"next"``, policy samples at ``s'``
                 ``[*B, M, H, A]`` for the TD target, written by :meth:`sample_target_actions`;
                 when absent the target draws fresh ones. Defaults to ``"target_action"``.
@@ -170,6 +174,7 @@ class RLDTLoss(LossModule):
         value: NestedKey = "state_value"
         priority: NestedKey = "td_error"
         priority_weight: NestedKey = "priority_weight"
+        critic_member: NestedKey = "critic_member"
         target_action: NestedKey = "target_action"
 
     default_keys = _AcceptedKeys
@@ -466,6 +471,8 @@ class RLDTLoss(LossModule):
     def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict]:
         """The critic loss ``sum_e (Q_e(s, a) - y)^2`` and its TD error.
 
+        With a ``critic_member`` entry, member ``e`` trains only on the transitions naming it.
+
         Args:
             tensordict (TensorDictBase): a batch of chunk transitions, with the TD target's
                 policy samples of :meth:`sample_target_actions` or without (then drawn here).
@@ -483,9 +490,14 @@ class RLDTLoss(LossModule):
             tensordict.get(self.tensor_keys.action),
             self.qvalue_network_params,
         )
-        loss = distance_loss(
-            predicted, target.expand_as(predicted), loss_function=self.loss_function
-        ).sum(0)
+        loss = distance_loss(predicted, target.expand_as(predicted), loss_function=self.loss_function)
+        member = tensordict.get(self.tensor_keys.critic_member, None)
+        if member is not None:
+            # each transition trains its own member; x E keeps each member's mean at full weight
+            members = torch.arange(self.num_qvalue_nets, device=member.device)
+            mask = member.reshape(1, *loss.shape[1:]) == members.reshape(-1, *[1] * member.ndim)
+            loss = loss * mask * self.num_qvalue_nets
+        loss = loss.sum(0)
         td_error = (predicted - target).abs().max(0).values.detach()
         weights = self._maybe_get_priority_weight(tensordict)
         metadata = {"td_error": td_error, "state_action_value": predicted.detach(),
