@@ -88,12 +88,17 @@ def main(cfg: DictConfig) -> None:
                     member = torch.arange(batch.shape[0], device=batch.device) % cfg.critic.num_qvalue_nets
                     batch["critic_member"] = member.unsqueeze(-1).expand(batch.shape)
                 replay_buffer.extend(batch if slices else batch.reshape(-1))
-                # rewards are divided by an EMA of mean |r| (the reference's reward scale)
+                # rewards are divided by an EMA of mean |r| (the reference's reward scale), updated
+                # with the mean over the batches since its last update
                 if cfg.optim.reward_scale_rate is not None:
-                    batch_abs, rate = reward.abs().mean().item(), cfg.optim.reward_scale_rate
+                    pending = run.extra.setdefault("reward_abs_pending", [])  # batch means
+                    pending.append(reward.abs().mean().item())
                     previous = run.extra.get("reward_abs_mean")
-                    run.extra["reward_abs_mean"] = batch_abs if previous is None else (
-                        (1 - rate) * previous + rate * batch_abs)
+                    if previous is None or counters["batches"] % cfg.optim.reward_scale_every_batches == 0:
+                        batch_abs, rate = sum(pending) / len(pending), cfg.optim.reward_scale_rate
+                        run.extra["reward_abs_mean"] = batch_abs if previous is None else (
+                            (1 - rate) * previous + rate * batch_abs)
+                        pending.clear()
                 reward_scale = run.extra.get("reward_abs_mean")
 
                 metrics = {}

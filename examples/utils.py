@@ -230,6 +230,7 @@ def check_rldt_config(cfg: DictConfig) -> None:
     number("optim.tau", 0.0, 1.0, open_low=True)
     if cfg.optim.reward_scale_rate is not None:
         number("optim.reward_scale_rate", 0.0, 1.0, open_low=True)
+        positive_int("optim.reward_scale_every_batches")
     for name in ("rldt.rl_coef", "rldt.consistency_coef", "rldt.reference_coef", "rldt.temperature_coef"):
         number(name, 0.0)
     need(cfg.rldt.kernel in ("rbf", "delta"), f"rldt.kernel must be rbf or delta, got {cfg.rldt.kernel!r}")

@@ -227,3 +227,14 @@ def test_metaworld_task_without_demonstrations_names_the_recording_command(tmp_p
     )
     assert result.returncode != 0
     assert "python examples/record_demos.py task=MetaWorld/Hammer-v3" in result.stderr, result.stderr[-3000:]
+
+
+def test_reward_scale_is_updated_once_every_so_many_batches(tmp_path, base):
+    result = run(tmp_path / "run", base, "collector.total_env_steps=300", "optim.reward_scale_every_batches=3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    batches = checkpoint["counters"]["batches"]
+    assert batches >= 3
+    # the first batch seeds the scale; after that the means of 3 batches at a time go in together
+    assert len(checkpoint["extra"]["reward_abs_pending"]) == batches % 3
+    assert checkpoint["extra"]["reward_abs_mean"] > 0
