@@ -126,7 +126,10 @@ def main(cfg: DictConfig) -> None:
                         target_updater.step()
                         counters["critic_updates"] += 1
                         metrics["loss_qvalue"] = critic_loss.item()
-                        metrics["q_mean"] = critic_info["state_action_value"].mean().item()
+                        predicted = critic_info["state_action_value"]
+                        metrics["q_mean"] = predicted.mean().item()
+                        # how far apart the ensemble's members are (the spread the min acts on)
+                        metrics["q_member_gap"] = (predicted.max(0).values - predicted.min(0).values).mean().item()
                 after_warmup = counters["batches"] - cfg.schedule.critic_warmup_batches
                 if after_warmup > 0 and after_warmup % cfg.schedule.actor_every_batches == 0:
                     with run.timed("actor"):
@@ -144,6 +147,7 @@ def main(cfg: DictConfig) -> None:
                             metrics.update({key: value.item() for key, value in terms.items()})
 
                 metrics["env_steps_per_second"] = counters["env_steps"] / max(run.wall_seconds, 1e-9)
+                metrics["action_abs_mean"] = batch["action"].abs().mean().item()  # executed, normalised
                 returns = run.evaluate_periodically(eval_env, actor, chunk_len=chunk_len)
                 if returns is not None:
                     metrics["eval_return"] = returns["mean"]

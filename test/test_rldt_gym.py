@@ -75,7 +75,8 @@ def test_smoke_writes_everything(tmp_path, base):
     assert all(phases[phase] > 0 for phase in ("collection", "critic", "actor", "evaluation"))
     assert sum(phases.values()) >= summary["history"][-1]["wall_seconds"] - 0.5
     assert (run_dir / "learning_curve.png").stat().st_size > 0
-    assert (run_dir / "rldt_gym" / "scalars" / "loss_qvalue.csv").is_file()
+    for scalar in ("loss_qvalue", "q_member_gap", "action_abs_mean", "transport_norm"):
+        assert (run_dir / "rldt_gym" / "scalars" / f"{scalar}.csv").is_file(), scalar
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")  # weights_only=True reads it
     assert checkpoint["counters"] == summary["counters"]
 
