@@ -50,8 +50,6 @@ def main(cfg: DictConfig) -> None:
 
     # --- environments, actor, critic, loss, optimisers, buffer --------------------------------
     counters = run.counters
-    # A resumed run reseeds its envs so that it does not replay the episodes it began with.
-    train_env = make_policy_chunk_env(base, cfg, cfg.env.num_envs, cfg.seed + counters["env_steps"], device)
     eval_env = make_policy_chunk_env(base, cfg, cfg.eval.episodes, cfg.seed + 10_000, device)
     final_env = make_policy_chunk_env(base, cfg, cfg.eval.final_episodes, cfg.seed + 20_000, device)
     actor, chunk_len = base.actor, base.actor.model.chunk_len
@@ -72,7 +70,8 @@ def main(cfg: DictConfig) -> None:
 
     # --- training loop ------------------------------------------------------------------------
     remaining = cfg.collector.total_env_steps - counters["env_steps"]
-    collector = make_rldt_collector(train_env, actor, cfg, math.ceil(remaining / chunk_len))
+    # a resumed run reseeds its envs so that it does not replay the episodes it began with
+    collector = make_rldt_collector(base, cfg, cfg.seed + counters["env_steps"], math.ceil(remaining / chunk_len))
     try:
         with run.loop(total_env_steps=cfg.collector.total_env_steps, description=f"RLDT {cfg.task}"):
             for batch in run.collected(collector):
@@ -145,6 +144,7 @@ def main(cfg: DictConfig) -> None:
                             actor_warmup.step()
                             counters["actor_updates"] += 1
                             metrics.update({key: value.item() for key, value in terms.items()})
+                    collector.update_policy_weights_()  # to the workers of a multi-process collector
 
                 metrics["env_steps_per_second"] = counters["env_steps"] / max(run.wall_seconds, 1e-9)
                 metrics["action_abs_mean"] = batch["action"].abs().mean().item()  # executed, normalised

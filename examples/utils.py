@@ -2,6 +2,7 @@
 every run needs besides its loop is :mod:`torchrl_rldt.harness`)."""
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDictBase
 from tensordict.nn import NormalParamExtractor, TensorDictModule
 from torch import nn
-from torchrl.collectors import Collector
+from torchrl.collectors import Collector, MultiAsyncCollector, MultiSyncCollector
 from torchrl.data import LazyTensorStorage, SliceSampler, TensorDictReplayBuffer
 from torchrl.envs import (
     Compose,
@@ -247,6 +248,7 @@ def check_rldt_config(cfg: DictConfig) -> None:
     positive_int("buffer.slice_len")
     positive_int("schedule.target_action_reuse")
     check.one_of("learner_precision", ("fp32", "bf16"))
+    check_collector_config(check)
     check.one_of("critic.bootstrap", (False, True))
     if cfg.critic.bootstrap and isinstance(cfg.critic.num_qvalue_nets, int):
         need(cfg.env.num_envs >= cfg.critic.num_qvalue_nets,
@@ -277,6 +279,24 @@ def check_rldt_config(cfg: DictConfig) -> None:
              f"rldt.min_step ({cfg.rldt.min_step}) must be < rldt.num_steps ({cfg.rldt.num_steps})")
     check.common()
     check.done()
+
+
+def check_collector_config(check: ConfigCheck) -> None:
+    """``collector.kind`` and, for several workers, ``collector.num_workers`` against ``env.num_envs``."""
+    cfg = check.cfg
+    check.one_of("collector.kind", ("single", "multi_sync", "multi_async"))
+    if cfg.collector.kind == "single":
+        return
+    check.positive_int("collector.num_workers")
+    workers, envs = cfg.collector.num_workers, cfg.env.num_envs
+    if isinstance(workers, int) and isinstance(envs, int) and workers >= 1:
+        check.need(envs % workers == 0,
+                   f"env.num_envs ({envs}) must be a multiple of collector.num_workers ({workers}): "
+                   f"each worker runs env.num_envs / num_workers envs")
+    if cfg.collector.kind == "multi_async" and cfg.critic.get("value_estimator") == "td_lambda":
+        check.need(False, "collector.kind=multi_async yields one worker's envs per batch, which breaks "
+                          "the per-env trajectories that critic.value_estimator=td_lambda samples "
+                          "slices of; use collector.kind=multi_sync")
 
 
 def load_base_policy(cfg: DictConfig, device: torch.device, num_steps: int) -> FlowPolicy:
@@ -409,14 +429,39 @@ def make_rldt_optimizers(loss: RLDTLoss, cfg: DictConfig):
     return actor_optim, actor_warmup, critic_optim
 
 
-def make_rldt_collector(env: EnvBase, actor: FlowActor, cfg: DictConfig, total_chunks: int) -> Collector:
-    """A Collector running the actor with RLDT's landing-point exploration."""
+# a worker's envs are seeded apart from the others' (and from the evaluation envs)
+WORKER_SEED_STRIDE = 100_003
+
+
+def make_rldt_collector(base: FlowPolicy, cfg: DictConfig, seed: int, total_chunks: int):
+    """TorchRL's collector of ``cfg.collector.kind``, running the actor with RLDT's exploration.
+
+    ``single``: one ``Collector`` over one pool of ``env.num_envs`` envs. ``multi_sync`` and
+    ``multi_async``: ``MultiSyncCollector`` / ``MultiAsyncCollector`` over
+    ``collector.num_workers`` processes, each with its own pool of ``env.num_envs / num_workers``
+    envs seeded apart; a batch holds ``env.num_envs x chunks_per_env`` chunks either way (all
+    workers' envs for ``multi_sync``, one worker's for ``multi_async``). After an actor update,
+    ``collector.update_policy_weights_()`` sends the weights to the workers (a no-op in one
+    process); the exploration module travels with the policy.
+    """
+    policy = LandingPointExploration(base.actor, min_step=cfg.rldt.min_step)
     frames_per_batch = cfg.env.num_envs * cfg.collector.chunks_per_env
-    return Collector(
-        env,
-        LandingPointExploration(actor, min_step=cfg.rldt.min_step),
+    common = dict(
         frames_per_batch=frames_per_batch,
         total_frames=max(1, math.ceil(total_chunks / frames_per_batch)) * frames_per_batch,
         device=cfg.device,
         storing_device=cfg.device,
     )
+    device = torch.device(cfg.device)
+    if cfg.collector.kind == "single":
+        return Collector(make_policy_chunk_env(base, cfg, cfg.env.num_envs, seed, device), policy, **common)
+    workers = cfg.collector.num_workers
+    env_makers = [
+        functools.partial(make_policy_chunk_env, base, cfg, cfg.env.num_envs // workers,
+                          seed + worker * WORKER_SEED_STRIDE, device)
+        for worker in range(workers)
+    ]
+    if cfg.collector.kind == "multi_sync":
+        # workers' batches side by side along the env dimension: [num_envs, chunks_per_env]
+        return MultiSyncCollector(env_makers, policy, cat_results=0, **common)
+    return MultiAsyncCollector(env_makers, policy, **common)

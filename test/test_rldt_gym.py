@@ -155,6 +155,10 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_cleanly(tmp_path, base):
         (["critic.value_estimator=td3"], "critic.value_estimator must be one of td0, td_lambda"),
         (["schedule.target_action_reuse=3"], "schedule.target_action_reuse (3) must divide"),
         (["learner_precision=fp16"], "learner_precision must be one of fp32, bf16"),
+        (["collector.kind=multi_sync", "collector.num_workers=3"],
+         "env.num_envs (4) must be a multiple of collector.num_workers (3)"),
+        (["collector.kind=multi_async", "critic.value_estimator=td_lambda", "buffer.slice_len=4"],
+         "use collector.kind=multi_sync"),
     ],
 )
 def test_bad_input_is_refused_before_any_work(tmp_path, base, overrides, message):
@@ -239,3 +243,49 @@ def test_reward_scale_is_updated_once_every_so_many_batches(tmp_path, base):
     # the first batch seeds the scale; after that the means of 3 batches at a time go in together
     assert len(checkpoint["extra"]["reward_abs_pending"]) == batches % 3
     assert checkpoint["extra"]["reward_abs_mean"] > 0
+
+
+@pytest.mark.parametrize("kind", ["multi_sync", "multi_async"])
+def test_multi_process_collectors_gather_real_transitions_with_the_learners_weights(base, kind):
+    from omegaconf import OmegaConf
+
+    from conftest import ROOT, load_script
+
+    utils = load_script("examples/utils.py")
+    cfg = OmegaConf.load(ROOT / "examples" / "config" / "rldt_gym.yaml")
+    cfg.base_checkpoint, cfg.env.num_envs, cfg.env.max_episode_steps = str(base), 4, 60
+    cfg.collector.chunks_per_env, cfg.collector.kind, cfg.collector.num_workers = 4, kind, 2
+    policy = utils.load_base_policy(cfg, torch.device("cpu"), 8)
+    collector = utils.make_rldt_collector(policy, cfg, seed=0, total_chunks=1_000)
+    batches = []
+    try:
+        for batch in collector:
+            batches.append(batch)
+            if len(batches) == 2:  # what the learner does after an actor update
+                policy.actor.model.low.fill_(0.5)
+                policy.actor.model.high.fill_(0.5)
+                collector.update_policy_weights_()
+            if len(batches) == 6:
+                break
+    finally:
+        collector.shutdown()
+    # one batch: 16 chunks, all envs side by side (multi_sync) or one worker's 2 envs (multi_async)
+    assert {tuple(batch.shape) for batch in batches} == ({(4, 4)} if kind == "multi_sync" else {(2, 8)})
+    for batch in batches:
+        # every transition continues the previous one unless an episode ended in between
+        done = batch["next", "done"][:, :-1, 0]
+        continues = (batch["next", "observation"][:, :-1] == batch["observation"][:, 1:]).all(-1)
+        assert (continues | done).all()
+        assert ((batch["next", "chunk_steps"] == 4) | batch["next", "done"]).all()
+    assert not (batches[0]["action"] == 0.5).all()  # the base's own actions
+    assert (batches[-1]["action"] == 0.5).all()  # the learner's bounds reached every worker
+
+
+
+
+def test_one_config_value_moves_training_to_several_processes(tmp_path, base):
+    result = run(tmp_path / "run", base, "collector.total_env_steps=300", "collector.kind=multi_sync",
+                 "collector.num_workers=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    counters = json.loads((tmp_path / "run" / "summary.json").read_text())["counters"]
+    assert counters["actor_updates"] > 0 and counters["chunks"] == 16 * counters["batches"]
