@@ -8,6 +8,7 @@ from setuptools import find_packages, setup
 ROOT = Path(__file__).parent
 EXAMPLES_REQUIRE = ["hydra-core>=1.3", "tqdm", "matplotlib"]
 DEMOS_REQUIRE = ["scipy"]
+DISTRIBUTED_REQUIRE = ["ray>=2.40"]
 
 
 def _version() -> str:
@@ -44,7 +45,9 @@ setup(
         # need scipy; metaworld itself is installed with `pip install --no-deps metaworld==3.1.1`
         # (scripts/setup.sh), because it pins mujoco==3.3.0 for environments we do not use
         "demos": DEMOS_REQUIRE,
-        # the test suite runs the examples end to end
-        "test": ["pytest>=7", "pytest-timeout", *EXAMPLES_REQUIRE, *DEMOS_REQUIRE],
+        # collection on a Ray cluster (collector.kind=ray, TorchRL's RayCollector)
+        "distributed": DISTRIBUTED_REQUIRE,
+        # the test suite runs the examples end to end, a Ray run among them
+        "test": ["pytest>=7", "pytest-timeout", *EXAMPLES_REQUIRE, *DEMOS_REQUIRE, *DISTRIBUTED_REQUIRE],
     },
 )

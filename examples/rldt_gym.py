@@ -26,6 +26,7 @@ from torchrl_rldt.harness import TrainingRun
 from torchrl_rldt.objectives import RLDTLoss
 from utils import (
     check_rldt_config,
+    collected_chunks,
     load_base_policy,
     make_policy_chunk_env,
     make_replay_buffer,
@@ -74,7 +75,7 @@ def main(cfg: DictConfig) -> None:
     collector = make_rldt_collector(base, cfg, cfg.seed + counters["env_steps"], math.ceil(remaining / chunk_len))
     try:
         with run.loop(total_env_steps=cfg.collector.total_env_steps, description=f"RLDT {cfg.task}"):
-            for batch in run.collected(collector):
+            for batch in map(collected_chunks, run.collected(collector)):
                 if counters["env_steps"] >= cfg.collector.total_env_steps:
                     break
                 steps = int(batch["next", "chunk_steps"].sum())

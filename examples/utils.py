@@ -13,19 +13,12 @@ from tensordict.nn import NormalParamExtractor, TensorDictModule
 from torch import nn
 from torchrl.collectors import Collector, MultiAsyncCollector, MultiSyncCollector
 from torchrl.data import LazyTensorStorage, SliceSampler, TensorDictReplayBuffer
-from torchrl.envs import (
-    Compose,
-    EnvBase,
-    InitTracker,
-    RewardSum,
-    StepCounter,
-    TransformedEnv,
-)
+from torchrl.envs import EnvBase, TransformedEnv
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import SACLoss, SoftUpdate, ValueEstimators
 
 from torchrl_rldt.checkpoint import FlowPolicy, load_flow_policy
-from torchrl_rldt.envs import ActionChunkEnv, EnvPoolEnv, make_metaworld_env
+from torchrl_rldt.envs import EnvPoolEnv, is_metaworld_task, make_chunk_env
 from torchrl_rldt.envs.metaworld import METAWORLD_EPISODE_STEPS
 from torchrl_rldt.harness import ConfigCheck, NonFiniteError, read_checkpoint
 from torchrl_rldt.modules import ChunkQValueMLP, FlowActor, LandingPointExploration, SVGDTransport
@@ -46,9 +39,7 @@ def task_slug(task: str) -> str:
     return task.lower().replace("/", "-")
 
 
-def is_metaworld(task: str) -> bool:
-    """Whether ``task`` is an EnvPool Meta-World id (sparse success reward, 500-step episodes)."""
-    return task.startswith("MetaWorld/")
+is_metaworld = is_metaworld_task  # short name in the examples
 
 
 def time_limit(task: str, configured: int | None) -> int:
@@ -284,7 +275,7 @@ def check_rldt_config(cfg: DictConfig) -> None:
 def check_collector_config(check: ConfigCheck) -> None:
     """``collector.kind`` and, for several workers, ``collector.num_workers`` against ``env.num_envs``."""
     cfg = check.cfg
-    check.one_of("collector.kind", ("single", "multi_sync", "multi_async"))
+    check.one_of("collector.kind", ("single", "multi_sync", "multi_async", "ray"))
     if cfg.collector.kind == "single":
         return
     check.positive_int("collector.num_workers")
@@ -293,6 +284,11 @@ def check_collector_config(check: ConfigCheck) -> None:
         check.need(envs % workers == 0,
                    f"env.num_envs ({envs}) must be a multiple of collector.num_workers ({workers}): "
                    f"each worker runs env.num_envs / num_workers envs")
+    if cfg.collector.kind == "ray":
+        import importlib.util
+
+        check.need(importlib.util.find_spec("ray") is not None,
+                   "collector.kind=ray needs Ray: pip install 'torchrl-rldt[distributed]' (or pip install ray)")
     if cfg.collector.kind == "multi_async" and cfg.critic.get("value_estimator") == "td_lambda":
         check.need(False, "collector.kind=multi_async yields one worker's envs per batch, which breaks "
                           "the per-env trajectories that critic.value_estimator=td_lambda samples "
@@ -324,27 +320,6 @@ def load_base_policy(cfg: DictConfig, device: torch.device, num_steps: int) -> F
         )
     policy.actor.model.num_steps = num_steps
     return policy
-
-
-def make_chunk_env(
-    task: str, num_envs: int, seed: int, chunk_len: int, transforms: Compose, *,
-    max_episode_steps: int, device: str | torch.device = "cpu",
-) -> TransformedEnv:
-    """EnvPool ``task`` executing action chunks, behind ``transforms`` (e.g. a policy's normalisation).
-
-    One step is one chunk; ``("next", "reward")`` is the chunk's summed reward and
-    ``"episode_reward"`` the running return. A Meta-World task gets its sparse success reward
-    and ends at success (:func:`~torchrl_rldt.envs.make_metaworld_env`): its return is the
-    episode's success.
-    """
-    if is_metaworld(task):
-        env = make_metaworld_env(task, num_envs, seed=seed, device=device,
-                                 max_episode_steps=max_episode_steps)
-    else:
-        env = EnvPoolEnv(task, num_envs, seed=seed, device=device, max_episode_steps=max_episode_steps)
-    for transform in (InitTracker(), StepCounter(), RewardSum()):
-        transforms.append(transform)
-    return TransformedEnv(ActionChunkEnv(env, chunk_len), transforms)
 
 
 def make_policy_chunk_env(policy: FlowPolicy, cfg: DictConfig, num_envs: int, seed: int,
@@ -442,7 +417,9 @@ def make_rldt_collector(base: FlowPolicy, cfg: DictConfig, seed: int, total_chun
     envs seeded apart; a batch holds ``env.num_envs x chunks_per_env`` chunks either way (all
     workers' envs for ``multi_sync``, one worker's for ``multi_async``). After an actor update,
     ``collector.update_policy_weights_()`` sends the weights to the workers (a no-op in one
-    process); the exploration module travels with the policy.
+    process); the exploration module travels with the policy. ``ray``: TorchRL's ``RayCollector``,
+    ``num_workers`` Ray actors of one CPU each, on the cluster at ``collector.ray_address`` (``null``:
+    a local Ray instance started here); its batches go through :func:`collected_chunks`.
     """
     policy = LandingPointExploration(base.actor, min_step=cfg.rldt.min_step)
     frames_per_batch = cfg.env.num_envs * cfg.collector.chunks_per_env
@@ -456,12 +433,32 @@ def make_rldt_collector(base: FlowPolicy, cfg: DictConfig, seed: int, total_chun
     if cfg.collector.kind == "single":
         return Collector(make_policy_chunk_env(base, cfg, cfg.env.num_envs, seed, device), policy, **common)
     workers = cfg.collector.num_workers
+    # picklable makers of the package's env factory: the workers build their own envs
     env_makers = [
-        functools.partial(make_policy_chunk_env, base, cfg, cfg.env.num_envs // workers,
-                          seed + worker * WORKER_SEED_STRIDE, device)
+        functools.partial(make_chunk_env, cfg.task, cfg.env.num_envs // workers, seed + worker * WORKER_SEED_STRIDE,
+                          base.actor.model.chunk_len, base.env_transforms(),
+                          max_episode_steps=cfg.env.max_episode_steps, device=device)
         for worker in range(workers)
     ]
     if cfg.collector.kind == "multi_sync":
         # workers' batches side by side along the env dimension: [num_envs, chunks_per_env]
         return MultiSyncCollector(env_makers, policy, cat_results=0, **common)
-    return MultiAsyncCollector(env_makers, policy, **common)
+    if cfg.collector.kind == "multi_async":
+        return MultiAsyncCollector(env_makers, policy, **common)
+    from torchrl.collectors.distributed import RayCollector
+
+    # one Collector per Ray actor, one CPU each; a batch stacks them: [workers, envs, chunks]
+    address = cfg.collector.ray_address
+    return RayCollector(
+        env_makers, policy, collector_class=Collector, num_collectors=workers, sync=True,
+        ray_init_config={"address": address, "include_dashboard": False} if address is not None else {
+            "address": "local", "include_dashboard": False, "num_cpus": workers,
+            "_node_ip_address": "127.0.0.1"},  # a local instance on loopback
+        remote_configs={"num_cpus": 1, "num_gpus": 1 if device.type == "cuda" else 0},
+        **common,
+    )
+
+
+def collected_chunks(batch: TensorDictBase) -> TensorDictBase:
+    """A collector's batch as ``[envs, chunks]`` (a Ray collector stacks its workers in front)."""
+    return batch.reshape(-1, batch.shape[-1]) if batch.ndim > 2 else batch

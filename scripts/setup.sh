@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up .venv inside the checkout: torch first (CPU wheel unless RLDT_TORCH=cuda),
-# then torchrl-rldt in editable mode with its examples, demos and test extras, then
+# then torchrl-rldt in editable mode with its examples, demos, distributed and test extras, then
 # metaworld's scripted experts (everything). Running it again when
 # nothing changed installs nothing.
 #
@@ -41,7 +41,7 @@ if ! "$PY" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$
     "$PY" -m pip install "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-"$PY" -m pip install -e ".[examples,demos,test]"
+"$PY" -m pip install -e ".[examples,demos,distributed,test]"
 # Meta-World's scripted experts, without the metaworld package's pins: it requires
 # mujoco==3.3.0 for its own environments, which we do not use (EnvPool runs Meta-World);
 # its policies need only numpy and scipy.

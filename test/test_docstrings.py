@@ -13,6 +13,7 @@ MODULES = [
     "torchrl_rldt.envs.chunk",
     "torchrl_rldt.envs.transforms",
     "torchrl_rldt.envs.custom.peaks_bandit",
+    "torchrl_rldt.envs.factory",
     "torchrl_rldt.envs.metaworld",
     "torchrl_rldt.harness",
     "torchrl_rldt.data.datasets",

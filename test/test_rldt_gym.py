@@ -245,7 +245,7 @@ def test_reward_scale_is_updated_once_every_so_many_batches(tmp_path, base):
     assert checkpoint["extra"]["reward_abs_mean"] > 0
 
 
-@pytest.mark.parametrize("kind", ["multi_sync", "multi_async"])
+@pytest.mark.parametrize("kind", ["multi_sync", "multi_async", "ray"])
 def test_multi_process_collectors_gather_real_transitions_with_the_learners_weights(base, kind):
     from omegaconf import OmegaConf
 
@@ -259,7 +259,7 @@ def test_multi_process_collectors_gather_real_transitions_with_the_learners_weig
     collector = utils.make_rldt_collector(policy, cfg, seed=0, total_chunks=1_000)
     batches = []
     try:
-        for batch in collector:
+        for batch in map(utils.collected_chunks, collector):
             batches.append(batch)
             if len(batches) == 2:  # what the learner does after an actor update
                 policy.actor.model.low.fill_(0.5)
@@ -269,8 +269,12 @@ def test_multi_process_collectors_gather_real_transitions_with_the_learners_weig
                 break
     finally:
         collector.shutdown()
-    # one batch: 16 chunks, all envs side by side (multi_sync) or one worker's 2 envs (multi_async)
-    assert {tuple(batch.shape) for batch in batches} == ({(4, 4)} if kind == "multi_sync" else {(2, 8)})
+        if kind == "ray":  # the local Ray instance the collector started (on loopback)
+            import ray
+
+            ray.shutdown()
+    # one batch: 16 chunks, all envs side by side (multi_sync, ray) or one worker's 2 envs (multi_async)
+    assert {tuple(batch.shape) for batch in batches} == ({(2, 8)} if kind == "multi_async" else {(4, 4)})
     for batch in batches:
         # every transition continues the previous one unless an episode ended in between
         done = batch["next", "done"][:, :-1, 0]
@@ -283,8 +287,9 @@ def test_multi_process_collectors_gather_real_transitions_with_the_learners_weig
 
 
 
-def test_one_config_value_moves_training_to_several_processes(tmp_path, base):
-    result = run(tmp_path / "run", base, "collector.total_env_steps=300", "collector.kind=multi_sync",
+@pytest.mark.parametrize("kind", ["multi_sync", "ray"])
+def test_one_config_value_moves_training_to_several_processes(tmp_path, base, kind):
+    result = run(tmp_path / "run", base, "collector.total_env_steps=300", f"collector.kind={kind}",
                  "collector.num_workers=2")
     assert result.returncode == 0, result.stderr[-3000:]
     counters = json.loads((tmp_path / "run" / "summary.json").read_text())["counters"]
