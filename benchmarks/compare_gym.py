@@ -123,8 +123,13 @@ def run(method: str, task: str, seed: int, env_steps: int, run_dir: Path, overri
             )
         # a run ends on its own rule (RLDT a few hundred env steps short of its budget, the PPO
         # methods up to an iteration past it): finished means run to the same budget
-        budget = next(int(token.split("=")[1]) for token in done
-                      if token.startswith("collector.total_env_steps="))
+        budget = next((int(token.split("=")[1]) for token in done
+                       if token.startswith("collector.total_env_steps=")), None)
+        if budget is None:  # run with its config's budget: the checkpoint has the config
+            import torch
+
+            checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True, map_location="cpu")
+            budget = checkpoint["config"]["collector"]["total_env_steps"]
         if budget > env_steps:
             raise SystemExit(f"{run_dir} ran for {budget} env steps, more than --env-steps {env_steps}.")
         if budget == env_steps:
