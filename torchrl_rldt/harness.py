@@ -543,7 +543,7 @@ class TrainingRun:
         """Seconds per phase of :meth:`timed`, and ``"other"``: the rest of the loop's wall-clock."""
         seconds = dict(self.extra.get("phase_seconds", {}))
         seconds["other"] = max(self.wall_seconds - sum(seconds.values()), 0.0)
-        return {phase: round(value, 1) for phase, value in seconds.items()}
+        return {phase: round(value, 3) for phase, value in seconds.items()}
 
     def check_finite(self, name: str, value: torch.Tensor) -> None:
         """Raises :class:`NonFiniteError` naming ``name`` unless ``value`` is all finite."""
