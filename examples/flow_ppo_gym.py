@@ -19,14 +19,20 @@ from __future__ import annotations
 import hydra
 import torch
 from omegaconf import DictConfig
-from torchrl.collectors import Collector
 from torchrl.modules import MLP, ValueOperator
 from torchrl.objectives import ValueEstimators
 
 from torchrl_rldt.harness import ConfigCheck, TrainingRun
 from torchrl_rldt.modules import FlowNoiseMLP, NoisyFlowActor
 from torchrl_rldt.objectives import FPOLoss, ReinFlowLoss
-from utils import load_base_policy, make_policy_chunk_env
+from utils import (
+    check_collector_config,
+    collected_chunks,
+    load_base_policy,
+    make_collector,
+    make_policy_chunk_env,
+    policy_env_maker,
+)
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -47,6 +53,7 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.ppo.reward_scale_rate is not None:
         check.number("ppo.reward_scale_rate", 0.0, 1.0, open_low=True)
     check.need(cfg.fpo.variant in ("fpo++", "fpo"), f"fpo.variant must be fpo++ or fpo, got {cfg.fpo.variant!r}")
+    check_collector_config(check)
     check.common()
     check.done()
 
@@ -88,18 +95,18 @@ def main(cfg: DictConfig) -> None:
     run.track(loss=loss, actor_optim=actor_optim, critic_optim=critic_optim)
 
     counters = run.counters
-    train_env = make_policy_chunk_env(base, cfg, cfg.env.num_envs, cfg.seed + counters["env_steps"], device)
     eval_env = make_policy_chunk_env(base, cfg, cfg.eval.episodes, cfg.seed + 10_000, device)
     final_env = make_policy_chunk_env(base, cfg, cfg.eval.final_episodes, cfg.seed + 20_000, device)
     run.evaluate_base(final_env, actor, chunk_len=model.chunk_len)
 
     # --- training loop: collect, GAE, epochs of mini-batch PPO ---------------------------------
     frames_per_batch = cfg.env.num_envs * cfg.collector.chunks_per_env
-    collector = Collector(train_env, policy, frames_per_batch=frames_per_batch, total_frames=-1,
-                          device=device, storing_device=device)
+    # a resumed run reseeds its envs so that it does not replay the episodes it began with
+    collector = make_collector(cfg, policy, policy_env_maker(base, cfg, device), cfg.seed + counters["env_steps"],
+                               frames_per_batch=frames_per_batch, total_frames=-1)
     try:
         with run.loop(total_env_steps=cfg.collector.total_env_steps, description=f"{cfg.method} {cfg.task}"):
-            for batch in run.collected(collector) if counters["env_steps"] < cfg.collector.total_env_steps else ():
+            for batch in map(collected_chunks, run.collected(collector)) if counters["env_steps"] < cfg.collector.total_env_steps else ():
                 steps = int(batch["next", "chunk_steps"].sum())
                 counters["env_steps"] += steps
                 counters["iterations"] += 1
@@ -134,6 +141,7 @@ def main(cfg: DictConfig) -> None:
                             if train_actor:
                                 actor_optim.step()
                             counters["updates"] += 1
+                collector.update_policy_weights_()  # to the workers of a multi-process collector
                 metrics.update({key: value.item() for key, value in terms.items() if value.numel() == 1})
                 returns = run.evaluate_periodically(eval_env, actor, chunk_len=model.chunk_len)
                 if returns is not None:

@@ -16,17 +16,19 @@ continues), the logger's files and ``summary.json``.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import hydra
 import torch
 from omegaconf import DictConfig
-from torchrl.collectors import Collector
-from torchrl.envs import Compose
 
 from torchrl_rldt.harness import ConfigCheck, TrainingRun
 from utils import (
+    check_collector_config,
+    collected_chunks,
     make_chunk_env,
+    make_collector,
     make_replay_buffer,
     make_sac_agent,
     make_sac_loss,
@@ -51,6 +53,7 @@ def check_config(cfg: DictConfig) -> None:
                f"sac.hidden_sizes must be a non-empty list of positive integers, got {hidden}")
     # the actions are chunks, also of one action, and the chunk critic's layers have one width
     check.need(len(set(hidden)) <= 1, f"sac.hidden_sizes needs equal sizes (the critic is a ChunkQValueMLP), got {hidden}")
+    check_collector_config(check)
     check.common()
     check.done()
 
@@ -67,9 +70,9 @@ def main(cfg: DictConfig) -> None:
     )
     torch.manual_seed(cfg.seed)
 
-    def make_env(num_envs: int, seed: int):
-        return make_chunk_env(cfg.task, num_envs, seed, chunk_len, Compose(),
-                              max_episode_steps=cfg.env.max_episode_steps, device=device)
+    # make_env(num_envs, seed), picklable for the workers of a multi-process collector
+    make_env = functools.partial(make_chunk_env, cfg.task, chunk_len=chunk_len,
+                                 max_episode_steps=cfg.env.max_episode_steps, device=device)
 
     # --- environments, agent, loss, optimisers, buffer ----------------------------------------
     counters = run.counters
@@ -91,15 +94,14 @@ def main(cfg: DictConfig) -> None:
     random_frames = math.ceil(cfg.collector.init_random_env_steps / chunk_len)
     # No frame budget: chunks cut short at episode ends make frames and env steps differ; the
     # loop stops on env steps.
-    collector = Collector(
-        train_env, actor, frames_per_batch=frames_per_batch, total_frames=-1,
-        init_random_frames=max(0, random_frames - counters["frames"]),
-        device=device, storing_device=device,
+    collector = make_collector(
+        cfg, actor, make_env, cfg.seed + counters["env_steps"], frames_per_batch=frames_per_batch,
+        total_frames=-1, init_random_frames=max(0, random_frames - counters["frames"]),
     )
     next_checkpoint = (counters["env_steps"] // cfg.checkpoint.every_env_steps + 1) * cfg.checkpoint.every_env_steps
     try:
         with run.loop(total_env_steps=cfg.collector.total_env_steps, description=f"SAC {cfg.task}"):
-            for batch in run.collected(collector) if counters["env_steps"] < cfg.collector.total_env_steps else ():
+            for batch in map(collected_chunks, run.collected(collector)) if counters["env_steps"] < cfg.collector.total_env_steps else ():
                 run.check_finite("the collected reward", batch["next", "reward"])
                 steps = int(batch["next", "chunk_steps"].sum())
                 counters["env_steps"] += steps
@@ -111,6 +113,7 @@ def main(cfg: DictConfig) -> None:
                         for _ in range(max(1, round(batch.numel() * cfg.sac.utd_ratio))):
                             terms = sac_update(loss, optimizers, target_updater, replay_buffer.sample())
                             counters["updates"] += 1
+                    collector.update_policy_weights_()  # to the workers of a multi-process collector
                     metrics.update({key: value.item() for key, value in terms.items() if value.numel() == 1})
                 returns = run.evaluate_periodically(eval_env, actor, chunk_len=chunk_len)
                 if returns is not None:

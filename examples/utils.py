@@ -289,7 +289,7 @@ def check_collector_config(check: ConfigCheck) -> None:
 
         check.need(importlib.util.find_spec("ray") is not None,
                    "collector.kind=ray needs Ray: pip install 'torchrl-rldt[distributed]' (or pip install ray)")
-    if cfg.collector.kind == "multi_async" and cfg.critic.get("value_estimator") == "td_lambda":
+    if cfg.collector.kind == "multi_async" and OmegaConf.select(cfg, "critic.value_estimator") == "td_lambda":
         check.need(False, "collector.kind=multi_async yields one worker's envs per batch, which breaks "
                           "the per-env trajectories that critic.value_estimator=td_lambda samples "
                           "slices of; use collector.kind=multi_sync")
@@ -408,42 +408,44 @@ def make_rldt_optimizers(loss: RLDTLoss, cfg: DictConfig):
 WORKER_SEED_STRIDE = 100_003
 
 
-def make_rldt_collector(base: FlowPolicy, cfg: DictConfig, seed: int, total_chunks: int):
-    """TorchRL's collector of ``cfg.collector.kind``, running the actor with RLDT's exploration.
+def make_collector(cfg: DictConfig, policy, make_env, seed: int, *, frames_per_batch: int,
+                   total_frames: int, **kwargs):
+    """TorchRL's collector of ``cfg.collector.kind`` for ``policy`` on envs built by ``make_env``.
+
+    Args:
+        cfg: the example's config (``collector.kind``, ``collector.num_workers``,
+            ``collector.ray_address``, ``env.num_envs``, ``device``).
+        policy: the collecting policy (with its exploration module, which travels with it).
+        make_env: ``make_env(num_envs, seed)`` builds an env; picklable for the workers, e.g. a
+            ``functools.partial`` of :func:`torchrl_rldt.envs.make_chunk_env`.
+        seed: the seed of the (first worker's) envs.
+
+    Keyword Args:
+        frames_per_batch, total_frames: as TorchRL's collectors (a batch holds
+            ``frames_per_batch`` chunks whatever the kind); more ``kwargs`` go to every collector.
 
     ``single``: one ``Collector`` over one pool of ``env.num_envs`` envs. ``multi_sync`` and
     ``multi_async``: ``MultiSyncCollector`` / ``MultiAsyncCollector`` over
     ``collector.num_workers`` processes, each with its own pool of ``env.num_envs / num_workers``
-    envs seeded apart; a batch holds ``env.num_envs x chunks_per_env`` chunks either way (all
-    workers' envs for ``multi_sync``, one worker's for ``multi_async``). After an actor update,
-    ``collector.update_policy_weights_()`` sends the weights to the workers (a no-op in one
-    process); the exploration module travels with the policy. ``ray``: TorchRL's ``RayCollector``,
-    ``num_workers`` Ray actors of one CPU each, on the cluster at ``collector.ray_address`` (``null``:
-    a local Ray instance started here); its batches go through :func:`collected_chunks`.
+    envs seeded apart (all workers' envs in a batch for ``multi_sync``, one worker's for
+    ``multi_async``). ``ray``: TorchRL's ``RayCollector``, ``num_workers`` Ray actors of one CPU
+    each, on the cluster at ``collector.ray_address`` (``null``: a local Ray instance on loopback);
+    its batches go through :func:`collected_chunks`. After an update of the policy,
+    ``collector.update_policy_weights_()`` sends its weights to the workers (a no-op in one
+    process).
     """
-    policy = LandingPointExploration(base.actor, min_step=cfg.rldt.min_step)
-    frames_per_batch = cfg.env.num_envs * cfg.collector.chunks_per_env
-    common = dict(
-        frames_per_batch=frames_per_batch,
-        total_frames=max(1, math.ceil(total_chunks / frames_per_batch)) * frames_per_batch,
-        device=cfg.device,
-        storing_device=cfg.device,
-    )
-    device = torch.device(cfg.device)
-    if cfg.collector.kind == "single":
-        return Collector(make_policy_chunk_env(base, cfg, cfg.env.num_envs, seed, device), policy, **common)
+    common = dict(frames_per_batch=frames_per_batch, total_frames=total_frames, device=cfg.device,
+                  storing_device=cfg.device, **kwargs)
+    kind = cfg.collector.get("kind", "single")
+    if kind == "single":
+        return Collector(make_env(cfg.env.num_envs, seed), policy, **common)
     workers = cfg.collector.num_workers
-    # picklable makers of the package's env factory: the workers build their own envs
-    env_makers = [
-        functools.partial(make_chunk_env, cfg.task, cfg.env.num_envs // workers, seed + worker * WORKER_SEED_STRIDE,
-                          base.actor.model.chunk_len, base.env_transforms(),
-                          max_episode_steps=cfg.env.max_episode_steps, device=device)
-        for worker in range(workers)
-    ]
-    if cfg.collector.kind == "multi_sync":
-        # workers' batches side by side along the env dimension: [num_envs, chunks_per_env]
+    env_makers = [functools.partial(make_env, cfg.env.num_envs // workers, seed + worker * WORKER_SEED_STRIDE)
+                  for worker in range(workers)]
+    if kind == "multi_sync":
+        # workers' batches side by side along the env dimension: [num_envs, chunks]
         return MultiSyncCollector(env_makers, policy, cat_results=0, **common)
-    if cfg.collector.kind == "multi_async":
+    if kind == "multi_async":
         return MultiAsyncCollector(env_makers, policy, **common)
     from torchrl.collectors.distributed import RayCollector
 
@@ -454,8 +456,27 @@ def make_rldt_collector(base: FlowPolicy, cfg: DictConfig, seed: int, total_chun
         ray_init_config={"address": address, "include_dashboard": False} if address is not None else {
             "address": "local", "include_dashboard": False, "num_cpus": workers,
             "_node_ip_address": "127.0.0.1"},  # a local instance on loopback
-        remote_configs={"num_cpus": 1, "num_gpus": 1 if device.type == "cuda" else 0},
+        remote_configs={"num_cpus": 1, "num_gpus": 1 if torch.device(cfg.device).type == "cuda" else 0},
         **common,
+    )
+
+
+def policy_env_maker(policy: FlowPolicy, cfg: DictConfig, device: torch.device):
+    """``make_env(num_envs, seed)``: chunk envs of ``cfg.task`` in ``policy``'s normalised spaces
+    (picklable, for :func:`make_collector`'s workers)."""
+    return functools.partial(make_chunk_env, cfg.task, chunk_len=policy.actor.model.chunk_len,
+                             transforms=policy.env_transforms(),
+                             max_episode_steps=cfg.env.max_episode_steps, device=device)
+
+
+def make_rldt_collector(base: FlowPolicy, cfg: DictConfig, seed: int, total_chunks: int):
+    """:func:`make_collector` running the actor with RLDT's landing-point exploration."""
+    frames_per_batch = cfg.env.num_envs * cfg.collector.chunks_per_env
+    return make_collector(
+        cfg, LandingPointExploration(base.actor, min_step=cfg.rldt.min_step),
+        policy_env_maker(base, cfg, torch.device(cfg.device)), seed,
+        frames_per_batch=frames_per_batch,
+        total_frames=max(1, math.ceil(total_chunks / frames_per_batch)) * frames_per_batch,
     )
 
 

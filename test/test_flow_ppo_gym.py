@@ -72,3 +72,12 @@ def test_bad_input_is_refused_before_any_work(tmp_path, base, overrides, message
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-3000:]
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_collection_in_several_processes(tmp_path, base):
+    result = run(tmp_path / "run", base, "method=reinflow", "collector.kind=multi_sync",
+                 "collector.num_workers=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    # the same batches as in one process: one env per worker, 8 chunks each, 4 iterations
+    assert summary["counters"]["updates"] > 0 and summary["counters"]["iterations"] == 4

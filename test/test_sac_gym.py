@@ -26,6 +26,14 @@ def run(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+def test_collection_in_several_processes(tmp_path):
+    result = run(tmp_path / "run", "env.chunk_len=4", "collector.kind=multi_sync", "collector.num_workers=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    counters = json.loads((tmp_path / "run" / "summary.json").read_text())["counters"]
+    assert counters["env_steps"] >= 128 and counters["updates"] > 0
+    assert counters["frames"] % 16 == 0  # whole batches of collector.frames_per_batch chunks
+
+
 @pytest.mark.parametrize("chunk_len", [1, 4])
 def test_smoke_trains_and_resumes(tmp_path, chunk_len):
     run_dir = tmp_path / f"chunk{chunk_len}"

@@ -44,9 +44,9 @@ def make_chunk_env(
         num_envs (int): envs in the pool.
         seed (int): the pool's seed.
         chunk_len (int): actions per chunk.
-        transforms (Compose, optional): transforms between the chunk env and the policy; the
-            episode transforms (``InitTracker``, ``StepCounter``, ``RewardSum``) are appended to
-            it. Defaults to none.
+        transforms (Compose, optional): transforms between the chunk env and the policy; the env
+            gets a copy, followed by the episode transforms (``InitTracker``, ``StepCounter``,
+            ``RewardSum``), so one ``Compose`` can serve several envs. Defaults to none.
 
     Keyword Args:
         max_episode_steps (int): the time limit, in env steps.
@@ -64,7 +64,7 @@ def make_chunk_env(
                                  max_episode_steps=max_episode_steps)
     else:
         env = EnvPoolEnv(task, num_envs, seed=seed, device=device, max_episode_steps=max_episode_steps)
-    transforms = Compose() if transforms is None else transforms
+    transforms = Compose() if transforms is None else transforms.clone()
     for transform in (InitTracker(), StepCounter(), RewardSum()):
         transforms.append(transform)
     return TransformedEnv(ActionChunkEnv(env, chunk_len), transforms)
