@@ -226,7 +226,8 @@ def main() -> None:
             "start_mean": start, "final_mean": final,
             "final_std_over_seeds": spread(final_per_seed), "per_seed": {
                 seed: {"start": s["base"], "final": s["final"], "counters": s["counters"],
-                       "wall_seconds": s["history"][-1]["wall_seconds"], "command": s["command"]}
+                       "wall_seconds": s["history"][-1]["wall_seconds"],
+                       "load_average": s.get("load_average"), "command": s["command"]}
                 for seed, s in zip(args.seeds, runs)},
         }
         # one seed: the spread over its 20 final episodes; several: over the seeds' means
@@ -237,11 +238,15 @@ def main() -> None:
     spread_note = (f"+- the standard deviation over the {episodes} final episodes" if len(args.seeds) == 1
                    else "+- the standard deviation of the seeds' means")
     command = "python benchmarks/compare_gym.py " + " ".join(sys.argv[1:])
+    # runs record the machine's load when they ran (those of older versions did not)
+    loads = [value for summary in summaries.values() for value in summary.get("load_average") or []]
+    load_note = (f" The 1-minute load average at the runs' starts and ends ranged from {min(loads):.1f} "
+                 f"to {max(loads):.1f}." if loads else "")
     table = "\n".join([
         f"{args.task}, seeds {args.seeds}, {args.env_steps} env steps per run, {metric} "
         f"of the final policy over {episodes} episodes ({spread_note}); start: the policy before "
         f"training (the shipped base, or SAC's random initialisation). Wall-clock on {cores} CPU "
-        f"cores with {args.jobs} run(s) at a time.",
+        f"cores with {args.jobs} run(s) at a time.{load_note}",
         "",
         "| method | start | final | change | env steps | wall-clock (min) |",
         "| --- | --- | --- | --- | --- | --- |",

@@ -52,9 +52,11 @@ def test_runs_skips_finished_runs_and_gathers_them(tmp_path):
         rows = list(csv.DictReader(handle))
     assert {row["method"] for row in rows} == {"fpo", "sac"}
     report = json.loads((out / "compare_gym_hopper-v5.json").read_text())
+    assert "load average at the runs' starts and ends ranged from" in (out / "compare_gym_hopper-v5.md").read_text()
     for method in ("fpo", "sac"):
         run = report["methods"][method]["per_seed"]["0"]
         assert run["counters"]["env_steps"] >= 160
+        assert len(run["load_average"]) == 2
         # the curve starts at 0 env steps and ends with the final evaluation
         curve = [row for row in rows if row["method"] == method]
         assert int(curve[0]["env_steps"]) == 0

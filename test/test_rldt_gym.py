@@ -74,6 +74,8 @@ def test_smoke_writes_everything(tmp_path, base):
     assert set(phases) == {"collection", "critic", "actor", "evaluation", "other"}
     assert all(phases[phase] > 0 for phase in ("collection", "critic", "actor", "evaluation"))
     assert sum(phases.values()) >= summary["history"][-1]["wall_seconds"] - 0.5
+    # the machine's load when the loop started and when it ended, beside those timings
+    assert len(summary["load_average"]) == 2 and all(load >= 0 for load in summary["load_average"])
     assert (run_dir / "learning_curve.png").stat().st_size > 0
     for scalar in ("loss_qvalue", "q_member_gap", "action_abs_mean", "transport_norm"):
         assert (run_dir / "rldt_gym" / "scalars" / f"{scalar}.csv").is_file(), scalar

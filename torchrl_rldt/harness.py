@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import signal
 import time
 from numbers import Real
@@ -490,6 +491,8 @@ class TrainingRun:
         every = cfg.eval.every_env_steps
         self._next_evaluation = (self.counters["env_steps"] // every + 1) * every
         self._start = time.perf_counter()
+        # the machine's load beside the run's timings (other jobs on the same cores slow it down)
+        self.extra.setdefault("load_average", []).append(round(os.getloadavg()[0], 2))
 
         def request_stop(signum, frame):
             self.stop_requested = True
@@ -663,7 +666,10 @@ class TrainingRun:
         report = {
             "task": self.config.task, "seed": self.config.seed, **(summary or {}),
             "counters": self.counters, "base": base, "final": final, "history": self.history,
-            "phase_seconds": self.phase_seconds(), "command": self.command,
+            "phase_seconds": self.phase_seconds(),
+            # 1-minute load average when each session of the loop started, and at the end
+            "load_average": [*self.extra.get("load_average", []), round(os.getloadavg()[0], 2)],
+            "command": self.command,
         }
         atomic_write_text(json.dumps(report, indent=2) + "\n", self.run_dir / "summary.json")
         self._plot(title)
