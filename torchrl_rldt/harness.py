@@ -374,6 +374,8 @@ class TrainingRun:
         self._progress = None
         # wall-clock of the loop: what earlier sessions of a resumed run spent, plus this one's
         self._wall_offset = float(self.state["wall_seconds"]) if self.state else 0.0
+        # 1-minute load average at the start of each session of the loop (kept across resumes)
+        self._load_averages: list[float] = list(self.state.get("load_average", [])) if self.state else []
         self._start: float | None = None
         self.stop_requested = False
 
@@ -456,6 +458,7 @@ class TrainingRun:
             "history": self.history,
             "extra": self.extra,
             "wall_seconds": self.wall_seconds,
+            "load_average": self._load_averages,
             "rng": rng_state(self.device),
             "config": OmegaConf.to_container(self.config, resolve=True),
         }
@@ -492,7 +495,7 @@ class TrainingRun:
         self._next_evaluation = (self.counters["env_steps"] // every + 1) * every
         self._start = time.perf_counter()
         # the machine's load beside the run's timings (other jobs on the same cores slow it down)
-        self.extra.setdefault("load_average", []).append(round(os.getloadavg()[0], 2))
+        self._load_averages.append(round(os.getloadavg()[0], 2))
 
         def request_stop(signum, frame):
             self.stop_requested = True
@@ -668,7 +671,7 @@ class TrainingRun:
             "counters": self.counters, "base": base, "final": final, "history": self.history,
             "phase_seconds": self.phase_seconds(),
             # 1-minute load average when each session of the loop started, and at the end
-            "load_average": [*self.extra.get("load_average", []), round(os.getloadavg()[0], 2)],
+            "load_average": [*self._load_averages, round(os.getloadavg()[0], 2)],
             "command": self.command,
         }
         atomic_write_text(json.dumps(report, indent=2) + "\n", self.run_dir / "summary.json")
