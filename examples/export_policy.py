@@ -17,10 +17,8 @@ import sys
 from pathlib import Path
 
 import torch
-from torchrl.envs import ExplorationType
 
 from torchrl_rldt.checkpoint import atomic_write_text, save_flow_policy
-from torchrl_rldt.harness import episode_returns
 
 import utils
 
@@ -51,13 +49,8 @@ def main() -> None:
     device = torch.device("cpu")
     cfg, base, fine_tuned, _, checkpoint = utils.load_rldt_run(args.checkpoint, device)
     env = utils.make_policy_chunk_env(base, cfg, args.episodes, cfg.seed + EVAL_SEED_OFFSET, device)
-    modes = {"deterministic": ExplorationType.DETERMINISTIC, "stochastic": ExplorationType.RANDOM}
-    returns = {
-        name: {mode: episode_returns(env, policy.actor, max_env_steps=cfg.env.max_episode_steps,
-                                     chunk_len=policy.actor.model.chunk_len, exploration_type=exploration)
-               for mode, exploration in modes.items()}
-        for name, policy in (("base", base), ("fine_tuned", fine_tuned))
-    }
+    returns = {name: utils.returns_by_sampling_mode(env, policy, cfg)
+               for name, policy in (("base", base), ("fine_tuned", fine_tuned))}
     command = "python examples/export_policy.py " + " ".join(sys.argv[1:])
     metadata = {
         "method": "rldt",
@@ -76,7 +69,7 @@ def main() -> None:
 
     metric = "success rate" if utils.is_metaworld(cfg.task) else "return"
     print(f"{cfg.task}: {metric} over {args.episodes} episodes, base -> fine-tuned")
-    for mode in modes:
+    for mode in returns["base"]:
         print(f"  {mode:13s} {returns['base'][mode]['mean']:.3f} -> {returns['fine_tuned'][mode]['mean']:.3f}")
     print(f"wrote {args.out}")
 

@@ -19,11 +19,9 @@ from pathlib import Path
 
 import torch
 from tensordict import TensorDict
-from torchrl.envs import ExplorationType
 
 from torchrl_rldt.data import load_offline_dataset
 from torchrl_rldt.checkpoint.training import load_checkpoint_buffer
-from torchrl_rldt.harness import episode_returns
 from torchrl_rldt.objectives.calibration import critic_calibration
 
 import utils
@@ -152,7 +150,6 @@ def main() -> None:
     cfg, base, fine_tuned, loss, checkpoint = utils.load_rldt_run(args.checkpoint, torch.device("cpu"))
     env = (utils.make_policy_chunk_env(base, cfg, args.episodes, args.seed, torch.device("cpu"))
            if args.episodes else None)
-    modes = {"deterministic": ExplorationType.DETERMINISTIC, "stochastic": ExplorationType.RANDOM}
     report = {"checkpoint": str(args.checkpoint), "counters": checkpoint["counters"], "returns": {}}
 
     data = load_offline_dataset(str(args.data))
@@ -162,11 +159,7 @@ def main() -> None:
     for name, policy in (("base", base), ("fine_tuned", fine_tuned)):
         report["flow"][name] = flow_statistics(policy.actor.model, observation, args.samples)
         if env is not None:
-            report["returns"][name] = {
-                mode: episode_returns(env, policy.actor, max_env_steps=cfg.env.max_episode_steps,
-                                      chunk_len=policy.actor.model.chunk_len, exploration_type=exploration)
-                for mode, exploration in modes.items()
-            }
+            report["returns"][name] = utils.returns_by_sampling_mode(env, policy, cfg)
     # the same noise through both flows: how far fine-tuning moved each sampled action
     report["flow"]["fine_tuned"]["displacement_rms"] = (
         (report["flow"]["fine_tuned"]["actions"] - report["flow"]["base"]["actions"]).pow(2).mean().sqrt().item()

@@ -13,14 +13,14 @@ from tensordict.nn import NormalParamExtractor, TensorDictModule
 from torch import nn
 from torchrl.collectors import Collector, MultiAsyncCollector, MultiSyncCollector
 from torchrl.data import LazyTensorStorage, SliceSampler, TensorDictReplayBuffer
-from torchrl.envs import EnvBase, TransformedEnv
+from torchrl.envs import EnvBase, ExplorationType, TransformedEnv
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import SACLoss, SoftUpdate, ValueEstimators
 
 from torchrl_rldt.checkpoint import FlowPolicy, load_flow_policy
 from torchrl_rldt.envs import EnvPoolEnv, is_metaworld_task, make_chunk_env
 from torchrl_rldt.envs.metaworld import METAWORLD_EPISODE_STEPS
-from torchrl_rldt.harness import ConfigCheck, NonFiniteError, read_checkpoint
+from torchrl_rldt.harness import ConfigCheck, NonFiniteError, episode_returns, read_checkpoint
 from torchrl_rldt.modules import ChunkQValueMLP, FlowActor, LandingPointExploration, SVGDTransport
 from torchrl_rldt.objectives import RLDTLoss
 
@@ -325,8 +325,15 @@ def load_base_policy(cfg: DictConfig, device: torch.device, num_steps: int) -> F
 def make_policy_chunk_env(policy: FlowPolicy, cfg: DictConfig, num_envs: int, seed: int,
                           device: torch.device) -> TransformedEnv:
     """A chunk env of ``cfg.task`` in ``policy``'s normalised spaces, with its chunk length."""
-    return make_chunk_env(cfg.task, num_envs, seed, policy.actor.model.chunk_len, policy.env_transforms(),
-                          max_episode_steps=cfg.env.max_episode_steps, device=device)
+    return policy_env_maker(policy, cfg, device)(num_envs, seed)
+
+
+def returns_by_sampling_mode(env: EnvBase, policy: FlowPolicy, cfg: DictConfig) -> dict:
+    """One episode per env of ``env`` in each sampling mode: deterministic (x0 = 0) and stochastic."""
+    modes = {"deterministic": ExplorationType.DETERMINISTIC, "stochastic": ExplorationType.RANDOM}
+    return {mode: episode_returns(env, policy.actor, max_env_steps=cfg.env.max_episode_steps,
+                                  chunk_len=policy.actor.model.chunk_len, exploration_type=exploration)
+            for mode, exploration in modes.items()}
 
 
 def make_rldt_critic(policy: FlowPolicy, cfg: DictConfig, device: torch.device) -> ValueOperator:
@@ -436,7 +443,7 @@ def make_collector(cfg: DictConfig, policy, make_env, seed: int, *, frames_per_b
     """
     common = dict(frames_per_batch=frames_per_batch, total_frames=total_frames, device=cfg.device,
                   storing_device=cfg.device, **kwargs)
-    kind = cfg.collector.get("kind", "single")
+    kind = cfg.collector.kind
     if kind == "single":
         return Collector(make_env(cfg.env.num_envs, seed), policy, **common)
     workers = cfg.collector.num_workers
