@@ -374,7 +374,9 @@ class TrainingRun:
         self._progress = None
         # wall-clock of the loop: what earlier sessions of a resumed run spent, plus this one's
         self._wall_offset = float(self.state["wall_seconds"]) if self.state else 0.0
-        # 1-minute load average at the start of each session of the loop (kept across resumes)
+        # where the loop's time went and the machine's 1-minute load average at the start of each
+        # session of the loop, both kept across resumes beside the wall-clock
+        self._phase_seconds: dict[str, float] = dict(self.state.get("phase_seconds", {})) if self.state else {}
         self._load_averages: list[float] = list(self.state.get("load_average", [])) if self.state else []
         self._start: float | None = None
         self.stop_requested = False
@@ -458,6 +460,7 @@ class TrainingRun:
             "history": self.history,
             "extra": self.extra,
             "wall_seconds": self.wall_seconds,
+            "phase_seconds": self._phase_seconds,
             "load_average": self._load_averages,
             "rng": rng_state(self.device),
             "config": OmegaConf.to_container(self.config, resolve=True),
@@ -532,8 +535,8 @@ class TrainingRun:
             yield
         finally:
             if self._start is not None:  # the loop's clock runs (not e.g. the base's evaluation)
-                seconds = self.extra.setdefault("phase_seconds", {})
-                seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - start
+                elapsed = time.perf_counter() - start
+                self._phase_seconds[phase] = self._phase_seconds.get(phase, 0.0) + elapsed
 
     def collected(self, collector: Any) -> Iterator[Any]:
         """Iterates over ``collector``'s batches, timing each as the ``"collection"`` phase."""
@@ -547,7 +550,7 @@ class TrainingRun:
 
     def phase_seconds(self) -> dict[str, float]:
         """Seconds per phase of :meth:`timed`, and ``"other"``: the rest of the loop's wall-clock."""
-        seconds = dict(self.extra.get("phase_seconds", {}))
+        seconds = dict(self._phase_seconds)
         seconds["other"] = max(self.wall_seconds - sum(seconds.values()), 0.0)
         return {phase: round(value, 3) for phase, value in seconds.items()}
 
