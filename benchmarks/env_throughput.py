@@ -5,14 +5,21 @@ Measured for each ``num_envs`` (default 8 and 32) on Hopper-v5:
 - ``raw_autoreset``: ``pool.step`` in a loop, envpool resetting finished envs itself
   (its NEXT_STEP auto-reset: the step after an episode end is a reset that ignores
   the action, counted here as a step). The upper limit of this machine.
+- ``raw_autoreset_real``: the same loop, counting only the real transitions (not the
+  auto-reset steps): envpool's own rate of transitions a learner can use.
 - ``raw_explicit_reset``: ``pool.step`` plus ``pool.reset(finished ids)``: the
   correct transitions that ``EnvPoolEnv`` delivers, with no TorchRL around them.
 - ``envpool_env``: ``EnvPoolEnv.step_and_maybe_reset`` in a loop.
-- ``envpool_env_collector``: ``EnvPoolEnv`` under ``torchrl.collectors.Collector``
-  with a uniform random policy module (TorchRL's default ``RandomPolicy`` samples
-  through ``spec.rand()``, which costs more than the env step here).
+- ``envpool_env_rollout``: ``EnvPoolEnv.rollout(256, policy, break_when_any_done=False)``.
+- ``envpool_env_collector``: ``EnvPoolEnv`` under ``torchrl.collectors.Collector``.
 
-Each figure is the median of ``--repeats`` timed windows of ``--seconds`` each.
+Every method takes its actions from the same fixed bank of uniform random actions, so
+that the policy costs nothing and only the env layer is compared (TorchRL's default
+``RandomPolicy`` samples through ``spec.rand()``, which costs more than the env step).
+
+The timed windows of the methods are interleaved (one window of each method per round),
+so that a change of the machine's load hits them all alike; each figure is the median
+over ``--repeats`` rounds of windows of ``--seconds`` each. The load average is recorded.
 
     python benchmarks/env_throughput.py --out benchmarks/results/env_throughput.json
 """
@@ -25,14 +32,14 @@ import platform
 import statistics
 import time
 from pathlib import Path
+from typing import Callable
 
 import envpool
 import numpy as np
 import tensordict
 import torch
 import torchrl
-from tensordict.nn import TensorDictModule
-from torch import nn
+from tensordict import TensorDictBase
 from torchrl.collectors import Collector
 
 from torchrl_rldt.envs import EnvPoolEnv
@@ -40,88 +47,138 @@ from torchrl_rldt.envs import EnvPoolEnv
 TASK = "Hopper-v5"
 
 
-def _timed(step_fn, seconds: float, repeats: int, steps_per_call: int) -> float:
-    """Median env steps per second of ``step_fn`` over ``repeats`` windows."""
-    for _ in range(20):
-        step_fn()
-    rates = []
-    for _ in range(repeats):
-        calls, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            step_fn()
-            calls += 1
-        rates.append(calls * steps_per_call / (time.perf_counter() - start))
-    return statistics.median(rates)
+ROLLOUT_STEPS = 256
+
+
+def _window(step_fn: Callable[[], int], seconds: float) -> float:
+    """Env steps per second of ``step_fn`` (which returns its env steps) over one window."""
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        steps += step_fn()
+    return steps / (time.perf_counter() - start)
 
 
 def _action_bank(num_envs: int, size: int = 1024) -> np.ndarray:
     return np.random.default_rng(0).uniform(-1, 1, (size, num_envs, 3)).astype(np.float32)
 
 
-def raw_autoreset(num_envs: int, seconds: float, repeats: int) -> float:
+def raw_autoreset(num_envs: int) -> dict[str, Callable[[], int]]:
+    """Two counts of one loop: every ``pool.step`` row, and the real transitions only."""
+    pool = envpool.make(TASK, env_type="gymnasium", num_envs=num_envs, seed=0)
+    pool.reset()
+    bank = _action_bank(num_envs)
+    state = {"i": 0, "finished": np.zeros(num_envs, dtype=bool)}
+
+    def step_all() -> int:
+        pool.step(bank[state["i"] % len(bank)])
+        state["i"] += 1
+        return num_envs
+
+    def step_real() -> int:
+        _, _, terminated, truncated, _ = pool.step(bank[state["i"] % len(bank)])
+        state["i"] += 1
+        # an env that finished at the previous step was reset by this one: not a transition
+        real = num_envs - int(state["finished"].sum())
+        state["finished"] = terminated | truncated
+        return real
+
+    return {"raw_autoreset": step_all, "raw_autoreset_real": step_real}
+
+
+def raw_explicit_reset(num_envs: int) -> Callable[[], int]:
     pool = envpool.make(TASK, env_type="gymnasium", num_envs=num_envs, seed=0)
     pool.reset()
     bank, i = _action_bank(num_envs), [0]
 
-    def step():
-        pool.step(bank[i[0] % len(bank)])
-        i[0] += 1
-
-    return _timed(step, seconds, repeats, num_envs)
-
-
-def raw_explicit_reset(num_envs: int, seconds: float, repeats: int) -> float:
-    pool = envpool.make(TASK, env_type="gymnasium", num_envs=num_envs, seed=0)
-    pool.reset()
-    bank, i = _action_bank(num_envs), [0]
-
-    def step():
+    def step() -> int:
         _, _, terminated, truncated, _ = pool.step(bank[i[0] % len(bank)])
         finished = np.nonzero(terminated | truncated)[0]
         if len(finished):
             pool.reset(finished)
         i[0] += 1
+        return num_envs
 
-    return _timed(step, seconds, repeats, num_envs)
+    return step
 
 
-def envpool_env(num_envs: int, seconds: float, repeats: int) -> float:
+def envpool_env(num_envs: int) -> Callable[[], int]:
     env = EnvPoolEnv(TASK, num_envs, seed=0)
     bank = torch.from_numpy(_action_bank(num_envs))
     state = {"td": env.reset(), "i": 0}
 
-    def step():
+    def step() -> int:
         td = state["td"].set("action", bank[state["i"] % len(bank)])
         _, state["td"] = env.step_and_maybe_reset(td)
         state["i"] += 1
+        return num_envs
 
-    return _timed(step, seconds, repeats, num_envs)
-
-
-class _UniformAction(nn.Module):
-    def __init__(self, num_envs: int, action_dim: int) -> None:
-        super().__init__()
-        self.shape = (num_envs, action_dim)
-
-    def forward(self, observation: torch.Tensor) -> torch.Tensor:
-        return torch.rand(self.shape) * 2 - 1
+    return step
 
 
-def envpool_env_collector(num_envs: int, seconds: float, repeats: int) -> float:
+class _ActionBankPolicy:
+    """Writes the next action of a fixed bank, as the raw loops do: no policy cost is timed.
+
+    (A ``TensorDictModule`` would add ~0.05 ms per call here: tensordict 0.14's
+    ``TensorDict.from_any`` looks up ``pandas`` with ``importlib.util.find_spec`` on every
+    output it writes.)
+    """
+
+    def __init__(self, num_envs: int) -> None:
+        self.bank = torch.from_numpy(_action_bank(num_envs))
+        self.calls = 0
+
+    def __call__(self, tensordict: TensorDictBase) -> TensorDictBase:
+        self.calls += 1
+        return tensordict.set("action", self.bank[self.calls % len(self.bank)])
+
+
+def envpool_env_rollout(num_envs: int) -> Callable[[], int]:
+    env = EnvPoolEnv(TASK, num_envs, seed=0)
+    policy = _ActionBankPolicy(num_envs)
+    state = {"td": env.reset()}
+
+    def rollout() -> int:
+        data = env.rollout(ROLLOUT_STEPS, policy, auto_reset=False, tensordict=state["td"],
+                           break_when_any_done=False)
+        state["td"] = env.step_mdp(data[..., -1])
+        state["td"] = env.maybe_reset(state["td"])
+        return num_envs * ROLLOUT_STEPS
+
+    return rollout
+
+
+def envpool_env_collector(num_envs: int) -> tuple[Callable[[], int], Callable[[], None]]:
     env = EnvPoolEnv(TASK, num_envs, seed=0)
     frames_per_batch = num_envs * 64
-    policy = TensorDictModule(
-        _UniformAction(num_envs, env.action_spec.shape[-1]), ["observation"], ["action"]
-    )
-    collector = Collector(env, policy, frames_per_batch=frames_per_batch, total_frames=-1)
+    collector = Collector(env, _ActionBankPolicy(num_envs), frames_per_batch=frames_per_batch,
+                          total_frames=-1, trust_policy=True)
     iterator = iter(collector)
 
-    def batch():
+    def batch() -> int:
         next(iterator)
+        return frames_per_batch
 
-    rate = _timed(batch, seconds, repeats, frames_per_batch)
-    collector.shutdown()
-    return rate
+    return batch, collector.shutdown
+
+
+def measure(num_envs: int, seconds: float, repeats: int) -> dict[str, float]:
+    """Median env steps per second of each method, over interleaved windows."""
+    collector_batch, shutdown = envpool_env_collector(num_envs)
+    methods = {
+        **raw_autoreset(num_envs),
+        "raw_explicit_reset": raw_explicit_reset(num_envs),
+        "envpool_env": envpool_env(num_envs),
+        "envpool_env_rollout": envpool_env_rollout(num_envs),
+        "envpool_env_collector": collector_batch,
+    }
+    for step_fn in methods.values():  # warm-up
+        _window(step_fn, 0.2)
+    rates: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(repeats):
+        for name, step_fn in methods.items():
+            rates[name].append(_window(step_fn, seconds))
+    shutdown()
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def main() -> None:
@@ -135,20 +192,14 @@ def main() -> None:
     torch.set_num_threads(args.torch_threads)
 
     results = []
+    load_before = os.getloadavg()
     for num_envs in args.num_envs:
         row = {"num_envs": num_envs}
-        for name, fn in [
-            ("raw_autoreset", raw_autoreset),
-            ("raw_explicit_reset", raw_explicit_reset),
-            ("envpool_env", envpool_env),
-            ("envpool_env_collector", envpool_env_collector),
-        ]:
-            row[name] = round(fn(num_envs, args.seconds, args.repeats))
-        for name in ("envpool_env", "envpool_env_collector"):
-            row[f"{name}_vs_raw_autoreset"] = round(row[name] / row["raw_autoreset"], 3)
-            row[f"{name}_vs_raw_explicit_reset"] = round(
-                row[name] / row["raw_explicit_reset"], 3
-            )
+        row.update({name: round(rate) for name, rate in
+                    measure(num_envs, args.seconds, args.repeats).items()})
+        for name in ("envpool_env", "envpool_env_rollout", "envpool_env_collector"):
+            for baseline in ("raw_autoreset", "raw_autoreset_real", "raw_explicit_reset"):
+                row[f"{name}_vs_{baseline}"] = round(row[name] / row[baseline], 3)
         results.append(row)
         print(json.dumps(row))
 
@@ -163,6 +214,8 @@ def main() -> None:
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
         },
         "versions": {
             "envpool": envpool.__version__,

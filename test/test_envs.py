@@ -10,7 +10,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 from torchrl.collectors import Collector
-from torchrl.envs import Compose, InitTracker, RewardSum, StepCounter, TransformedEnv
+from torchrl.envs import Compose, EnvBase, InitTracker, RewardSum, StepCounter, TransformedEnv
 from torchrl.envs.utils import check_env_specs
 
 from torchrl_rldt.envs import (
@@ -144,6 +144,30 @@ class TestEnvPoolEnv:
         restarted = rollout["observation"][:, 1:][done[:, :-1]]
         assert ((restarted[:, 0] - 1.25).abs() < 0.01).all()
         assert (restarted[:, 1:5].abs() < 0.01).all()
+
+    @pytest.mark.parametrize("info_keys", [(), ("x_velocity",)])
+    def test_step_and_maybe_reset_matches_generic_path(self, info_keys):
+        # the env's own step-and-reset gives what TorchRL's generic step, step_mdp and
+        # partial reset give, on terminations and truncations alike
+        def make():
+            return EnvPoolEnv("Hopper-v5", 4, seed=5, max_episode_steps=17, info_keys=info_keys)
+
+        fast, generic = make(), make()
+        actions = torch.rand(120, 4, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        td_fast, td_generic = fast.reset(), generic.reset()
+        terminated = truncated = 0
+        for action in actions:
+            step_fast, td_fast = fast.step_and_maybe_reset(td_fast.set("action", action))
+            step_generic, td_generic = EnvBase._step_and_maybe_reset(
+                generic, td_generic.set("action", action.clone())
+            )
+            assert (step_fast == step_generic).all() and (td_fast == td_generic).all()
+            assert set(td_fast.keys(True)) == set(td_generic.keys(True))
+            terminated += int(step_fast["next", "terminated"].sum())
+            truncated += int(step_fast["next", "truncated"].sum())
+            # the reset rows replace the root's entries, not the transition's
+            assert not td_fast["done"].any()
+        assert terminated > 5 and truncated > 5
 
     def test_terminated_vs_truncated(self):
         # a Hopper driven hard falls over: terminated, not truncated

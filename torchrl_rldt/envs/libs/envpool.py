@@ -325,8 +325,10 @@ class EnvPoolEnv(EnvBase):
         if reward is not None:
             # envpool returns a fresh reward array per call, nothing else holds it
             source[self._reward_key] = torch.from_numpy(reward).unsqueeze(-1)
+        if self._is_cpu:  # with the env's device set, TensorDict.set does not cast it again
+            return new_tensordict_unsafe(source, batch_size=self.batch_size, device=self.device)
         out = new_tensordict_unsafe(source, batch_size=self.batch_size)
-        return out if self._is_cpu else out.to(self.device, non_blocking=True)
+        return out.to(self.device, non_blocking=True)
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         action = tensordict.get(self._action_key)
@@ -360,16 +362,53 @@ class EnvPoolEnv(EnvBase):
         state["obs"], state["flags"], state["info"] = obs, flags, info
         return self._output(obs, flags, info, reward)
 
+    def _step_and_maybe_reset(
+        self, tensordict: TensorDictBase
+    ) -> tuple[TensorDictBase, TensorDictBase]:
+        # The generic path (``step`` then ``maybe_reset``) re-validates what ``_step`` and
+        # ``_reset`` build complete, and merges the reset through masked copies of every
+        # entry: at a few envs it costs more than the physics. Here the finished envs are
+        # reset right after the step and only their rows change. Inputs this shortcut does
+        # not handle (partial steps, preset "next" entries, type checks, hooks, another
+        # device) take the generic path.
+        if (
+            not self._is_cpu
+            or self.run_type_checks
+            or self._post_step_mdp_hooks is not None
+            or tensordict.device != self.device
+            or "_step" in tensordict.keys()
+            or "next" in tensordict.keys()
+        ):
+            return super()._step_and_maybe_reset(tensordict)
+        if tensordict.batch_size != self.batch_size:
+            self._assert_tensordict_shape(tensordict)
+        tensordict.set("next", self._step(tensordict))
+        tensordict_ = self._step_mdp(tensordict)
+        finished = self._needs_reset.nonzero()[0]
+        if len(finished):
+            reset = self._reset_envs(finished)
+            if len(finished) < self.num_envs:
+                # as TorchRL's partial reset: the reset rows of the entries that the reset
+                # does not produce (the action, policy outputs) are zeroed (a full reset
+                # keeps them); fresh tensors, so that the transition keeps its own
+                rows = torch.from_numpy(finished)
+                tensordict_.update(tensordict_.exclude(*reset.keys()).apply(
+                    lambda value: value.index_fill(0, rows, 0)
+                ))
+            tensordict_.update(reset)
+        return tensordict, tensordict_
+
     def _reset(
         self, tensordict: TensorDictBase | None = None, **kwargs: Any
     ) -> TensorDictBase:
         reset_mask = None if tensordict is None else tensordict.get("_reset", None)
         if reset_mask is None or bool(reset_mask.all()):
-            obs, info = self._pool.reset()
-            env_ids = None
-        else:
-            env_ids = reset_mask.reshape(-1).cpu().numpy().nonzero()[0]
-            obs, info = self._pool.reset(env_ids)
+            return self._reset_envs(None)
+        return self._reset_envs(reset_mask.reshape(-1).cpu().numpy().nonzero()[0])
+
+    def _reset_envs(self, env_ids: np.ndarray | None) -> TensorDictBase:
+        """Resets the envs ``env_ids`` (all for ``None``); the output covers every env."""
+        obs, info = self._pool.reset() if env_ids is None else self._pool.reset(env_ids)
         order = info["env_id"]
         info = self._info_arrays(info)
         state = self._pool_state
