@@ -159,12 +159,6 @@ class EnvPoolEnv(EnvBase):
         info_keys: Sequence[str] = (),
         **task_kwargs: Any,
     ) -> None:
-        if not _has_envpool:
-            raise ImportError(
-                "EnvPoolEnv needs the envpool package: `pip install 'envpool>=1.2.5'`."
-            )
-        import envpool
-
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}.")
         check_task_id(env_name)
