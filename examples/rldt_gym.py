@@ -16,6 +16,7 @@ batches, on Ctrl-C and at the end), the logger's files, ``learning_curve.png`` a
 """
 from __future__ import annotations
 
+import collections
 import math
 
 import hydra
@@ -26,6 +27,7 @@ from torchrl_rldt.harness import TrainingRun
 from torchrl_rldt.objectives import RLDTLoss
 from utils import (
     check_rldt_config,
+    collected_calibration,
     collected_chunks,
     load_base_policy,
     make_policy_chunk_env,
@@ -68,6 +70,10 @@ def main(cfg: DictConfig) -> None:
     round_size = cfg.buffer.batch_size * cfg.schedule.critic_steps // cfg.schedule.target_action_reuse
     # the learner's forward passes in bfloat16 (its backward follows); weights and optimisers stay fp32
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.learner_precision == "bf16")
+
+    # the latest collector batches, in time order per env: their episodes calibrate the critic
+    calibrate = cfg.eval.calibration_batches > 0 and cfg.collector.kind != "multi_async"
+    recent_batches = collections.deque(maxlen=max(cfg.eval.calibration_batches, 1))
 
     # --- training loop ------------------------------------------------------------------------
     remaining = cfg.collector.total_env_steps - counters["env_steps"]
@@ -149,9 +155,16 @@ def main(cfg: DictConfig) -> None:
 
                 metrics["env_steps_per_second"] = counters["env_steps"] / max(run.wall_seconds, 1e-9)
                 metrics["action_abs_mean"] = batch["action"].abs().mean().item()  # executed, normalised
+                recent_batches.append(batch)
                 returns = run.evaluate_periodically(eval_env, actor, chunk_len=chunk_len)
                 if returns is not None:
                     metrics["eval_return"] = returns["mean"]
+                    if calibrate:
+                        with autocast:
+                            calibration = collected_calibration(loss, recent_batches, cfg.optim.gamma,
+                                                                reward_scale)
+                        metrics.update({f"critic_{key}": calibration[key] for key in
+                                        ("correlation", "bias", "value_mean", "return_mean")})
                 run.log(metrics, steps, batch)
                 if counters["batches"] % cfg.checkpoint.every_batches == 0:
                     run.save(saved_buffer)

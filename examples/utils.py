@@ -23,6 +23,7 @@ from torchrl_rldt.envs.metaworld import METAWORLD_EPISODE_STEPS
 from torchrl_rldt.harness import ConfigCheck, NonFiniteError, episode_returns, read_checkpoint
 from torchrl_rldt.modules import ChunkQValueMLP, FlowActor, LandingPointExploration, SVGDTransport
 from torchrl_rldt.objectives import RLDTLoss
+from torchrl_rldt.objectives.calibration import critic_calibration
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -211,7 +212,7 @@ def check_rldt_config(cfg: DictConfig) -> None:
                  "schedule.actor_every_batches"):
         positive_int(name)
     for name in ("schedule.critic_warmup_batches", "schedule.critic_steps", "schedule.actor_steps",
-                 "optim.actor_warmup_steps"):
+                 "optim.actor_warmup_steps", "eval.calibration_batches"):
         positive_int(name, minimum=0)
     if cfg.schedule.reanchor_every is not None:
         positive_int("schedule.reanchor_every")
@@ -375,6 +376,34 @@ def make_rldt_loss(actor: FlowActor, critic: ValueOperator, cfg: DictConfig) -> 
     else:
         loss.make_value_estimator(ValueEstimators.TD0, gamma=cfg.optim.gamma)
     return loss, SoftUpdate(loss, tau=cfg.optim.tau)
+
+
+@torch.no_grad()
+def collected_calibration(loss: RLDTLoss, batches, gamma: float, reward_scale: float | None) -> dict:
+    """The critic's ensemble-mean ``Q(s, a)`` against the discounted returns of the episodes that
+    end within ``batches``: consecutive collector batches ``[envs, chunks]``, oldest first.
+
+    Rewards are divided by ``reward_scale`` (what the critic learns); an episode cut by the time
+    limit continues with the critic's value of the state it was cut at (the mean over the TD
+    target's policy samples there), as the TD target does. Returns
+    :func:`~torchrl_rldt.objectives.calibration.critic_calibration`'s report.
+    """
+    transitions = torch.cat(list(batches), dim=1)
+    value = loss.critic_values(transitions).mean(0)
+    next_td = transitions.get("next")
+    truncated = next_td.get("truncated") & ~next_td.get("terminated")
+    next_value = torch.zeros_like(value)
+    cut = truncated.squeeze(-1)
+    if cut.any():
+        at_cut = loss.sample_target_actions(transitions[cut].clone())
+        actions = at_cut.get(("next", loss.tensor_keys.target_action)).movedim(-3, 0)  # [M, n, H, A]
+        state = at_cut.get("next").expand(actions.shape[0], *at_cut.batch_size)
+        next_value[cut] = loss.critic_values(state, actions).mean((0, 1))
+    reward = next_td.get("reward")
+    if reward_scale:
+        reward = reward / reward_scale
+    return critic_calibration(value.unsqueeze(-1), reward, next_td.get("done"), gamma,
+                              truncated=truncated, next_value=next_value.unsqueeze(-1))
 
 
 def load_rldt_run(path: str | Path, device: torch.device) -> tuple[DictConfig, FlowPolicy, FlowPolicy, RLDTLoss, dict]:

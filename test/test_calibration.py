@@ -55,3 +55,23 @@ def test_nothing_finished_counts_nothing_and_shapes_must_match():
     assert report["steps"] == 0 and math.isnan(report["bias"])
     with pytest.raises(ValueError, match="same shape"):
         critic_calibration(torch.zeros(2, 4), reward, done, 0.99)
+
+
+def test_truncated_episodes_continue_with_the_next_state_value():
+    reward, done = trajectories()  # env 1 is cut at step 3 by a time limit
+    truncated = torch.zeros_like(done)
+    truncated[1, 3] = True
+    next_value = torch.full_like(reward, 5.0)  # read only where truncated
+    gamma = 0.9
+    bootstrapped = torch.tensor([gamma**4, gamma**3, gamma**2, gamma]) * 5.0
+    value = torch.zeros_like(reward)
+    value[1, :4, 0] = bootstrapped
+    value[0, :3, 0] = torch.tensor([gamma**2, gamma, 1.0])
+    report = critic_calibration(value, reward, done, gamma, truncated=truncated, next_value=next_value)
+    assert report["steps"] == 7
+    assert report["rmse"] == pytest.approx(0.0, abs=1e-6)
+    # without the bootstrap the same values look optimistic by what the cut episode owes
+    plain = critic_calibration(value, reward, done, gamma)
+    assert plain["bias"] == pytest.approx(bootstrapped.sum().item() / 7, rel=1e-5)
+    with pytest.raises(ValueError, match="truncated needs next_value"):
+        critic_calibration(value, reward, done, gamma, truncated=truncated)

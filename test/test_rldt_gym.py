@@ -12,10 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, load_script
+from tensordict import TensorDict
+from torchrl.modules import ValueOperator
 
 from torchrl_rldt.checkpoint import load_flow_policy, save_flow_policy
 from torchrl_rldt.envs import NormalizationStats
-from torchrl_rldt.modules import FlowActor, FlowModel, VelocityMLP
+from torchrl_rldt.modules import ChunkQValueMLP, FlowActor, FlowModel, VelocityMLP
+from torchrl_rldt.objectives import RLDTLoss
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "rldt_gym.py"
 TINY = [
@@ -77,7 +81,8 @@ def test_smoke_writes_everything(tmp_path, base):
     # the machine's load when the loop started and when it ended, beside those timings
     assert len(summary["load_average"]) == 2 and all(load >= 0 for load in summary["load_average"])
     assert (run_dir / "learning_curve.png").stat().st_size > 0
-    for scalar in ("loss_qvalue", "q_member_gap", "action_abs_mean", "transport_norm"):
+    for scalar in ("loss_qvalue", "q_member_gap", "action_abs_mean", "transport_norm",
+                   "critic_correlation", "critic_bias"):
         assert (run_dir / "rldt_gym" / "scalars" / f"{scalar}.csv").is_file(), scalar
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")  # weights_only=True reads it
     assert checkpoint["counters"] == summary["counters"]
@@ -251,8 +256,6 @@ def test_reward_scale_is_updated_once_every_so_many_batches(tmp_path, base):
 def test_multi_process_collectors_gather_real_transitions_with_the_learners_weights(base, kind):
     from omegaconf import OmegaConf
 
-    from conftest import ROOT, load_script
-
     utils = load_script("examples/utils.py")
     cfg = OmegaConf.load(ROOT / "examples" / "config" / "rldt_gym.yaml")
     cfg.base_checkpoint, cfg.env.num_envs, cfg.env.max_episode_steps = str(base), 4, 60
@@ -296,3 +299,35 @@ def test_one_config_value_moves_training_to_several_processes(tmp_path, base, ki
     assert result.returncode == 0, result.stderr[-3000:]
     counters = json.loads((tmp_path / "run" / "summary.json").read_text())["counters"]
     assert counters["actor_updates"] > 0 and counters["chunks"] == 16 * counters["batches"]
+
+
+def test_collected_calibration_bootstraps_time_outs_with_the_critic():
+    # a critic that says 2 everywhere, against two envs' batches: env 0 ends (terminated) at its
+    # third chunk, env 1 is cut by the time limit at its fourth
+    utils = load_script("examples/utils.py")
+    model = FlowModel(VelocityMLP(3, 2, chunk_len=2, hidden_dim=8), 2, 4, chunk_len=2, low=-1.0, high=1.0)
+    critic = ValueOperator(ChunkQValueMLP(3, 2, chunk_len=2, hidden_dim=8), in_keys=["observation", "action"])
+    loss = RLDTLoss(FlowActor(model), critic, num_particles=2)
+    with torch.no_grad():
+        for name, param in loss.qvalue_network_params.items(True, True):
+            param.zero_()
+            if name[-1] == "bias" and param.shape[-1] == 1:  # the output layer's bias
+                param.fill_(2.0)
+    assert (loss.critic_values(TensorDict(observation=torch.randn(5, 3), action=torch.rand(5, 2, 2),
+                                          batch_size=[5])) == 2.0).all()
+    terminated = torch.tensor([[0, 0, 1, 0], [0, 0, 0, 0]]).bool().unsqueeze(-1)
+    truncated = torch.tensor([[0, 0, 0, 0], [0, 0, 0, 1]]).bool().unsqueeze(-1)
+    transitions = TensorDict({
+        "observation": torch.randn(2, 4, 3), "action": torch.rand(2, 4, 2, 2),
+        "next": {"observation": torch.randn(2, 4, 3), "reward": torch.ones(2, 4, 1),
+                 "terminated": terminated, "truncated": truncated, "done": terminated | truncated},
+    }, batch_size=[2, 4])
+    gamma = 0.5
+    report = utils.collected_calibration(loss, [transitions[:, :2], transitions[:, 2:]], gamma,
+                                         reward_scale=2.0)
+    # returns of rewards 1 / 2: env 0 (3 chunks, terminated), env 1 (4 chunks, then gamma x 2)
+    env0 = [0.5 * (1 + gamma + gamma**2), 0.5 * (1 + gamma), 0.5]
+    env1 = [0.5 * sum(gamma**k for k in range(4 - t)) + gamma ** (4 - t) * 2.0 for t in range(4)]
+    assert report["steps"] == 7 and report["value_mean"] == pytest.approx(2.0)
+    assert report["return_mean"] == pytest.approx(sum(env0 + env1) / 7)
+

@@ -224,6 +224,19 @@ class TestRLDTLoss:
         gradients = [p.grad for p in loss.qvalue_network_params.values(True, True) if p.grad is not None]
         assert gradients and all(g[1].abs().sum() == 0 and g[0].abs().sum() > 0 for g in gradients)
 
+    def test_critic_values_are_the_online_members_predictions(self):
+        loss = make_loss()
+        batch = make_batch(6)
+        torch.manual_seed(2)
+        _, info = loss.qvalue_loss(batch.clone())
+        values = loss.critic_values(batch)
+        assert values.shape == (2, 6) and not values.requires_grad
+        torch.testing.assert_close(values, info["state_action_value"])
+        # another action, with leading sample dimensions over the state's
+        actions = torch.rand(3, 6, H, ACT)
+        state = batch.select("observation").expand(3, 6)
+        assert loss.critic_values(state, actions).shape == (2, 3, 6)
+
     def test_soft_update_and_reference_reanchoring(self):
         loss = make_loss()
         updater = SoftUpdate(loss, eps=0.5)

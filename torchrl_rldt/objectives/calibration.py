@@ -40,13 +40,18 @@ def critic_calibration(
     done: torch.Tensor,
     gamma: float,
     *,
+    truncated: torch.Tensor | None = None,
+    next_value: torch.Tensor | None = None,
     time_dim: int = -2,
 ) -> dict[str, float]:
     """Critic values against the discounted Monte-Carlo returns of the same steps.
 
-    Only steps whose episode ends inside the window count. An episode cut by a time limit counts
-    with what it collected (its return, not a bootstrapped one), so on tasks where time-outs are
-    frequent the returns are a lower bound of what a critic that bootstraps at time-outs predicts.
+    Only steps whose episode ends inside the window count. Without ``truncated``, an episode cut
+    by a time limit counts with what it collected (its return, not a bootstrapped one), so on tasks
+    where time-outs are frequent the returns are a lower bound of what a critic that bootstraps at
+    time-outs predicts. With ``truncated`` and ``next_value``, the return of a truncated episode
+    continues with ``gamma`` times the value of the state it was cut at, as the critic's own target
+    does (a step ``k`` steps before the cut then owes ``gamma ** k`` of its return to that value).
 
     Args:
         value (torch.Tensor): the critic's value of each stored step, e.g. the ensemble's mean
@@ -56,6 +61,10 @@ def critic_calibration(
         gamma (float): the discount per step (per chunk for chunk transitions).
 
     Keyword Args:
+        truncated (torch.Tensor, optional): episode ends by a time limit (a subset of ``done``).
+            Defaults to none.
+        next_value (torch.Tensor, optional): a value of each step's next state, read where
+            ``truncated``; required with ``truncated``.
         time_dim (int, optional): the time dimension. Defaults to ``-2``.
 
     Returns:
@@ -79,8 +88,16 @@ def critic_calibration(
             f"value, reward and done must have the same shape, got {tuple(value.shape)}, "
             f"{tuple(reward.shape)} and {tuple(done.shape)}."
         )
-    done = done.bool()
-    returns = reward2go(reward.float(), done, gamma, time_dim=time_dim)
+    done, reward = done.bool(), reward.float()
+    if truncated is not None:
+        if next_value is None or not truncated.shape == next_value.shape == reward.shape:
+            raise ValueError(
+                "truncated needs next_value, both shaped like reward "
+                f"({tuple(reward.shape)}); got {None if next_value is None else tuple(next_value.shape)}."
+            )
+        # the cut episode's return goes on with the value of the state it was cut at
+        reward = reward + gamma * torch.where(truncated.bool(), next_value.float(), 0.0)
+    returns = reward2go(reward, done, gamma, time_dim=time_dim)
     counted = finished_episode_mask(done, time_dim=time_dim)
     value, returns = value[counted].float(), returns[counted]
     nan = float("nan")

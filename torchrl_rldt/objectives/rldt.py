@@ -125,6 +125,8 @@ class RLDTLoss(LossModule):
         >>> (critic_loss + sum(actor_loss[k] for k in ("loss_rl", "loss_consistency",
         ...                                           "loss_reference"))).backward()
         >>> target_updater.step()
+        >>> loss.critic_values(batch).shape  # every member's Q(s, a), a diagnostic
+        torch.Size([2, 16])
 
         Beside another TorchRL objective in one loop, e.g. a behaviour-cloning term on
         demonstrations (``FlowMatchingBCLoss`` shares the actor's parameters):
@@ -402,6 +404,25 @@ class RLDTLoss(LossModule):
         schedule.
         """
         self.reference_actor_network_params.data.copy_(self.actor_network_params.data)
+
+    @torch.no_grad()
+    def critic_values(
+        self, tensordict: TensorDictBase, action: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Every ensemble member's ``Q(s, a)``, ``[E, *B]``, without gradients (a diagnostic).
+
+        Args:
+            tensordict (TensorDictBase): the critic's state inputs, batch ``[*B]``.
+            action (torch.Tensor, optional): action chunks ``[*B, H, A]``. Defaults to the
+                ``action`` entry of ``tensordict``.
+
+        Returns:
+            ``[num_qvalue_nets, *B]`` values of the online critic.
+        """
+        state = tensordict.select(*self._critic_state_keys())
+        if action is None:
+            action = tensordict.get(self.tensor_keys.action)
+        return self._q_values(state, action, self.qvalue_network_params)
 
     # --- helpers ----------------------------------------------------------------------------
     def _q_values(self, state: TensorDictBase, action: torch.Tensor, params) -> torch.Tensor:
