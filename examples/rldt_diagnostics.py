@@ -5,7 +5,10 @@ Re-evaluates the base and the fine-tuned policy on fresh episodes in both sampli
 sampled from x0 ~ N(0, I), how straight their chains are, the share of clamped components, how far
 fine-tuning moved the action of each noise draw), and
 probes the critic there: mean Q, the gap between ensemble members, and the cosine between the
-members' action-gradients at policy samples. Writes a JSON file.
+members' action-gradients at policy samples. With ``--buffer``, on the states of the saved replay
+buffer: the critic's calibration, the agreement of the transport term's gradients across batches,
+Q's dependence on the action, and each policy term's gradient norm under either kernel. Writes a
+JSON file.
 
     python examples/rldt_diagnostics.py outputs/rldt_gym/<run>/checkpoint.pt \
         --data data/halfcheetah-v5-medium.npz --out benchmarks/results/rldt_diagnostics.json
@@ -128,6 +131,38 @@ def rl_gradient_agreement(loss, states, batch_sizes=(128, 1024), pairs: int = 3)
     return report
 
 
+def policy_term_gradients(loss, states, batch_size: int = 1024, draws: int = 3) -> dict:
+    """The norm of each policy term's gradient on the actor's parameters, for either kernel.
+
+    At the same parameters and states, the RBF field ``1/K sum_j k(a_i, a_j) g_j`` is a fraction
+    of the critic gradient that the delta field passes on whole, while the trust-region term is the
+    same: the ratio of the two gradients is how much each step follows the critic.
+    """
+    params = [p for p in loss.actor_network_params.values(True, True) if p.requires_grad]
+    kernel, calls = loss.transport.kernel, loss.actor_loss_calls.clone()
+    report = {}
+    try:
+        for name in ("rbf", "delta"):
+            loss.transport.kernel = name
+            norms = {"loss_rl": [], "loss_reference": [], "transport_norm": [], "q_gradient_norm": []}
+            for draw in range(draws):
+                torch.manual_seed(draw)
+                loss.actor_loss_calls.fill_(1)  # no re-anchoring of the reference in this probe
+                terms = loss.actor_loss(states[torch.randint(states.shape[0], (batch_size,))])
+                for key in ("loss_rl", "loss_reference"):
+                    gradient = torch.autograd.grad(terms[key], params, retain_graph=True, allow_unused=True)
+                    norms[key].append(torch.cat([g.flatten() for g in gradient if g is not None]).norm().item())
+                for key in ("transport_norm", "q_gradient_norm"):
+                    norms[key].append(terms[key].item())
+            mean = {f"{key}_mean": sum(values) / draws for key, values in norms.items()}
+            mean["rl_to_reference_gradient_ratio"] = mean["loss_rl_mean"] / mean["loss_reference_mean"]
+            report[name] = mean
+    finally:
+        loss.transport.kernel = kernel
+        loss.actor_loss_calls.copy_(calls)
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
@@ -190,11 +225,13 @@ def main() -> None:
         report["calibration"], states = buffer_calibration(args.checkpoint, checkpoint, cfg, loss)
         report["rl_gradient_agreement"] = rl_gradient_agreement(loss, states)
         report["q_action_dependence"] = q_action_dependence(loss, states)
+        report["policy_term_gradients"] = policy_term_gradients(loss, states)
     report["command"] = "python examples/rldt_diagnostics.py " + " ".join(sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({key: report[key] for key in ("returns", "flow", "critic", "calibration",
-                                                       "rl_gradient_agreement", "q_action_dependence") if key in report},
+                                                       "rl_gradient_agreement", "q_action_dependence",
+                                                       "policy_term_gradients") if key in report},
                      indent=1))
 
 
