@@ -25,12 +25,16 @@ MODULES = [
     "torchrl_rldt.modules.transport",
     "torchrl_rldt.modules.exploration",
     "torchrl_rldt.modules.noisy_flow",
+    "torchrl_rldt.modules.diffusion",
     "torchrl_rldt.objectives.reinflow",
     "torchrl_rldt.objectives.fpo",
     "torchrl_rldt.objectives.flow_bc",
     "torchrl_rldt.objectives.calibration",
     "torchrl_rldt.objectives.functional",
+    "torchrl_rldt.objectives.critic",
     "torchrl_rldt.objectives.rldt",
+    "torchrl_rldt.objectives.qam",
+    "torchrl_rldt.objectives.dppo",
 ]
 
 

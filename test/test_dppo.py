@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import doctest
-import importlib
 import math
 
 import pytest
@@ -16,8 +14,8 @@ from torchrl.modules import MLP, ValueOperator
 from torchrl.objectives import DiffusionBCLoss, ValueEstimators
 
 from torchrl_rldt.modules import VelocityMLP
-from torchrl_rldt.modules.diffusion import DDPMChunkModel, DPPOActor, cosine_beta_schedule
-from torchrl_rldt.objectives.dppo import DDPMChunkBCLoss, DPPOLoss
+from torchrl_rldt.modules import DDPMChunkModel, DPPOActor, cosine_beta_schedule
+from torchrl_rldt.objectives import DDPMChunkBCLoss, DPPOLoss
 
 from ppo_batches import add_transition
 
@@ -442,67 +440,3 @@ class TestDDPMChunkBCLoss:
             loss(data)["loss_diffusion_bc"].backward()
             optim.step()
         assert evaluate() < 0.7 * before
-
-
-def make_dppo_loss():
-    policy = make_policy(model=make_model(low=-1.0, high=1.0))
-    loss = DPPOLoss(policy, make_critic(), first_step_clip_epsilon=1e-3)
-    loss.make_value_estimator(gamma=0.9, lmbda=0.9)
-    return loss, lambda loss: make_batch(loss.actor_network, batch=8), "loss_objective"
-
-
-def make_ddpm_bc_loss():
-    def batch(loss):
-        return TensorDict(observation=torch.randn(8, OBS), action=torch.rand(8, H, ACT) * 2 - 1,
-                          batch_size=[8])
-
-    return DDPMChunkBCLoss(make_model()), batch, "loss_diffusion_bc"
-
-
-LOSSES = {"dppo": make_dppo_loss, "ddpm_bc": make_ddpm_bc_loss}
-
-
-@pytest.mark.parametrize("name", LOSSES)
-class TestLossConventions:
-    """The checks of test_loss_conventions.py, for the two losses of this file."""
-
-    def test_state_dict_round_trip(self, name):
-        torch.manual_seed(0)
-        loss, make_loss_batch, _ = LOSSES[name]()
-        batch = make_loss_batch(loss)
-        torch.manual_seed(1)
-        restored, _, _ = LOSSES[name]()
-        restored.load_state_dict(loss.state_dict())
-        for key, value in restored.state_dict().items():
-            torch.testing.assert_close(value, loss.state_dict()[key], msg=key)
-        torch.manual_seed(2)
-        expected = loss(batch.clone())
-        torch.manual_seed(2)
-        got = restored(batch.clone())
-        for key in expected.keys():
-            torch.testing.assert_close(got[key], expected[key], msg=key)
-
-    @pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
-    def test_runs_on_device(self, name, device):
-        loss, make_loss_batch, main_key = LOSSES[name]()
-        loss = loss.to(device)
-        with torch.device(device):
-            batch = make_loss_batch(loss)
-        out = loss(batch.to(device))
-        assert out[main_key].device.type == device and torch.isfinite(out[main_key])
-        out[main_key].backward()
-        assert any(p.grad is not None for p in loss.actor_network_params.values(True, True))
-
-    def test_select_out_keys(self, name):
-        loss, make_loss_batch, main_key = LOSSES[name]()
-        batch = make_loss_batch(loss)
-        loss.select_out_keys(main_key)
-        assert list(loss(batch).keys()) == [main_key]
-
-
-@pytest.mark.parametrize("module_name", ["torchrl_rldt.modules.diffusion",
-                                         "torchrl_rldt.objectives.dppo"])
-def test_docstring_examples(module_name):
-    result = doctest.testmod(importlib.import_module(module_name),
-                             optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0

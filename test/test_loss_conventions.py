@@ -11,8 +11,25 @@ from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import MLP, ValueOperator
 
-from torchrl_rldt.modules import ChunkQValueMLP, FlowActor, FlowModel, FlowNoiseMLP, NoisyFlowActor, VelocityMLP
-from torchrl_rldt.objectives import FlowMatchingBCLoss, FPOLoss, ReinFlowLoss, RLDTLoss
+from torchrl_rldt.modules import (
+    ChunkQValueMLP,
+    DDPMChunkModel,
+    DPPOActor,
+    FlowActor,
+    FlowModel,
+    FlowNoiseMLP,
+    NoisyFlowActor,
+    VelocityMLP,
+)
+from torchrl_rldt.objectives import (
+    DDPMChunkBCLoss,
+    DPPOLoss,
+    FlowMatchingBCLoss,
+    FPOLoss,
+    QAMLoss,
+    ReinFlowLoss,
+    RLDTLoss,
+)
 
 from ppo_batches import add_transition
 
@@ -40,8 +57,7 @@ def make_bc():
 
 
 def make_rldt():
-    critic = ValueOperator(ChunkQValueMLP(OBS, ACT, chunk_len=H, hidden_dim=16), in_keys=["observation", "action"])
-    loss = RLDTLoss(flow_actor(), critic, num_particles=3, reference="previous", reanchor_every=4)
+    loss = RLDTLoss(flow_actor(), q_critic(), num_particles=3, reference="previous", reanchor_every=4)
     loss.make_value_estimator(gamma=0.9)
     return loss, lambda loss: transitions(), "loss_rl"
 
@@ -67,7 +83,41 @@ def make_reinflow():
     return loss, batch, "loss_objective"
 
 
-LOSSES = {"bc": make_bc, "rldt": make_rldt, "fpo": make_fpo, "reinflow": make_reinflow}
+def q_critic():
+    return ValueOperator(ChunkQValueMLP(OBS, ACT, chunk_len=H, hidden_dim=16), in_keys=["observation", "action"])
+
+
+def make_qam():
+    loss = QAMLoss(flow_actor(), q_critic())
+    loss.make_value_estimator(gamma=0.9)
+    return loss, lambda loss: transitions(), "loss_adjoint"
+
+
+def ddpm_model():
+    return DDPMChunkModel(VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=16), ACT, 6, chunk_len=H,
+                          low=-1.0, high=1.0)
+
+
+def make_dppo():
+    policy = DPPOActor(ddpm_model(), finetuned_steps=3)
+    loss = DPPOLoss(policy, value_critic())
+    loss.make_value_estimator(gamma=0.9, lmbda=0.9)
+
+    def batch(loss):
+        data = TensorDict(observation=torch.randn(8, OBS), batch_size=[8])
+        with set_exploration_type(ExplorationType.RANDOM), torch.no_grad():
+            data = policy(data)
+        return add_transition(data, OBS)
+
+    return loss, batch, "loss_objective"
+
+
+def make_ddpm_bc():
+    return DDPMChunkBCLoss(ddpm_model()), lambda loss: transitions(), "loss_diffusion_bc"
+
+
+LOSSES = {"bc": make_bc, "rldt": make_rldt, "fpo": make_fpo, "reinflow": make_reinflow, "qam": make_qam,
+          "dppo": make_dppo, "ddpm_bc": make_ddpm_bc}
 
 
 @pytest.mark.parametrize("name", LOSSES)

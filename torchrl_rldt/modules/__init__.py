@@ -1,8 +1,9 @@
 """Policy modules: the flow model and actor, its velocity network, the SVGD transport, RLDT's
-exploration and ReinFlow's noisy chain."""
+exploration, ReinFlow's noisy chain and DPPO's DDPM chunk policy."""
 from __future__ import annotations
 
 from torchrl_rldt.modules.critic import ChunkQValueMLP
+from torchrl_rldt.modules.diffusion import DDPMChunkModel, DPPOActor, cosine_beta_schedule
 from torchrl_rldt.modules.exploration import LandingPointExploration
 from torchrl_rldt.modules.flow import (
     FlowActor,
@@ -16,6 +17,8 @@ from torchrl_rldt.modules.transport import SVGDTransport, svgd_field
 
 __all__ = [
     "ChunkQValueMLP",
+    "DDPMChunkModel",
+    "DPPOActor",
     "FlowActor",
     "FlowChain",
     "FlowChainDistribution",
@@ -26,5 +29,6 @@ __all__ = [
     "SVGDTransport",
     "SinusoidalTimeEmbedding",
     "VelocityMLP",
+    "cosine_beta_schedule",
     "svgd_field",
 ]

@@ -1,9 +1,21 @@
-"""Losses: flow-matching behaviour cloning, RLDT and the baselines (ReinFlow, FPO / FPO++)."""
+"""Losses: flow-matching behaviour cloning, RLDT and the baselines (QAM, ReinFlow, FPO / FPO++, DPPO)."""
 from __future__ import annotations
 
+from torchrl_rldt.objectives.critic import ChunkQEnsembleLoss
+from torchrl_rldt.objectives.dppo import DDPMChunkBCLoss, DPPOLoss
 from torchrl_rldt.objectives.flow_bc import FlowMatchingBCLoss
 from torchrl_rldt.objectives.fpo import FPOLoss
+from torchrl_rldt.objectives.qam import QAMLoss
 from torchrl_rldt.objectives.reinflow import ReinFlowLoss
 from torchrl_rldt.objectives.rldt import RLDTLoss
 
-__all__ = ["FPOLoss", "FlowMatchingBCLoss", "RLDTLoss", "ReinFlowLoss"]
+__all__ = [
+    "ChunkQEnsembleLoss",
+    "DDPMChunkBCLoss",
+    "DPPOLoss",
+    "FPOLoss",
+    "FlowMatchingBCLoss",
+    "QAMLoss",
+    "RLDTLoss",
+    "ReinFlowLoss",
+]

@@ -3,37 +3,32 @@
 """RLDT: reinforcement learning for flow-matching policies with density transport."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
-from tensordict.nn import TensorDictModule, dispatch
-from tensordict.utils import NestedKey, unravel_key
-from torchrl.objectives import LossModule
-from torchrl.objectives.utils import (
-    _vmap_func,
-    ValueEstimators,
-    dispatch_value_estimator,
-    distance_loss,
-)
+from tensordict.nn import TensorDictModule
+from tensordict.utils import NestedKey
 
 from torchrl_rldt.modules import FlowActor, SVGDTransport
+from torchrl_rldt.objectives.critic import ChunkQEnsembleLoss
 from torchrl_rldt.objectives.functional import flow_interpolant
 
 __all__ = ["RLDTLoss"]
 
 
-class RLDTLoss(LossModule):
+class RLDTLoss(ChunkQEnsembleLoss):
     """The RLDT objective: a Q-ensemble critic and an SVGD-transported flow policy.
 
     The critic is trained on chunk transitions with the TD target
     ``y = r + gamma (1 - terminated) V(s')``, ``V(s') = mean over fresh policy samples of the min
     over the target critics`` (no entropy term), or its TD(lambda) version along trajectory slices
     (``make_value_estimator(ValueEstimators.TDLambda, ...)``), optionally clipped
-    (``target_clip``), as the reference does on sparse rewards. The policy update draws ``K`` particles per state
-    (full Euler chains of the current policy), picks a query step per particle, computes the
-    expected landing points ``a_hat = x_t + (1 - t) v(x_t, t | s)``, the critics' action-gradients
+    (``target_clip``), as the reference does on sparse rewards: the critic of
+    :class:`~torchrl_rldt.objectives.ChunkQEnsembleLoss`, which QAM shares. The policy update
+    draws ``K`` particles per state (full Euler chains of the current policy), picks a query step
+    per particle, computes the expected landing points ``a_hat = x_t + (1 - t) v(x_t, t | s)``,
+    the critics' action-gradients
     (ensemble mean; no gradient reaches the critic parameters) and the SVGD transport field
     ``phi`` at the landing points, then minimises
 
@@ -136,61 +131,8 @@ class RLDTLoss(LossModule):
         >>> total = loss.actor_loss(batch)["loss_rl"] + 0.1 * bc(batch)["loss_flow_bc"]
     """
 
-    @dataclass
-    class _AcceptedKeys:
-        """Keys of the input tensordict; change them with :meth:`set_keys`.
-
-        Attributes:
-            observation (NestedKey): the observation the actor conditions on. Defaults to
-                the actor's ``observation_key`` (``"observation"``).
-            action (NestedKey): the executed action chunk ``[*B, H, A]``, also where the
-                critic reads its action. Defaults to the actor's ``action_key``
-                (``"action"``).
-            reward (NestedKey): the chunk reward, under ``"next"``. Defaults to ``"reward"``.
-            done (NestedKey): the done flag, under ``"next"``. Defaults to ``"done"``.
-            terminated (NestedKey): the termination flag, under ``"next"``; the TD target
-                bootstraps unless it is set. Defaults to ``"terminated"``.
-            state_action_value (NestedKey): the critic's output. Defaults to
-                ``"state_action_value"``.
-            value (NestedKey): where ``V(s')`` is written for the value estimator. Defaults to
-                ``"state_value"``.
-            priority (NestedKey): where the TD error is written for prioritized replay.
-                Defaults to ``"td_error"``.
-            priority_weight (NestedKey): importance weights of a prioritized replay buffer,
-                used by the reduction when present. Defaults to ``"priority_weight"``.
-            critic_member (NestedKey): optional, an integer ``[*B]`` naming the one ensemble
-                member that trains on each transition (a bootstrap: members trained on disjoint
-                trajectories, as the reference splits them); absent, every member trains on
-                every transition. Defaults to ``"critic_member"``.
-            target_action (NestedKey): under ``"next"``, policy samples at ``s'``
-                ``[*B, M, H, A]`` for the TD target, written by :meth:`sample_target_actions`;
-                when absent the target draws fresh ones. Defaults to ``"target_action"``.
-        """
-
-        observation: NestedKey = "observation"
-        action: NestedKey = "action"
-        reward: NestedKey = "reward"
-        done: NestedKey = "done"
-        terminated: NestedKey = "terminated"
-        state_action_value: NestedKey = "state_action_value"
-        value: NestedKey = "state_value"
-        priority: NestedKey = "td_error"
-        priority_weight: NestedKey = "priority_weight"
-        critic_member: NestedKey = "critic_member"
-        target_action: NestedKey = "target_action"
-
-    default_keys = _AcceptedKeys
-    tensor_keys: _AcceptedKeys
-    default_value_estimator = ValueEstimators.TD0
-    SUPPORTED_VALUE_ESTIMATORS = (ValueEstimators.TD0, ValueEstimators.TDLambda)
     POLICY_TERMS = ("loss_rl", "loss_consistency", "loss_reference")
 
-    actor_network: FlowActor
-    actor_network_params: TensorDictParams
-    target_actor_network_params: TensorDictParams
-    qvalue_network: TensorDictModule
-    qvalue_network_params: TensorDictParams
-    target_qvalue_network_params: TensorDictParams
     reference_actor_network_params: TensorDictParams
 
     def __init__(
@@ -214,17 +156,8 @@ class RLDTLoss(LossModule):
         use_prioritized_weights: str | bool = "auto",
         deactivate_vmap: bool = False,
     ) -> None:
-        if not isinstance(actor_network, FlowActor):
-            raise TypeError(
-                f"actor_network must be a FlowActor, got {type(actor_network).__name__}."
-            )
-        for name, value in (
-            ("num_qvalue_nets", num_qvalue_nets),
-            ("num_particles", num_particles),
-            ("num_target_samples", num_target_samples),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+        if not isinstance(num_particles, int) or num_particles < 1:
+            raise ValueError(f"num_particles must be an integer >= 1, got {num_particles!r}.")
         for name, value in (
             ("rl_coef", rl_coef),
             ("consistency_coef", consistency_coef),
@@ -245,132 +178,32 @@ class RLDTLoss(LossModule):
                 )
         else:
             raise ValueError(f"reference must be 'frozen' or 'previous', got {reference!r}.")
-        if target_clip is not None and not (len(target_clip) == 2 and target_clip[0] <= target_clip[1]):
-            raise ValueError(f"target_clip must be (low, high) with low <= high, got {target_clip!r}.")
         if rl_objective not in ("inner_product", "regression"):
             raise ValueError(
                 f"rl_objective must be 'inner_product' or 'regression', got {rl_objective!r}."
             )
-        if reduction is None:
-            reduction = "mean"
-        super().__init__()
-        self._in_keys = None
-        self._out_keys = None
-        self.reduction = reduction
-        self.use_prioritized_weights = use_prioritized_weights
-        self.deactivate_vmap = deactivate_vmap
-        self.num_qvalue_nets = num_qvalue_nets
+        super().__init__(
+            actor_network,
+            qvalue_network,
+            num_qvalue_nets=num_qvalue_nets,
+            num_target_samples=num_target_samples,
+            target_clip=target_clip,
+            loss_function=loss_function,
+            reduction=reduction,
+            use_prioritized_weights=use_prioritized_weights,
+            deactivate_vmap=deactivate_vmap,
+        )
         self.num_particles = num_particles
-        self.num_target_samples = num_target_samples
         self.transport = transport if transport is not None else SVGDTransport()
         self.rl_coef, self.consistency_coef = rl_coef, consistency_coef
         self.reference_coef = reference_coef
         self.reference, self.reanchor_every = reference, reanchor_every
         self.rl_objective = rl_objective
-        self.target_clip = None if target_clip is None else tuple(float(v) for v in target_clip)
-        self.loss_function = loss_function
-
-        self.convert_to_functional(actor_network, "actor_network")
-        self.convert_to_functional(
-            qvalue_network,
-            "qvalue_network",
-            num_qvalue_nets,
-            create_target_params=True,
-            compare_against=list(actor_network.parameters()),
-        )
         # The reference policy is a buffer: no optimiser sees it and no target updater moves it.
         self.reference_actor_network_params = TensorDictParams(
             self.actor_network_params.data.clone(), no_convert=True
         )
         self.register_buffer("actor_loss_calls", torch.zeros((), dtype=torch.long))
-        self._make_vmap()
-        # the actor's own keys are the loss's defaults: one place to name them
-        self.set_keys(observation=actor_network.observation_key, action=actor_network.action_key)
-
-    # --- TorchRL plumbing -------------------------------------------------------------------
-    def _make_vmap(self) -> None:
-        self._vmap_qvalue = _vmap_func(
-            self.qvalue_network,
-            (None, 0),
-            randomness=self.vmap_randomness,
-            pseudo_vmap=self.deactivate_vmap,
-        )
-
-    def _forward_value_estimator_keys(self, **kwargs) -> None:
-        if self._value_estimator is not None:
-            self._value_estimator.set_keys(
-                value=self.tensor_keys.value,
-                reward=self.tensor_keys.reward,
-                done=self.tensor_keys.done,
-                terminated=self.tensor_keys.terminated,
-            )
-        self._in_keys = None  # rebuilt (and checked against the critic) when next read
-
-    def make_value_estimator(self, value_type: ValueEstimators | None = None, **hyperparams):
-        """Builds the estimator of the critic target; ``gamma`` (and ``lmbda``) are given here.
-
-        Args:
-            value_type (ValueEstimators, optional): ``ValueEstimators.TD0`` (the default): a
-                one-step bootstrap over each chunk transition, any batch shape. Or
-                ``ValueEstimators.TDLambda``: lambda-returns along trajectories, for batches of
-                shape ``[*B, T]`` holding consecutive transitions of one env along the last
-                dimension, or a flat batch of such slices laid end to end (what TorchRL's
-                ``SliceSampler`` returns); the recursion stops at ``done`` (the sampler marks
-                every slice end done) and bootstraps there unless ``terminated``.
-            **hyperparams: estimator hyper-parameters, e.g. ``gamma=0.999, lmbda=0.5``.
-        """
-        value_type, hp = self._prepare_value_estimator_kwargs(value_type, **hyperparams)
-        if value_type is None:
-            return self
-        dispatch_value_estimator(
-            self,
-            value_type,
-            supported=self.SUPPORTED_VALUE_ESTIMATORS,
-            tensor_keys={
-                "value_target": "value_target",
-                "value": self.tensor_keys.value,
-                "reward": self.tensor_keys.reward,
-                "done": self.tensor_keys.done,
-                "terminated": self.tensor_keys.terminated,
-            },
-            value_network=None,
-            **hp,
-        )
-
-    def _critic_state_keys(self) -> list[NestedKey]:
-        """The critic's in_keys other than the action (what a state contributes)."""
-        action = unravel_key(self.tensor_keys.action)
-        keys = [unravel_key(key) for key in self.qvalue_network.in_keys]
-        if action not in keys:
-            raise KeyError(
-                f"the critic reads {self.qvalue_network.in_keys}, which does not include the "
-                f"loss's action key {self.tensor_keys.action!r}; make them match, e.g. "
-                f"loss.set_keys(action=...)."
-            )
-        return [key for key in keys if key != action]
-
-    def _set_in_keys(self) -> None:
-        keys = [
-            self.tensor_keys.observation,
-            self.tensor_keys.action,
-            ("next", self.tensor_keys.observation),
-            ("next", self.tensor_keys.reward),
-            ("next", self.tensor_keys.done),
-            ("next", self.tensor_keys.terminated),
-            *self.qvalue_network.in_keys,
-            *[("next", key) for key in self._critic_state_keys()],
-        ]
-        self._in_keys = list(dict.fromkeys(unravel_key(key) for key in keys))
-
-    @property
-    def in_keys(self) -> list[NestedKey]:
-        if self._in_keys is None:
-            self._set_in_keys()
-        return self._in_keys
-
-    @in_keys.setter
-    def in_keys(self, values) -> None:
-        self._in_keys = values
 
     @property
     def out_keys(self) -> list[NestedKey]:
@@ -405,135 +238,6 @@ class RLDTLoss(LossModule):
         """
         self.reference_actor_network_params.data.copy_(self.actor_network_params.data)
 
-    @torch.no_grad()
-    def critic_values(
-        self, tensordict: TensorDictBase, action: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Every ensemble member's ``Q(s, a)``, ``[E, *B]``, without gradients (a diagnostic).
-
-        Args:
-            tensordict (TensorDictBase): the critic's state inputs, batch ``[*B]``.
-            action (torch.Tensor, optional): action chunks ``[*B, H, A]``. Defaults to the
-                ``action`` entry of ``tensordict``.
-
-        Returns:
-            ``[num_qvalue_nets, *B]`` values of the online critic.
-        """
-        state = tensordict.select(*self._critic_state_keys())
-        if action is None:
-            action = tensordict.get(self.tensor_keys.action)
-        return self._q_values(state, action, self.qvalue_network_params)
-
-    # --- helpers ----------------------------------------------------------------------------
-    def _q_values(self, state: TensorDictBase, action: torch.Tensor, params) -> torch.Tensor:
-        """Every ensemble member's Q ``[E, *B]`` at the critic inputs ``state`` and ``action``."""
-        critic_input = state.clone(False)
-        critic_input.set(self.tensor_keys.action, action)
-        key = self.tensor_keys.state_action_value
-        values = self._vmap_qvalue(critic_input, params).get(key, None)
-        if values is None:
-            raise KeyError(
-                f"the critic wrote no {key!r} (its out_keys are {self.qvalue_network.out_keys}); "
-                f"make them match, e.g. loss.set_keys(state_action_value=...)."
-            )
-        return values.squeeze(-1)
-
-    def _sample(self, observation: torch.Tensor, return_chain: bool = False):
-        # the model samples x0 ~ N(0, I) whatever the exploration type
-        with torch.no_grad(), self.actor_network_params.to_module(self.actor_network):
-            return self.actor_network.model.sample(observation, return_chain=return_chain)
-
-    # --- critic ------------------------------------------------------------------------------
-    def sample_target_actions(self, tensordict: TensorDictBase) -> TensorDictBase:
-        """Draws the TD target's policy samples at every ``s'`` of ``tensordict``, once.
-
-        Writes ``("next", target_action)`` ``[*B, M, H, A]`` (``M = num_target_samples``) with the
-        current actor; :meth:`qvalue_loss` then uses them instead of drawing its own. Sampling is
-        most of a critic step's work, and the actor does not change between critic steps: the
-        reference draws these once per round of critic steps on one batch and reuses them. Draw
-        them on a batch that several critic steps take sub-batches of; draw again once the actor
-        has changed.
-
-        Args:
-            tensordict (TensorDictBase): a batch of transitions; modified in place and returned.
-        """
-        next_td = tensordict.get("next")
-        observation = next_td.get(self.tensor_keys.observation)
-        samples = self._sample(observation.expand(self.num_target_samples, *observation.shape))
-        tensordict.set(("next", self.tensor_keys.target_action), samples.movedim(0, -3))
-        return tensordict
-
-    def _target_value(self, tensordict: TensorDictBase) -> torch.Tensor:
-        next_td = tensordict.get("next")
-        stored = next_td.get(self.tensor_keys.target_action, None)
-        samples = self.num_target_samples if stored is None else stored.shape[-3]
-        next_state = next_td.select(*self._critic_state_keys())
-        next_state = next_state.expand(samples, *next_state.batch_size)
-        next_observation = next_td.get(self.tensor_keys.observation)
-        next_observation = next_observation.expand(samples, *next_observation.shape)
-        with torch.no_grad():
-            if stored is None:
-                next_action = self._sample(next_observation)  # [M, *B, H, A]
-            else:
-                next_action = stored.movedim(-3, 0)
-            next_q = self._q_values(next_state, next_action, self.target_qvalue_network_params)
-            next_value = next_q.min(0).values.mean(0)  # min over critics, mean over samples
-            target_td = tensordict.select(
-                ("next", self.tensor_keys.reward),
-                ("next", self.tensor_keys.done),
-                ("next", self.tensor_keys.terminated),
-            )
-            target = self.value_estimator.value_estimate(target_td,
-                                                         next_value=next_value.unsqueeze(-1))
-            if self.target_clip is not None:
-                target = target.clamp(*self.target_clip)
-            return target.squeeze(-1)
-
-    def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict]:
-        """The critic loss ``sum_e (Q_e(s, a) - y)^2`` and its TD error.
-
-        With a ``critic_member`` entry, member ``e`` trains only on the transitions naming it.
-
-        Args:
-            tensordict (TensorDictBase): a batch of chunk transitions, with the TD target's
-                policy samples of :meth:`sample_target_actions` or without (then drawn here).
-
-        Returns:
-            The reduced loss and a dict with ``"td_error"`` ``[*B]`` (max over the ensemble),
-            ``"state_action_value"`` ``[E, *B]`` (every member's prediction, detached) and
-            ``"target_value"`` ``[*B]`` (the target ``y``).
-        """
-        if self._value_estimator is None:
-            self.make_value_estimator()
-        target = self._target_value(tensordict)
-        predicted = self._q_values(
-            tensordict.select(*self._critic_state_keys()),
-            tensordict.get(self.tensor_keys.action),
-            self.qvalue_network_params,
-        )
-        loss = distance_loss(predicted, target.expand_as(predicted), loss_function=self.loss_function)
-        member = tensordict.get(self.tensor_keys.critic_member, None)
-        if member is not None:
-            # each transition trains its own member; x E keeps each member's mean at full weight
-            members = torch.arange(self.num_qvalue_nets, device=member.device)
-            mask = member.reshape(1, *loss.shape[1:]) == members.reshape(-1, *[1] * member.ndim)
-            loss = loss * mask * self.num_qvalue_nets
-        loss = loss.sum(0)
-        td_error = (predicted - target).abs().max(0).values.detach()
-        weights = self._maybe_get_priority_weight(tensordict)
-        metadata = {"td_error": td_error, "state_action_value": predicted.detach(),
-                    "target_value": target}
-        return self._reduce_loss(loss, tensordict, weights=weights), metadata
-
-    # --- actor -------------------------------------------------------------------------------
-    def _critic_action_gradient(self, state: TensorDictBase, action: torch.Tensor) -> torch.Tensor:
-        """``mean_e dQ_e/da`` at ``action``; the critic parameters get no gradient."""
-        with torch.enable_grad():
-            action = action.detach().requires_grad_(True)
-            q = self._q_values(state, action, self.qvalue_network_params.detach())
-            (gradient,) = torch.autograd.grad(q.mean(0).sum(), action)
-        return gradient
-
     def actor_loss(self, tensordict: TensorDictBase) -> TensorDict:
         """The three policy terms and the transport statistics.
 
@@ -559,10 +263,7 @@ class RLDTLoss(LossModule):
         observation = tensordict.get(self.tensor_keys.observation)
         batch_shape = observation.shape[:-1]
         observation = observation.unsqueeze(-2).expand(*batch_shape, num_particles, -1)
-        state = tensordict.select(*self._critic_state_keys())
-        if state.batch_size != batch_shape:  # e.g. a tensordict of batch size []
-            state = state.clone(False)
-            state.batch_size = batch_shape
+        state = self._critic_state(tensordict, batch_shape)
         state = state.unsqueeze(-1).expand(*batch_shape, num_particles)
 
         # K particles per state: full chains of the current policy (no gradient).
@@ -621,14 +322,4 @@ class RLDTLoss(LossModule):
             }
         )
         self.actor_loss_calls += 1  # counted once the terms exist: a failed call is no update
-        return out
-
-    @dispatch
-    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        """Critic and policy losses on one batch; writes the TD error into ``tensordict``."""
-        loss_qvalue, metadata = self.qvalue_loss(tensordict)
-        tensordict.set(self.tensor_keys.priority, metadata["td_error"])
-        out = self.actor_loss(tensordict)
-        out.set("loss_qvalue", loss_qvalue)
-        out.set("td_error_mean", metadata["td_error"].mean())
         return out
