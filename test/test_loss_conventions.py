@@ -52,6 +52,14 @@ def transitions(batch=8):
     return add_transition(data, OBS)
 
 
+def sampled_transitions(policy, batch=8):
+    """Transitions whose action (and chain, log-prob) the stochastic ``policy`` sampled."""
+    data = TensorDict(observation=torch.randn(batch, OBS), batch_size=[batch])
+    with set_exploration_type(ExplorationType.RANDOM), torch.no_grad():
+        data = policy(data)
+    return add_transition(data, OBS)
+
+
 def make_bc():
     return FlowMatchingBCLoss(flow_actor()), lambda loss: transitions(), "loss_flow_bc"
 
@@ -73,14 +81,7 @@ def make_reinflow():
                             average_log_prob=True)
     loss = ReinFlowLoss(policy, value_critic())
     loss.make_value_estimator(gamma=0.9, lmbda=0.9)
-
-    def batch(loss):
-        data = TensorDict(observation=torch.randn(8, OBS), batch_size=[8])
-        with set_exploration_type(ExplorationType.RANDOM), torch.no_grad():
-            data = policy(data)
-        return add_transition(data, OBS)
-
-    return loss, batch, "loss_objective"
+    return loss, lambda loss: sampled_transitions(policy), "loss_objective"
 
 
 def q_critic():
@@ -102,14 +103,7 @@ def make_dppo():
     policy = DPPOActor(ddpm_model(), finetuned_steps=3)
     loss = DPPOLoss(policy, value_critic())
     loss.make_value_estimator(gamma=0.9, lmbda=0.9)
-
-    def batch(loss):
-        data = TensorDict(observation=torch.randn(8, OBS), batch_size=[8])
-        with set_exploration_type(ExplorationType.RANDOM), torch.no_grad():
-            data = policy(data)
-        return add_transition(data, OBS)
-
-    return loss, batch, "loss_objective"
+    return loss, lambda loss: sampled_transitions(policy), "loss_objective"
 
 
 def make_ddpm_bc():
