@@ -1,7 +1,8 @@
 """RLDT against the baselines in one harness: the same task, base policy, env-step budget and seeds.
 
 Runs, for every method and seed, its example with its default config (``rldt``:
-``examples/rldt_gym.py``, ``rldt_delta`` the same with the delta kernel; ``reinflow`` and ``fpo``
+``examples/rldt_gym.py``, ``rldt_delta`` the same with the delta kernel, ``qam`` the same with
+``method=qam``; ``reinflow`` and ``fpo``
 (FPO++): ``examples/flow_ppo_gym.py``; ``sac``, from scratch: ``examples/sac_gym.py``). For a
 ``MetaWorld/<Task>-v3`` task each example runs with its sparse-reward config
 (``--config-name rldt_metaworld``, ``flow_ppo_metaworld``, ``sac_metaworld``) and the table reports
@@ -48,6 +49,7 @@ METHODS = {
     "rldt": ("rldt_gym.py", ["checkpoint.save_replay_buffer=true"], "RLDT"),
     "rldt_delta": ("rldt_gym.py", ["checkpoint.save_replay_buffer=true", "rldt.kernel=delta"],
                    "RLDT-Delta"),
+    "qam": ("rldt_gym.py", ["checkpoint.save_replay_buffer=true", "method=qam"], "QAM"),
     "reinflow": ("flow_ppo_gym.py", ["method=reinflow"], "ReinFlow"),
     "fpo": ("flow_ppo_gym.py", ["method=fpo"], "FPO++"),
     "sac": ("sac_gym.py", [], "SAC (from scratch)"),
@@ -176,7 +178,7 @@ def main() -> None:
 
     # the longest runs first, so that parallel jobs end together
     order = sorted(((method, seed) for seed in args.seeds for method in args.methods),
-                   key=lambda item: ["sac", "rldt", "rldt_delta", "fpo", "reinflow"].index(item[0]))
+                   key=lambda item: ["sac", "rldt", "rldt_delta", "qam", "fpo", "reinflow"].index(item[0]))
     run_root = args.runs / name
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = {

@@ -5,9 +5,12 @@ RLDT ("Reinforcement Learning for Flow-Matching Policies with Density Transport"
 chunks with the landing-point exploration, a replay buffer of chunk transitions, ``RLDTLoss``
 (SVGD-transported policy loss, a Q ensemble with Polyak targets). Starts from the shipped base
 policy of the task, evaluates it, fine-tunes, and ends with base against fine-tuned return.
+``method=qam`` runs QAM (``QAMLoss``, arXiv 2601.14234) in the same loop: the same critic,
+collection and schedule, the actor trained by adjoint matching.
 
     python examples/rldt_gym.py
     python examples/rldt_gym.py task=Walker2d-v5 collector.total_env_steps=300_000
+    python examples/rldt_gym.py method=qam
     python examples/rldt_gym.py resume=outputs/rldt_gym/Hopper-v5/<run>/checkpoint.pt
 
 Writes into the run directory: ``checkpoint.pt`` (atomically, every ``checkpoint.every_batches``
@@ -24,17 +27,16 @@ import torch
 from omegaconf import DictConfig
 
 from torchrl_rldt.harness import TrainingRun
-from torchrl_rldt.objectives import RLDTLoss
 from utils import (
     check_rldt_config,
     collected_calibration,
     collected_chunks,
     load_base_policy,
     make_policy_chunk_env,
+    make_offpolicy_loss,
     make_replay_buffer,
     make_rldt_collector,
     make_rldt_critic,
-    make_rldt_loss,
     make_rldt_optimizers,
 )
 
@@ -47,6 +49,8 @@ def main(cfg: DictConfig) -> None:
     run = TrainingRun.from_hydra(
         "rldt_gym", cfg,
         counters={"env_steps": 0, "chunks": 0, "batches": 0, "critic_updates": 0, "actor_updates": 0},
+        # checkpoints written before the QAM switch are RLDT runs
+        identity={"task": cfg.task, "method": cfg.method}, identity_defaults={"method": "rldt"},
     )
     base = load_base_policy(cfg, device, cfg.rldt.num_steps)
     torch.manual_seed(cfg.seed)
@@ -56,7 +60,9 @@ def main(cfg: DictConfig) -> None:
     eval_env = make_policy_chunk_env(base, cfg, cfg.eval.episodes, cfg.seed + 10_000, device)
     final_env = make_policy_chunk_env(base, cfg, cfg.eval.final_episodes, cfg.seed + 20_000, device)
     actor, chunk_len = base.actor, base.actor.model.chunk_len
-    loss, target_updater = make_rldt_loss(actor, make_rldt_critic(base, cfg, device), cfg)
+    loss, target_updater = make_offpolicy_loss(actor, make_rldt_critic(base, cfg, device), cfg)
+    title = {"rldt": "RLDT", "qam": "QAM"}[cfg.method]
+    max_grad_norm = cfg.qam.max_grad_norm if cfg.method == "qam" else None
     actor_optim, actor_warmup, critic_optim = make_rldt_optimizers(loss, cfg)
     # no default batch size: the critic and the actor sample batches of their own sizes;
     # TD(lambda) samples slices of consecutive transitions, stored per env
@@ -80,7 +86,7 @@ def main(cfg: DictConfig) -> None:
     # a resumed run reseeds its envs so that it does not replay the episodes it began with
     collector = make_rldt_collector(base, cfg, cfg.seed + counters["env_steps"], math.ceil(remaining / chunk_len))
     try:
-        with run.loop(total_env_steps=cfg.collector.total_env_steps, description=f"RLDT {cfg.task}"):
+        with run.loop(total_env_steps=cfg.collector.total_env_steps, description=f"{title} {cfg.task}"):
             for batch in map(collected_chunks, run.collected(collector)):
                 if counters["env_steps"] >= cfg.collector.total_env_steps:
                     break
@@ -143,10 +149,13 @@ def main(cfg: DictConfig) -> None:
                             # with reference="previous" the loss re-anchors its reference policy itself
                             with autocast:
                                 terms = loss.actor_loss(replay_buffer.sample(cfg.schedule.actor_batch_size))
-                            actor_loss = sum(terms[key] for key in RLDTLoss.POLICY_TERMS)
+                            actor_loss = sum(terms[key] for key in loss.POLICY_TERMS)
                             run.check_finite("the actor loss", actor_loss)
                             actor_optim.zero_grad()
                             actor_loss.backward()
+                            if max_grad_norm is not None:
+                                torch.nn.utils.clip_grad_norm_(actor_optim.param_groups[0]["params"],
+                                                               max_grad_norm)
                             actor_optim.step()
                             actor_warmup.step()
                             counters["actor_updates"] += 1
@@ -174,7 +183,8 @@ def main(cfg: DictConfig) -> None:
         collector.shutdown()
 
     # --- final evaluation, checkpoint, curve and summary -------------------------------------
-    run.finish(final_env, actor, chunk_len=chunk_len, title="RLDT", replay_buffer=saved_buffer)
+    run.finish(final_env, actor, chunk_len=chunk_len, title=title, replay_buffer=saved_buffer,
+               summary={"method": cfg.method})
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from torchrl_rldt.envs import EnvPoolEnv, is_metaworld_task, make_chunk_env
 from torchrl_rldt.envs.metaworld import METAWORLD_EPISODE_STEPS
 from torchrl_rldt.harness import ConfigCheck, NonFiniteError, episode_returns, read_checkpoint
 from torchrl_rldt.modules import ChunkQValueMLP, FlowActor, LandingPointExploration, SVGDTransport
-from torchrl_rldt.objectives import RLDTLoss
+from torchrl_rldt.objectives import ChunkQEnsembleLoss, QAMLoss, RLDTLoss
 from torchrl_rldt.objectives.calibration import critic_calibration
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -231,6 +231,14 @@ def check_rldt_config(cfg: DictConfig) -> None:
         number("rldt.bandwidth", 0.0, open_low=True)
     if cfg.rldt.temperature != "adaptive":
         number("rldt.temperature", 0.0)
+    check.one_of("method", ("rldt", "qam"))
+    if cfg.method == "qam":
+        for name in ("qam.inverse_temperature", "qam.base_constraint_coef"):
+            number(name, 0.0)
+        number("qam.base_ema", 0.0, 1.0)
+        positive_int("qam.base_update_every")
+        if cfg.qam.max_grad_norm is not None:
+            number("qam.max_grad_norm", 0.0, open_low=True)
     check.one_of("critic.value_estimator", ("td0", "td_lambda"))
     number("critic.lmbda", 0.0, 1.0)
     clip = cfg.critic.target_clip
@@ -347,15 +355,43 @@ def make_rldt_critic(policy: FlowPolicy, cfg: DictConfig, device: torch.device) 
     return ValueOperator(network, in_keys=["observation", "action"]).to(device)
 
 
-def make_rldt_loss(actor: FlowActor, critic: ValueOperator, cfg: DictConfig) -> tuple[RLDTLoss, SoftUpdate]:
-    """RLDTLoss with its SVGD transport, TD(0) estimator and the Polyak updater of its targets."""
+def make_offpolicy_loss(actor: FlowActor, critic: ValueOperator,
+                        cfg: DictConfig) -> tuple[ChunkQEnsembleLoss, SoftUpdate]:
+    """The loss of ``cfg.method`` (RLDT or QAM) with its critic's value estimator (TD(0) or
+    TD(lambda)) and the Polyak updater of the critic's targets."""
+    target_clip = None if cfg.critic.target_clip is None else tuple(cfg.critic.target_clip)
+    if cfg.method == "qam":
+        loss = QAMLoss(
+            actor,
+            critic,
+            num_qvalue_nets=cfg.critic.num_qvalue_nets,
+            num_target_samples=cfg.critic.num_target_samples,
+            inverse_temperature=cfg.qam.inverse_temperature,
+            base_constraint_coef=cfg.qam.base_constraint_coef,
+            base_ema=cfg.qam.base_ema,
+            base_update_every=cfg.qam.base_update_every,
+            target_clip=target_clip,
+        )
+    else:
+        loss = make_rldt_loss(actor, critic, cfg, target_clip)
+    if cfg.critic.value_estimator == "td_lambda":
+        loss.make_value_estimator(ValueEstimators.TDLambda, gamma=cfg.optim.gamma,
+                                  lmbda=cfg.critic.lmbda)
+    else:
+        loss.make_value_estimator(ValueEstimators.TD0, gamma=cfg.optim.gamma)
+    return loss, SoftUpdate(loss, tau=cfg.optim.tau)
+
+
+def make_rldt_loss(actor: FlowActor, critic: ValueOperator, cfg: DictConfig,
+                   target_clip: tuple[float, float] | None) -> RLDTLoss:
+    """RLDTLoss with its SVGD transport (the value estimator is :func:`make_offpolicy_loss`'s)."""
     transport = SVGDTransport(
         cfg.rldt.kernel,
         bandwidth=cfg.rldt.bandwidth,
         temperature=cfg.rldt.temperature,
         temperature_coef=cfg.rldt.temperature_coef,
     )
-    loss = RLDTLoss(
+    return RLDTLoss(
         actor,
         critic,
         num_qvalue_nets=cfg.critic.num_qvalue_nets,
@@ -368,18 +404,12 @@ def make_rldt_loss(actor: FlowActor, critic: ValueOperator, cfg: DictConfig) -> 
         reference="frozen" if cfg.schedule.reanchor_every is None else "previous",
         reanchor_every=cfg.schedule.reanchor_every,
         rl_objective=cfg.rldt.rl_objective,
-        target_clip=None if cfg.critic.target_clip is None else tuple(cfg.critic.target_clip),
+        target_clip=target_clip,
     )
-    if cfg.critic.value_estimator == "td_lambda":
-        loss.make_value_estimator(ValueEstimators.TDLambda, gamma=cfg.optim.gamma,
-                                  lmbda=cfg.critic.lmbda)
-    else:
-        loss.make_value_estimator(ValueEstimators.TD0, gamma=cfg.optim.gamma)
-    return loss, SoftUpdate(loss, tau=cfg.optim.tau)
 
 
 @torch.no_grad()
-def collected_calibration(loss: RLDTLoss, batches, gamma: float, reward_scale: float | None) -> dict:
+def collected_calibration(loss: ChunkQEnsembleLoss, batches, gamma: float, reward_scale: float | None) -> dict:
     """The critic's ensemble-mean ``Q(s, a)`` against the discounted returns of the episodes that
     end within ``batches``: consecutive collector batches ``[envs, chunks]``, oldest first.
 
@@ -406,7 +436,8 @@ def collected_calibration(loss: RLDTLoss, batches, gamma: float, reward_scale: f
                               truncated=truncated, next_value=next_value.unsqueeze(-1))
 
 
-def load_rldt_run(path: str | Path, device: torch.device) -> tuple[DictConfig, FlowPolicy, FlowPolicy, RLDTLoss, dict]:
+def load_rldt_run(path: str | Path, device: torch.device) -> tuple[DictConfig, FlowPolicy, FlowPolicy,
+                                                                  ChunkQEnsembleLoss, dict]:
     """An ``examples/rldt_gym.py`` checkpoint: its config, the base and the fine-tuned policy, the loss.
 
     Args:
@@ -424,12 +455,12 @@ def load_rldt_run(path: str | Path, device: torch.device) -> tuple[DictConfig, F
                           checkpoint["config"])
     base = load_base_policy(cfg, device, cfg.rldt.num_steps)
     fine_tuned = load_base_policy(cfg, device, cfg.rldt.num_steps)
-    loss, _ = make_rldt_loss(fine_tuned.actor, make_rldt_critic(fine_tuned, cfg, device), cfg)
+    loss, _ = make_offpolicy_loss(fine_tuned.actor, make_rldt_critic(fine_tuned, cfg, device), cfg)
     loss.load_state_dict(checkpoint["loss"])
     return cfg, base, fine_tuned, loss, checkpoint
 
 
-def make_rldt_optimizers(loss: RLDTLoss, cfg: DictConfig):
+def make_rldt_optimizers(loss: ChunkQEnsembleLoss, cfg: DictConfig):
     """Adam for the actor with its linear lr warm-up, AdamW for the Q ensemble."""
     actor_optim = torch.optim.Adam(loss.actor_network_params.values(True, True), lr=cfg.optim.actor_lr)
     actor_warmup = torch.optim.lr_scheduler.LambdaLR(

@@ -131,6 +131,23 @@ def test_resume_reaches_the_same_counters(tmp_path, base):
     assert "resumed" in resumed.stderr + resumed.stdout
 
 
+def test_qam_trains_in_the_same_loop_and_resumes_only_as_qam(tmp_path, base):
+    result = run(tmp_path / "qam", base, "method=qam", "collector.total_env_steps=300")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "qam" / "summary.json").read_text())
+    assert summary["method"] == "qam" and summary["counters"]["actor_updates"] > 0
+    scalars = tmp_path / "qam" / "rldt_gym" / "scalars"
+    for scalar in ("loss_adjoint", "loss_base_constraint", "loss_qvalue"):
+        assert (scalars / f"{scalar}.csv").is_file(), scalar
+    assert not (scalars / "loss_rl.csv").exists()
+    checkpoint = load_checkpoint(tmp_path / "qam" / "checkpoint.pt")
+    assert checkpoint["method"] == "qam"
+    # an RLDT run does not resume a QAM checkpoint (nor the other way round)
+    refused = run(tmp_path / "rldt", base, "collector.total_env_steps=600",
+                  f"resume={tmp_path / 'qam' / 'checkpoint.pt'}")
+    assert refused.returncode != 0 and "method=qam" in refused.stderr, refused.stderr[-3000:]
+
+
 def test_ctrl_c_writes_a_checkpoint_and_exits_cleanly(tmp_path, base):
     run_dir = tmp_path / "run"
     process = subprocess.Popen(
@@ -162,6 +179,8 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_cleanly(tmp_path, base):
         (["critic.value_estimator=td3"], "critic.value_estimator must be one of td0, td_lambda"),
         (["schedule.target_action_reuse=3"], "schedule.target_action_reuse (3) must divide"),
         (["learner_precision=fp16"], "learner_precision must be one of fp32, bf16"),
+        (["method=sac"], "method must be one of rldt, qam"),
+        (["method=qam", "qam.base_ema=1.5"], "qam.base_ema must be a finite number"),
         (["collector.kind=multi_sync", "collector.num_workers=3"],
          "env.num_envs (4) must be a multiple of collector.num_workers (3)"),
         (["collector.kind=multi_async", "critic.value_estimator=td_lambda", "buffer.slice_len=4"],

@@ -323,7 +323,11 @@ class TrainingRun:
         resume (Path, optional): a checkpoint of an earlier run to continue. Defaults to
             ``None``.
         identity (dict, optional): what a resumed checkpoint must match, e.g.
-            ``{"task": cfg.task}``. Defaults to ``{"task": config.task}``.
+            ``{"task": cfg.task}``. Defaults to ``{"task": config.task}``. A key the checkpoint
+            does not hold is checked against ``identity_defaults`` (what runs written before the
+            key existed were).
+        identity_defaults (dict, optional): the value of an identity key in checkpoints written
+            before it existed, e.g. ``{"method": "rldt"}``. Defaults to none.
         counters (dict, optional): the counters of a fresh run. Defaults to
             ``{"env_steps": 0}``.
         command (str, optional): the command line recorded in ``summary.json``.
@@ -354,6 +358,7 @@ class TrainingRun:
         output_dir: Path,
         resume: Path | None = None,
         identity: Mapping[str, Any] | None = None,
+        identity_defaults: Mapping[str, Any] | None = None,
         counters: Mapping[str, int] | None = None,
         command: str | None = None,
     ) -> None:
@@ -361,6 +366,7 @@ class TrainingRun:
         self.format = f"torchrl_rldt.{name}"
         self.device = torch.device(config.device)
         self.identity = dict(identity) if identity is not None else {"task": config.task}
+        self.identity_defaults = dict(identity_defaults or {})
         self.command = command
         self.state = self._load(Path(resume)) if resume else None
         self.run_dir = Path(resume).parent if resume else Path(output_dir)
@@ -411,7 +417,7 @@ class TrainingRun:
     # --- resume and checkpoints ------------------------------------------------------------------
     def _load(self, path: Path) -> dict:
         state = read_checkpoint(path, self.name, map_location=self.device)
-        saved = {key: state.get(key) for key in self.identity}
+        saved = {key: state.get(key, self.identity_defaults.get(key)) for key in self.identity}
         if saved != self.identity:
             raise ValueError(
                 f"{path} is a run with " + " ".join(f"{k}={v}" for k, v in saved.items())
