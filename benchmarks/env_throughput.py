@@ -20,17 +20,25 @@ that the policy costs nothing and only the env layer is compared (TorchRL's defa
 The timed windows of the methods are interleaved (one window of each method per round),
 so that a change of the machine's load hits them all alike; each figure is the median
 over ``--repeats`` rounds of windows of ``--seconds`` each. The load average is recorded.
+``--revision REV`` adds ``EnvPoolEnv`` as it was at a git revision to the same rounds (a
+before/after of a change, measured alike).
 
-    python benchmarks/env_throughput.py --out benchmarks/results/env_throughput.json
+    python benchmarks/env_throughput.py --revision 7354260 --out benchmarks/results/env_throughput.json
 """
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
 import os
 import platform
+import pstats
 import statistics
+import subprocess
+import sys
 import time
+import types
 from pathlib import Path
 from typing import Callable
 
@@ -101,8 +109,8 @@ def raw_explicit_reset(num_envs: int) -> Callable[[], int]:
     return step
 
 
-def envpool_env(num_envs: int) -> Callable[[], int]:
-    env = EnvPoolEnv(TASK, num_envs, seed=0)
+def envpool_env(num_envs: int, env_class: type = EnvPoolEnv) -> Callable[[], int]:
+    env = env_class(TASK, num_envs, seed=0)
     bank = torch.from_numpy(_action_bank(num_envs))
     state = {"td": env.reset(), "i": 0}
 
@@ -150,8 +158,10 @@ def envpool_env_rollout(num_envs: int) -> Callable[[], int]:
 def envpool_env_collector(num_envs: int) -> tuple[Callable[[], int], Callable[[], None]]:
     env = EnvPoolEnv(TASK, num_envs, seed=0)
     frames_per_batch = num_envs * 64
+    # devices as the examples give them: without them the collector copies every step's data
+    # to the env's device (a TensorDict.to per step, ~10% of this rate)
     collector = Collector(env, _ActionBankPolicy(num_envs), frames_per_batch=frames_per_batch,
-                          total_frames=-1, trust_policy=True)
+                          total_frames=-1, trust_policy=True, device="cpu", storing_device="cpu")
     iterator = iter(collector)
 
     def batch() -> int:
@@ -161,7 +171,17 @@ def envpool_env_collector(num_envs: int) -> tuple[Callable[[], int], Callable[[]
     return batch, collector.shutdown
 
 
-def measure(num_envs: int, seconds: float, repeats: int) -> dict[str, float]:
+def envpool_env_class_at(revision: str) -> type:
+    """``EnvPoolEnv`` as the file ``torchrl_rldt/envs/libs/envpool.py`` was at a git revision."""
+    source = subprocess.run(["git", "show", f"{revision}:torchrl_rldt/envs/libs/envpool.py"],
+                            cwd=Path(__file__).resolve().parents[1], check=True,
+                            capture_output=True, text=True).stdout
+    module = types.ModuleType(f"envpool_at_{revision}")
+    exec(compile(source, f"envpool.py@{revision}", "exec"), module.__dict__)
+    return module.EnvPoolEnv
+
+
+def measure(num_envs: int, seconds: float, repeats: int, revision: str | None = None) -> dict[str, float]:
     """Median env steps per second of each method, over interleaved windows."""
     collector_batch, shutdown = envpool_env_collector(num_envs)
     methods = {
@@ -171,6 +191,8 @@ def measure(num_envs: int, seconds: float, repeats: int) -> dict[str, float]:
         "envpool_env_rollout": envpool_env_rollout(num_envs),
         "envpool_env_collector": collector_batch,
     }
+    if revision is not None:
+        methods[f"envpool_env_at_{revision}"] = envpool_env(num_envs, envpool_env_class_at(revision))
     for step_fn in methods.values():  # warm-up
         _window(step_fn, 0.2)
     rates: dict[str, list[float]] = {name: [] for name in methods}
@@ -181,12 +203,35 @@ def measure(num_envs: int, seconds: float, repeats: int) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in rates.items()}
 
 
+def write_profile(path: Path, num_envs: int, seconds: float) -> None:
+    """cProfile of ``envpool_env`` and ``envpool_env_collector`` (``seconds`` each), by own time."""
+    sections = []
+    for name, step_fn in (("envpool_env", envpool_env(num_envs)),
+                          ("envpool_env_collector", envpool_env_collector(num_envs)[0])):
+        _window(step_fn, 0.5)
+        profile = cProfile.Profile()
+        profile.enable()
+        steps = _window(step_fn, seconds) * seconds
+        profile.disable()
+        text = io.StringIO()
+        pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(25)
+        sections.append(f"=== {name}, {num_envs} envs, ~{steps:.0f} env steps under the profiler\n"
+                        + text.getvalue())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(sections))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-envs", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--revision", default=None,
+                        help="also time EnvPoolEnv as it was at this git revision (a before/after)")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="also write a cProfile of envpool_env and envpool_env_collector at the "
+                             "first --num-envs to this text file")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.torch_threads)
@@ -196,20 +241,21 @@ def main() -> None:
     for num_envs in args.num_envs:
         row = {"num_envs": num_envs}
         row.update({name: round(rate) for name, rate in
-                    measure(num_envs, args.seconds, args.repeats).items()})
-        for name in ("envpool_env", "envpool_env_rollout", "envpool_env_collector"):
+                    measure(num_envs, args.seconds, args.repeats, args.revision).items()})
+        timed = ["envpool_env", "envpool_env_rollout", "envpool_env_collector"]
+        for name in timed + ([f"envpool_env_at_{args.revision}"] if args.revision else []):
             for baseline in ("raw_autoreset", "raw_autoreset_real", "raw_explicit_reset"):
                 row[f"{name}_vs_{baseline}"] = round(row[name] / row[baseline], 3)
         results.append(row)
         print(json.dumps(row))
 
+    if args.profile is not None:
+        write_profile(args.profile, args.num_envs[0], args.seconds)
+
     report = {
         "task": TASK,
         "unit": "env steps per second, random actions, median of repeats",
-        "command": "python benchmarks/env_throughput.py "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-                   if k not in ("out", "num_envs"))
-        + " --num-envs " + " ".join(map(str, args.num_envs)),
+        "command": "python benchmarks/env_throughput.py " + " ".join(sys.argv[1:]),
         "machine": {
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),
