@@ -121,3 +121,17 @@ def test_metaworld_runs_each_method_with_its_sparse_config(tmp_path):
                        / "checkpoint.pt", weights_only=True)
     assert state["config"]["critic"]["value_estimator"] == "td_lambda"
     assert state["config"]["rldt"]["kernel"] == "delta"
+
+
+def test_ablation_variants_and_the_last_logged_value(tmp_path):
+    ablation = load_script("benchmarks/ablation.py")
+    assert ablation.parse_variant("base=") == ("base", [])
+    assert ablation.parse_variant("big=a.b=1 c=2") == ("big", ["a.b=1", "c=2"])
+    for text, message in [("=a=1", "expected NAME=OVERRIDES"), ("x=a", "'a' is not a KEY=VALUE")]:
+        with pytest.raises(SystemExit, match=message):
+            ablation.parse_variant(text)
+    scalars = tmp_path / "run" / "rldt_gym" / "scalars"
+    scalars.mkdir(parents=True)
+    (scalars / "q_mean.csv").write_text("100,1.5\n200,2.5\n")
+    assert ablation.last_logged(tmp_path / "run", "q_mean") == 2.5
+    assert ablation.last_logged(tmp_path / "run", "q_member_gap") is None
