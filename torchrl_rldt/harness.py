@@ -144,7 +144,8 @@ def episode_returns(
         exploration_type (ExplorationType, optional): defaults to DETERMINISTIC.
 
     Returns:
-        ``{"mean", "std", "episodes", "mean_length"}``.
+        ``{"mean", "std", "min", "max", "episodes", "mean_length"}``: the min tells a policy that
+        fails now and then (a fallen or flipped robot) from one that is uniformly worse.
     """
     max_chunks = math.ceil(max_env_steps / chunk_len)
     result = evaluate_policy(env, policy, max_steps=max_chunks, exploration_type=exploration_type)
@@ -152,6 +153,8 @@ def episode_returns(
     return {
         "mean": returns.mean().item(),
         "std": returns.std().item(),
+        "min": returns.min().item(),
+        "max": returns.max().item(),
         "episodes": returns.numel(),
         "mean_length": result["length"].float().mean().item(),
     }
