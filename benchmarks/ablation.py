@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shlex
 import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -100,7 +101,7 @@ def main() -> None:
         rows.append(f"| {variant} | `{' '.join(overrides) or '-'}` | {start:.0f} | "
                     f"{statistics.mean(finals):.0f} ({', '.join(f'{value:.0f}' for value in finals)}) | "
                     f"{statistics.mean(finals) - start:+.0f} | {shown} |")
-    command = "python benchmarks/ablation.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/ablation.py " + shlex.join(sys.argv[1:])
     table = "\n".join([
         f"{args.task}, {METHODS[args.method][2]}, seeds {args.seeds}, {args.env_steps} env steps per "
         f"run, final return over the final evaluation's episodes (mean over seeds; each seed in "
