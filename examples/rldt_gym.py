@@ -79,7 +79,7 @@ def main(cfg: DictConfig) -> None:
 
     # the latest collector batches, in time order per env: their episodes calibrate the critic
     calibrate = cfg.eval.calibration_batches > 0 and cfg.collector.kind != "multi_async"
-    recent_batches = collections.deque(maxlen=max(cfg.eval.calibration_batches, 1))
+    recent_batches = collections.deque(maxlen=cfg.eval.calibration_batches if calibrate else 0)
 
     # --- training loop ------------------------------------------------------------------------
     remaining = cfg.collector.total_env_steps - counters["env_steps"]

@@ -239,7 +239,6 @@ class QAMLoss(ChunkQEnsembleLoss):
         self.base_actor_network_params = TensorDictParams(
             self.actor_network_params.data.clone(), no_convert=True
         )
-        self.register_buffer("actor_loss_calls", torch.zeros((), dtype=torch.long))
 
     @property
     def out_keys(self) -> list[NestedKey]:

@@ -203,7 +203,6 @@ class RLDTLoss(ChunkQEnsembleLoss):
         self.reference_actor_network_params = TensorDictParams(
             self.actor_network_params.data.clone(), no_convert=True
         )
-        self.register_buffer("actor_loss_calls", torch.zeros((), dtype=torch.long))
 
     @property
     def out_keys(self) -> list[NestedKey]:
