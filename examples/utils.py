@@ -405,6 +405,7 @@ def make_rldt_loss(actor: FlowActor, critic: ValueOperator, cfg: DictConfig,
         reanchor_every=cfg.schedule.reanchor_every,
         rl_objective=cfg.rldt.rl_objective,
         target_clip=target_clip,
+        stop_at_bounds=cfg.rldt.stop_at_bounds,
     )
 
 

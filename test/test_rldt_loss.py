@@ -320,6 +320,37 @@ class TestRLDTLoss:
             optim.step()
         assert distance() < 0.5 * before
 
+    def test_stop_at_bounds_stops_only_the_outward_push(self):
+        """Landings past ``high`` under a critic that pulls further out get no transport; inside
+        the bounds the option changes nothing."""
+        goal = torch.full((H, ACT), 5.0)  # past high = 2: the critic's gradient points outward
+        critic = TensorDictModule(QuadraticCritic(goal), ["observation", "action"],
+                                  ["state_action_value"])
+        actor = make_actor()
+        with torch.no_grad():
+            actor.model.velocity_network.output_layer.bias.fill_(50.0)  # every chain ends past 2
+
+        def rl_gradient(stop_at_bounds):
+            loss = RLDTLoss(actor, critic, num_particles=4, stop_at_bounds=stop_at_bounds)
+            torch.manual_seed(0)
+            actor.zero_grad(set_to_none=True)
+            loss.actor_loss(make_batch())["loss_rl"].backward()
+            return torch.cat([p.grad.flatten() for p in actor.parameters()])
+
+        assert rl_gradient(False).abs().max() > 0
+        assert rl_gradient(True).abs().max() == 0
+        # bounds that no chain reaches: the option changes nothing
+        def wide_loss(stop_at_bounds):
+            torch.manual_seed(1)
+            model = FlowModel(VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=32), ACT, N,
+                              chunk_len=H, low=-50.0, high=50.0)
+            loss = RLDTLoss(FlowActor(model), make_critic(), num_particles=4,
+                            stop_at_bounds=stop_at_bounds)
+            loss.make_value_estimator(gamma=0.9)
+            return loss
+
+        assert_same_losses(wide_loss(False), wide_loss(True), make_batch())
+
     def test_composes_with_another_objective(self):
         actor = make_actor()
         rldt = RLDTLoss(actor, make_critic(), num_particles=2)
@@ -341,6 +372,9 @@ class TestRLDTLoss:
             RLDTLoss(make_actor(), make_critic(), reanchor_every=4)
         with pytest.raises(ValueError, match="reference must be"):
             RLDTLoss(make_actor(), make_critic(), reference="pretrained")
+        unbounded = FlowActor(FlowModel(VelocityMLP(OBS, ACT, chunk_len=H), ACT, N, chunk_len=H))
+        with pytest.raises(ValueError, match="stop_at_bounds=True needs an actor"):
+            RLDTLoss(unbounded, make_critic(), stop_at_bounds=True)
         loss = RLDTLoss(make_actor(), make_critic(action_key="chunk"))
         with pytest.raises(KeyError, match="does not include the loss's action key"):
             loss(make_batch())

@@ -82,6 +82,12 @@ class RLDTLoss(ChunkQEnsembleLoss):
         target_clip (tuple of float, optional): ``(low, high)`` bounds of the critic's target,
             e.g. ``(0, 1)`` for a success reward paid once (the reference's sparse-reward
             setting). Defaults to ``None`` (no clipping).
+        stop_at_bounds (bool, optional): drop the components of the transport field that push
+            a landing point already at or past an action bound further out (a projected
+            gradient on the action box). The environment executes the clamped action, so such
+            a push changes nothing it sees while the critic's gradient at the bound keeps
+            pointing outward; ``False`` is the reference. Needs an actor with bounds. Defaults
+            to ``False``.
         loss_function (str, optional): the critic's distance, ``"l2"``, ``"l1"`` or
             ``"smooth_l1"``. Defaults to ``"l2"``.
         reduction (str, optional): ``"mean"``, ``"sum"`` or ``"none"`` over the batch. Defaults
@@ -151,6 +157,7 @@ class RLDTLoss(ChunkQEnsembleLoss):
         reanchor_every: int | None = None,
         rl_objective: Literal["inner_product", "regression"] = "inner_product",
         target_clip: tuple[float, float] | None = None,
+        stop_at_bounds: bool = False,
         loss_function: str = "l2",
         reduction: str | None = None,
         use_prioritized_weights: str | bool = "auto",
@@ -199,6 +206,13 @@ class RLDTLoss(ChunkQEnsembleLoss):
         self.reference_coef = reference_coef
         self.reference, self.reanchor_every = reference, reanchor_every
         self.rl_objective = rl_objective
+        model = self.actor_network.model
+        if stop_at_bounds and (model.low is None or model.high is None):
+            raise ValueError(
+                "stop_at_bounds=True needs an actor whose model has action bounds (FlowModel's "
+                "low and high); this one has none."
+            )
+        self.stop_at_bounds = stop_at_bounds
         # The reference policy is a buffer: no optimiser sees it and no target updater moves it.
         self.reference_actor_network_params = TensorDictParams(
             self.actor_network_params.data.clone(), no_convert=True
@@ -290,6 +304,10 @@ class RLDTLoss(ChunkQEnsembleLoss):
             particles.flatten(-2), action_gradient, queries=landing.detach().flatten(-2)
         )
         field = field.unflatten(-1, event_shape)
+        if self.stop_at_bounds:
+            landed = landing.detach()
+            outward = ((landed >= model.high) & (field > 0)) | ((landed <= model.low) & (field < 0))
+            field = field.masked_fill(outward, 0.0)
 
         scale = num_steps * (1 - time)  # N (1 - t) >= 1
         if self.rl_objective == "inner_product":
