@@ -1,13 +1,17 @@
-"""On-policy baselines for flow policies (ReinFlow, FPO++) on EnvPool MuJoCo, from the shipped base.
+"""On-policy baselines for flow and diffusion policies (ReinFlow, FPO++, DPPO) on EnvPool MuJoCo,
+from the shipped bases.
 
-The same base policy, environments and evaluation as ``examples/rldt_gym.py``, with a method
-switch: ``method=reinflow`` (``NoisyFlowActor`` + ``ReinFlowLoss``, arXiv 2505.22094) or
-``method=fpo`` (``FlowActor`` + ``FPOLoss``, FPO++ by default, arXiv 2507.21053 / 2602.02481).
-Each iteration collects ``num_envs x chunks_per_env`` chunk transitions with a TorchRL
-``Collector``, computes GAE, and takes ``epochs`` passes of mini-batch PPO updates.
+The same environments and evaluation as ``examples/rldt_gym.py``, with a method switch:
+``method=reinflow`` (``NoisyFlowActor`` + ``ReinFlowLoss``, arXiv 2505.22094) or ``method=fpo``
+(``FlowActor`` + ``FPOLoss``, FPO++ by default, arXiv 2507.21053 / 2602.02481), both from the
+shipped flow base; ``method=dppo`` (``DPPOActor`` + ``DPPOLoss``, arXiv 2409.00588) from the
+shipped DDPM base of the same data (``examples/pretrain_flow.py policy=ddpm``). Each iteration
+collects ``num_envs x chunks_per_env`` chunk transitions with a TorchRL ``Collector``, computes
+GAE, and takes ``epochs`` passes of mini-batch PPO updates.
 
     python examples/flow_ppo_gym.py method=reinflow
     python examples/flow_ppo_gym.py method=fpo collector.total_env_steps=200000
+    python examples/flow_ppo_gym.py method=dppo
 
 Writes into the run directory: ``checkpoint.pt`` (atomically after every iteration: a kill loses
 at most the iteration under way; ``resume=<checkpoint.pt>`` continues), the logger's files and
@@ -23,8 +27,8 @@ from torchrl.modules import MLP, ValueOperator
 from torchrl.objectives import ValueEstimators
 
 from torchrl_rldt.harness import ConfigCheck, TrainingRun
-from torchrl_rldt.modules import FlowNoiseMLP, NoisyFlowActor
-from torchrl_rldt.objectives import FPOLoss, ReinFlowLoss
+from torchrl_rldt.modules import DPPOActor, FlowNoiseMLP, NoisyFlowActor
+from torchrl_rldt.objectives import DPPOLoss, FPOLoss, ReinFlowLoss
 from utils import (
     check_collector_config,
     collected_chunks,
@@ -38,16 +42,19 @@ from utils import (
 def check_config(cfg: DictConfig) -> None:
     """Refuses invalid hyper-parameters with a message naming the value, before any work."""
     check = ConfigCheck(cfg)
-    check.need(cfg.method in ("reinflow", "fpo"), f"method must be reinflow or fpo, got {cfg.method!r}")
+    check.need(cfg.method in ("reinflow", "fpo", "dppo"),
+               f"method must be reinflow, fpo or dppo, got {cfg.method!r}")
     for name in ("collector.chunks_per_env", "ppo.epochs", "ppo.minibatch_size", "reinflow.num_steps",
-                 "fpo.num_steps", "fpo.num_cfm_samples"):
+                 "fpo.num_steps", "fpo.num_cfm_samples", "dppo.finetuned_steps"):
         check.positive_int(name)
     check.positive_int("ppo.critic_warmup_iterations", minimum=0)
     for name in ("ppo.actor_lr", "ppo.critic_lr", "reinflow.min_std", "reinflow.clip_epsilon",
-                 "fpo.clip_epsilon"):
+                 "fpo.clip_epsilon", "dppo.clip_epsilon", "dppo.min_sampling_std",
+                 "dppo.min_log_prob_std", "dppo.noise_clip"):
         check.number(name, 0.0, open_low=True)
     for name in ("ppo.gamma", "ppo.lmbda"):
         check.number(name, 0.0, 1.0)
+    check.number("dppo.gamma_denoising", 0.0, 1.0, open_low=True)
     check.number("reinflow.entropy_coeff", 0.0)
     check.number("reinflow.max_std", cfg.reinflow.min_std)
     if cfg.ppo.reward_scale_rate is not None:
@@ -67,13 +74,20 @@ def main(cfg: DictConfig) -> None:
         identity={"task": cfg.task, "method": cfg.method},
         counters={"env_steps": 0, "iterations": 0, "updates": 0},
     )
-    method_cfg = cfg.reinflow if cfg.method == "reinflow" else cfg.fpo
-    base = load_base_policy(cfg, device, method_cfg.num_steps)
+    if cfg.method == "dppo":
+        base = load_base_policy(cfg, device, kind="ddpm")
+        model = base.model
+        if cfg.dppo.finetuned_steps > model.num_steps:
+            raise ValueError(f"dppo.finetuned_steps={cfg.dppo.finetuned_steps} exceeds the "
+                             f"{model.num_steps} denoising steps of the base policy {base.task}.")
+        observation_dim = model.denoising_network.config["observation_dim"]
+    else:
+        base = load_base_policy(cfg, device, cfg[cfg.method].num_steps)
+        actor, model = base.actor, base.actor.model
+        observation_dim = model.velocity_network.config["observation_dim"]
     torch.manual_seed(cfg.seed)
 
     # --- policy, critic, loss ------------------------------------------------------------------
-    actor, model = base.actor, base.actor.model
-    observation_dim = model.velocity_network.config["observation_dim"]
     critic = ValueOperator(
         MLP(in_features=observation_dim, out_features=1, num_cells=list(cfg.ppo.critic_hidden),
             activation_class=torch.nn.Mish),
@@ -85,10 +99,18 @@ def main(cfg: DictConfig) -> None:
         policy = NoisyFlowActor(actor, noise.to(device), average_log_prob=True)
         loss = ReinFlowLoss(policy, critic, clip_epsilon=cfg.reinflow.clip_epsilon,
                             entropy_coeff=cfg.reinflow.entropy_coeff)
-    else:
+    elif cfg.method == "fpo":
         policy = actor
         loss = FPOLoss(actor, critic, num_cfm_samples=cfg.fpo.num_cfm_samples,
                        variant=cfg.fpo.variant, clip_epsilon=cfg.fpo.clip_epsilon)
+    else:
+        # evaluated with DPPO's evaluation sampler (the deterministic exploration type)
+        policy = actor = DPPOActor(model, finetuned_steps=cfg.dppo.finetuned_steps,
+                                   min_sampling_std=cfg.dppo.min_sampling_std,
+                                   min_log_prob_std=cfg.dppo.min_log_prob_std,
+                                   noise_clip=cfg.dppo.noise_clip)
+        loss = DPPOLoss(policy, critic, clip_epsilon=cfg.dppo.clip_epsilon,
+                        gamma_denoising=cfg.dppo.gamma_denoising)
     loss.make_value_estimator(ValueEstimators.GAE, gamma=cfg.ppo.gamma, lmbda=cfg.ppo.lmbda)
     actor_optim = torch.optim.Adam(loss.actor_network_params.values(True, True), lr=cfg.ppo.actor_lr)
     critic_optim = torch.optim.Adam(loss.critic_network_params.values(True, True), lr=cfg.ppo.critic_lr)

@@ -1,13 +1,17 @@
-"""Pretrains a base flow-matching policy by behaviour cloning on a medium data set.
+"""Pretrains a base chunk policy by behaviour cloning on a medium data set: a flow-matching
+policy (``policy=flow``, what RLDT, ReinFlow, FPO++ and QAM fine-tune) or a DDPM policy
+(``policy=ddpm``, what DPPO fine-tunes).
 
 Observation and action chunks (H = 4) are normalised with the data set's statistics; the velocity
-field is trained with ``FlowMatchingBCLoss``; an EMA of the weights is the policy that is
-evaluated (deterministic x0 = 0 and stochastic sampling) and saved with
-``torchrl_rldt.checkpoint.save_flow_policy``. The evaluated returns go into a manifest beside the
-checkpoints.
+field is trained with ``FlowMatchingBCLoss``, the DDPM's noise prediction with ``DDPMChunkBCLoss``
+(the same network, data, batches and optimiser); an EMA of the weights is the policy that is
+evaluated (deterministic and stochastic sampling) and saved with
+``torchrl_rldt.checkpoint.save_flow_policy`` or ``save_ddpm_policy``. The evaluated returns go
+into a manifest beside the checkpoints (DDPM bases under ``"ddpm"``).
 
     python examples/pretrain_flow.py task=Hopper-v5
     python examples/pretrain_flow.py task=Walker2d-v5 train.steps=50000
+    python examples/pretrain_flow.py policy=ddpm task=Hopper-v5
 """
 from __future__ import annotations
 
@@ -25,24 +29,29 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchrl.envs import ExplorationType, TransformedEnv
 from tqdm import tqdm
 
-from torchrl_rldt.checkpoint import atomic_write_text, save_flow_policy
+from torchrl_rldt.checkpoint import atomic_write_text, save_ddpm_policy, save_flow_policy
 from torchrl_rldt.data import action_chunks, load_offline_dataset, make_offline_replay_buffer
 from torchrl_rldt.envs import NormalizationStats, normalization_transforms
 from torchrl_rldt.harness import episode_returns
-from torchrl_rldt.modules import FlowActor, FlowModel, VelocityMLP
-from torchrl_rldt.objectives import FlowMatchingBCLoss
+from torchrl_rldt.modules import DDPMChunkModel, DPPOActor, FlowActor, FlowModel, VelocityMLP
+from torchrl_rldt.objectives import DDPMChunkBCLoss, FlowMatchingBCLoss
 
 from utils import default_data_path, make_chunk_env, repo_path, task_slug, time_limit
 
 log = logging.getLogger("pretrain_flow")
 
-def evaluate(actor, env, cfg, mode: ExplorationType) -> dict:
-    return episode_returns(env, actor, max_env_steps=time_limit(cfg.task, cfg.eval.max_env_steps),
-                           chunk_len=actor.model.chunk_len, exploration_type=mode)
+def evaluate(trained, env, cfg, mode: ExplorationType) -> dict:
+    # a DDPM is sampled by DPPO's sampler over all its steps (its own network on every step)
+    policy = (DPPOActor(trained, finetuned_steps=trained.num_steps)
+              if isinstance(trained, DDPMChunkModel) else trained)
+    return episode_returns(env, policy, max_env_steps=time_limit(cfg.task, cfg.eval.max_env_steps),
+                           chunk_len=cfg.model.chunk_len, exploration_type=mode)
 
 
 @hydra.main(version_base="1.3", config_path="config", config_name="pretrain_flow")
 def main(cfg: DictConfig) -> None:
+    if cfg.policy not in ("flow", "ddpm"):
+        raise ValueError(f"policy must be flow or ddpm, got {cfg.policy!r}.")
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.num_threads)
     device = torch.device(cfg.device)
@@ -87,21 +96,35 @@ def main(cfg: DictConfig) -> None:
         num_layers=cfg.model.num_layers,
         time_dim=cfg.model.time_dim,
     )
-    actor = FlowActor(FlowModel(
-        network,
-        action_dim,
-        cfg.model.num_steps,
-        chunk_len=cfg.model.chunk_len,
-        low=bounds.low[0],
-        high=bounds.high[0],
-    )).to(device)
-    loss_module = FlowMatchingBCLoss(actor)
+    if cfg.policy == "flow":
+        trained = FlowActor(FlowModel(
+            network,
+            action_dim,
+            cfg.model.num_steps,
+            chunk_len=cfg.model.chunk_len,
+            low=bounds.low[0],
+            high=bounds.high[0],
+        )).to(device)
+        loss_module, loss_key = FlowMatchingBCLoss(trained), "loss_flow_bc"
+    else:
+        trained = DDPMChunkModel(
+            network,
+            action_dim,
+            cfg.ddpm.num_steps,
+            chunk_len=cfg.model.chunk_len,
+            denoised_clip_value=cfg.ddpm.denoised_clip_value,
+            final_action_clip_value=cfg.ddpm.final_action_clip_value,
+            low=bounds.low[0],
+            high=bounds.high[0],
+        ).to(device)
+        loss_module, loss_key = DDPMChunkBCLoss(trained), "loss_diffusion_bc"
     optimizer = torch.optim.Adam(loss_module.parameters(), lr=cfg.train.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=cfg.train.steps, eta_min=cfg.train.lr_min
     )
-    ema = AveragedModel(actor, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
-    ema_actor = ema.module
+    ema = AveragedModel(trained, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay),
+                        use_buffers=True)
+    ema_policy = ema.module
 
     # --- training loop ------------------------------------------------------------------
     history = []
@@ -109,17 +132,17 @@ def main(cfg: DictConfig) -> None:
     progress = tqdm(range(1, cfg.train.steps + 1), desc=f"pretrain {cfg.task}", mininterval=5)
     running = None
     for step in progress:
-        loss = loss_module(buffer.sample())["loss_flow_bc"]
+        loss = loss_module(buffer.sample())[loss_key]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         scheduler.step()
-        ema.update_parameters(actor)
+        ema.update_parameters(trained)
         running = loss.item() if running is None else 0.99 * running + 0.01 * loss.item()
         if step % cfg.train.log_every == 0:
             progress.set_postfix(loss=f"{running:.4f}")
         if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
-            returns = evaluate(ema_actor, eval_env, cfg, ExplorationType.DETERMINISTIC)
+            returns = evaluate(ema_policy, eval_env, cfg, ExplorationType.DETERMINISTIC)
             history.append({"step": step, "loss": running, "deterministic": returns})
             log.info("step %d: loss %.4f, deterministic return %.0f +- %.0f", step, running,
                      returns["mean"], returns["std"])
@@ -128,10 +151,12 @@ def main(cfg: DictConfig) -> None:
     # --- final evaluation, checkpoint and manifest ----------------------------------------
     final_env = make_eval_env(cfg.eval.final_episodes, cfg.seed + 2000)
     final = {
-        "deterministic": evaluate(ema_actor, final_env, cfg, ExplorationType.DETERMINISTIC),
-        "stochastic": evaluate(ema_actor, final_env, cfg, ExplorationType.RANDOM),
+        "deterministic": evaluate(ema_policy, final_env, cfg, ExplorationType.DETERMINISTIC),
+        "stochastic": evaluate(ema_policy, final_env, cfg, ExplorationType.RANDOM),
     }
-    checkpoint = repo_path(cfg.out.checkpoint or f"checkpoints/{task_slug(cfg.task)}-flow-base.pt")
+    checkpoint = repo_path(
+        cfg.out.checkpoint or f"checkpoints/{task_slug(cfg.task)}-{cfg.policy}-base.pt"
+    )
     data_path = Path(source)
     entry = {
         "file": checkpoint.name,
@@ -140,7 +165,8 @@ def main(cfg: DictConfig) -> None:
             hashlib.sha256(data_path.read_bytes()).hexdigest() if data_path.is_file() else None
         ),
         "num_chunks": chunks.shape[0],
-        "euler_steps": cfg.model.num_steps,
+        **({"euler_steps": cfg.model.num_steps} if cfg.policy == "flow"
+           else {"denoising_steps": cfg.ddpm.num_steps}),
         "chunk_len": cfg.model.chunk_len,
         "returns": final,
         "train_steps": cfg.train.steps,
@@ -150,9 +176,10 @@ def main(cfg: DictConfig) -> None:
         "command": "python examples/pretrain_flow.py " + " ".join(HydraConfig.get().overrides.task),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    save_flow_policy(
+    save_policy = save_flow_policy if cfg.policy == "flow" else save_ddpm_policy
+    save_policy(
         checkpoint,
-        ema_actor.to("cpu"),
+        ema_policy.to("cpu"),
         task=cfg.task,
         observation_stats=observation_stats,
         action_stats=action_stats,
@@ -161,12 +188,13 @@ def main(cfg: DictConfig) -> None:
     entry["sha256"] = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     manifest_path = repo_path(cfg.out.manifest)
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    manifest[cfg.task] = entry
+    section = manifest if cfg.policy == "flow" else manifest.setdefault("ddpm", {})
+    section[cfg.task] = entry
     atomic_write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", manifest_path)
     log.info(
-        "%s base policy: deterministic %.4g +- %.4g, stochastic %.4g +- %.4g (%d episodes each); "
+        "%s %s base policy: deterministic %.4g +- %.4g, stochastic %.4g +- %.4g (%d episodes each); "
         "saved %s",
-        cfg.task, final["deterministic"]["mean"], final["deterministic"]["std"],
+        cfg.task, cfg.policy, final["deterministic"]["mean"], final["deterministic"]["std"],
         final["stochastic"]["mean"], final["stochastic"]["std"], cfg.eval.final_episodes,
         checkpoint,
     )

@@ -17,7 +17,7 @@ from torchrl.envs import EnvBase, ExplorationType, TransformedEnv
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import SACLoss, SoftUpdate, ValueEstimators
 
-from torchrl_rldt.checkpoint import FlowPolicy, load_flow_policy
+from torchrl_rldt.checkpoint import DDPMPolicy, FlowPolicy, load_ddpm_policy, load_flow_policy
 from torchrl_rldt.envs import EnvPoolEnv, is_metaworld_task, make_chunk_env
 from torchrl_rldt.envs.metaworld import METAWORLD_EPISODE_STEPS
 from torchrl_rldt.harness import ConfigCheck, NonFiniteError, episode_returns, read_checkpoint
@@ -304,34 +304,41 @@ def check_collector_config(check: ConfigCheck) -> None:
                           "slices of; use collector.kind=multi_sync")
 
 
-def load_base_policy(cfg: DictConfig, device: torch.device, num_steps: int) -> FlowPolicy:
-    """The pretrained flow policy of ``cfg.task``, sampling with ``num_steps`` Euler steps.
+def load_base_policy(cfg: DictConfig, device: torch.device, num_steps: int | None = None, *,
+                     kind: str = "flow") -> FlowPolicy | DDPMPolicy:
+    """The pretrained policy of ``cfg.task``: a flow policy sampling with ``num_steps`` Euler
+    steps (``kind="flow"``), or a DDPM policy (``kind="ddpm"``, DPPO's; its steps are its own).
 
     Errors name a missing file or a mismatch (task, dimensions, chunks longer than an episode).
     """
-    path = repo_path(cfg.base_checkpoint or f"checkpoints/{task_slug(cfg.task)}-flow-base.pt")
+    path = repo_path(cfg.base_checkpoint or f"checkpoints/{task_slug(cfg.task)}-{kind}-base.pt")
+    policy_option = "" if kind == "flow" else f" policy={kind}"
     if not path.is_file() and is_metaworld(cfg.task):
         data = repo_path(default_data_path(cfg.task))
         raise FileNotFoundError(
             f"no base policy for {cfg.task} at {path}. " + (
-                f"Pretrain one on {data}: python examples/pretrain_flow.py task={cfg.task}"
+                f"Pretrain one on {data}: python examples/pretrain_flow.py{policy_option} "
+                f"task={cfg.task}"
                 if data.is_file() else
                 f"There are no demonstrations for it either ({data}): record them with "
                 f"python examples/record_demos.py task={cfg.task}, then pretrain with "
-                f"python examples/pretrain_flow.py task={cfg.task}.")
+                f"python examples/pretrain_flow.py{policy_option} task={cfg.task}.")
         )
-    policy = load_flow_policy(path, task=cfg.task, device=device)
-    chunk_len = policy.actor.model.chunk_len
-    if chunk_len > cfg.env.max_episode_steps:
+    if kind == "flow":
+        policy = load_flow_policy(path, task=cfg.task, device=device)
+    else:
+        policy = load_ddpm_policy(path, task=cfg.task, device=device)
+    if policy.chunk_len > cfg.env.max_episode_steps:
         raise ValueError(
-            f"the base policy's chunks ({chunk_len} actions) are longer than an episode "
+            f"the base policy's chunks ({policy.chunk_len} actions) are longer than an episode "
             f"(env.max_episode_steps={cfg.env.max_episode_steps})."
         )
-    policy.actor.model.num_steps = num_steps
+    if num_steps is not None:
+        policy.actor.model.num_steps = num_steps
     return policy
 
 
-def make_policy_chunk_env(policy: FlowPolicy, cfg: DictConfig, num_envs: int, seed: int,
+def make_policy_chunk_env(policy: FlowPolicy | DDPMPolicy, cfg: DictConfig, num_envs: int, seed: int,
                           device: torch.device) -> TransformedEnv:
     """A chunk env of ``cfg.task`` in ``policy``'s normalised spaces, with its chunk length."""
     return policy_env_maker(policy, cfg, device)(num_envs, seed)
@@ -529,10 +536,10 @@ def make_collector(cfg: DictConfig, policy, make_env, seed: int, *, frames_per_b
     )
 
 
-def policy_env_maker(policy: FlowPolicy, cfg: DictConfig, device: torch.device):
+def policy_env_maker(policy: FlowPolicy | DDPMPolicy, cfg: DictConfig, device: torch.device):
     """``make_env(num_envs, seed)``: chunk envs of ``cfg.task`` in ``policy``'s normalised spaces
     (picklable, for :func:`make_collector`'s workers)."""
-    return functools.partial(make_chunk_env, cfg.task, chunk_len=policy.actor.model.chunk_len,
+    return functools.partial(make_chunk_env, cfg.task, chunk_len=policy.chunk_len,
                              transforms=policy.env_transforms(),
                              max_episode_steps=cfg.env.max_episode_steps, device=device)
 

@@ -14,12 +14,14 @@ from torchrl.data import LazyTensorStorage, ReplayBuffer
 from torchrl_rldt.checkpoint import (
     atomic_save,
     load_checkpoint_buffer,
+    load_ddpm_policy,
     load_flow_policy,
     save_checkpoint,
+    save_ddpm_policy,
     save_flow_policy,
 )
 from torchrl_rldt.envs import NormalizationStats
-from torchrl_rldt.modules import FlowActor, FlowModel, VelocityMLP
+from torchrl_rldt.modules import DDPMChunkModel, DPPOActor, FlowActor, FlowModel, VelocityMLP
 
 OBS, ACT, H = 11, 3, 4
 
@@ -98,6 +100,62 @@ class TestFlowPolicyCheckpoint:
             atomic_save({"step": 2, "bad": Unpicklable()}, path)
         assert torch.load(path, weights_only=True) == {"step": 1}
         assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+
+
+def make_ddpm_file(path, task="Hopper-v5"):
+    network = VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=32, num_layers=2, activation=torch.nn.Mish)
+    betas = torch.linspace(1e-4, 0.05, 7)  # not the default schedule: it must be stored
+    model = DDPMChunkModel(network, ACT, 7, chunk_len=H, betas=betas, denoised_clip_value=2.0,
+                           final_action_clip_value=1.5, low=-torch.ones(ACT), high=torch.ones(ACT))
+    save_ddpm_policy(
+        path,
+        model,
+        task=task,
+        observation_stats=NormalizationStats(torch.randn(OBS), torch.rand(OBS) + 0.5),
+        action_stats=NormalizationStats(torch.zeros(ACT), torch.ones(ACT)),
+        metadata={"denoising_steps": 7},
+    )
+    return model
+
+
+class TestDDPMPolicyCheckpoint:
+    def test_round_trip_denoises_identically(self, tmp_path):
+        path = tmp_path / "ddpm.pt"
+        model = make_ddpm_file(path)
+        policy = load_ddpm_policy(path, task="Hopper-v5", observation_dim=OBS, action_dim=ACT,
+                                  chunk_len=H)
+        loaded = policy.model
+        assert (loaded.num_steps, loaded.denoised_clip_value, loaded.final_action_clip_value) == (
+            7, 2.0, 1.5)
+        torch.testing.assert_close(loaded.betas, model.betas)
+        torch.testing.assert_close(loaded.high, model.high)
+        assert policy.metadata == {"denoising_steps": 7}
+        obs = TensorDict(observation=torch.randn(5, OBS), batch_size=[5])
+        for module in (model, loaded):  # the same DDPM sample from the same noise
+            torch.manual_seed(0)
+            with set_exploration_type(ExplorationType.RANDOM):
+                out = DPPOActor(module, finetuned_steps=3)(obs.clone())
+            if module is model:
+                expected = out
+        torch.testing.assert_close(out["action"], expected["action"])
+        torch.testing.assert_close(out["sample_log_prob"], expected["sample_log_prob"])
+        assert len(policy.env_transforms()) == 2
+
+    def test_mismatch_and_the_other_kind_of_file(self, tmp_path):
+        make_ddpm_file(tmp_path / "ddpm.pt")
+        make_policy_file(tmp_path / "flow.pt")
+        with pytest.raises(ValueError, match="chunk_len 4, but 8.*policy=ddpm"):
+            load_ddpm_policy(tmp_path / "ddpm.pt", chunk_len=8)
+        with pytest.raises(ValueError, match="read it with load_flow_policy"):
+            load_ddpm_policy(tmp_path / "flow.pt")
+        with pytest.raises(ValueError, match="read it with load_ddpm_policy"):
+            load_flow_policy(tmp_path / "ddpm.pt")
+        with pytest.raises(FileNotFoundError, match="pretrain_flow.py policy=ddpm"):
+            load_ddpm_policy(tmp_path / "nope.pt")
+        with pytest.raises(TypeError, match="DDPMChunkModel"):
+            save_ddpm_policy(tmp_path / "x.pt", FlowModel(VelocityMLP(OBS, ACT), ACT), task="Hopper-v5",
+                             observation_stats=NormalizationStats(torch.zeros(OBS), torch.ones(OBS)),
+                             action_stats=NormalizationStats(torch.zeros(ACT), torch.ones(ACT)))
 
 
 if __name__ == "__main__":

@@ -1,18 +1,28 @@
 """Checkpoints by layer: atomic file writes, training checkpoints with their replay buffer, and
-flow-policy files."""
+policy files (flow and DDPM)."""
 from __future__ import annotations
 
 from torchrl_rldt.checkpoint.atomic import atomic_save, atomic_write, atomic_write_text
-from torchrl_rldt.checkpoint.flow_policy import FlowPolicy, load_flow_policy, save_flow_policy
+from torchrl_rldt.checkpoint.flow_policy import (
+    DDPMPolicy,
+    FlowPolicy,
+    load_ddpm_policy,
+    load_flow_policy,
+    save_ddpm_policy,
+    save_flow_policy,
+)
 from torchrl_rldt.checkpoint.training import load_checkpoint_buffer, save_checkpoint
 
 __all__ = [
+    "DDPMPolicy",
     "FlowPolicy",
     "atomic_save",
     "atomic_write",
     "atomic_write_text",
     "load_checkpoint_buffer",
+    "load_ddpm_policy",
     "load_flow_policy",
     "save_checkpoint",
+    "save_ddpm_policy",
     "save_flow_policy",
 ]
