@@ -2,12 +2,12 @@
 
 Runs, for every method and seed, its example with its default config (``rldt``:
 ``examples/rldt_gym.py``, ``rldt_delta`` the same with the delta kernel, ``qam`` the same with
-``method=qam``; ``reinflow`` and ``fpo``
-(FPO++): ``examples/flow_ppo_gym.py``; ``sac``, from scratch: ``examples/sac_gym.py``). For a
-``MetaWorld/<Task>-v3`` task each example runs with its sparse-reward config
-(``--config-name rldt_metaworld``, ``flow_ppo_metaworld``, ``sac_metaworld``) and the table reports
-the stochastic success rate. The fine-tuning methods start from the task's shipped base
-policy; all are evaluated the same way (deterministic policy, 10 episodes every 20k env steps, 20
+``method=qam``; ``reinflow``, ``fpo`` (FPO++) and ``dppo``: ``examples/flow_ppo_gym.py``;
+``sac``, from scratch: ``examples/sac_gym.py``). For a ``MetaWorld/<Task>-v3`` task each example
+runs with its sparse-reward config (``--config-name rldt_metaworld``, ``flow_ppo_metaworld``,
+``sac_metaworld``) and the table reports the stochastic success rate. The fine-tuning methods
+start from the task's shipped base policy (DPPO from the DDPM base pretrained on the same data);
+all are evaluated the same way (deterministic policy, 10 episodes every 20k env steps, 20
 episodes at the start and the end, the same evaluation seeds). Each run has its own directory under
 ``--runs``: a run whose ``summary.json`` reached the budget is not run again, a run with a
 checkpoint is resumed (also to extend a finished run to a larger budget). Then gathers the
@@ -52,6 +52,8 @@ METHODS = {
     "qam": ("rldt_gym.py", ["checkpoint.save_replay_buffer=true", "method=qam"], "QAM"),
     "reinflow": ("flow_ppo_gym.py", ["method=reinflow"], "ReinFlow"),
     "fpo": ("flow_ppo_gym.py", ["method=fpo"], "FPO++"),
+    # from the task's DDPM base, pretrained on the same data as the flow base
+    "dppo": ("flow_ppo_gym.py", ["method=dppo"], "DPPO"),
     "sac": ("sac_gym.py", [], "SAC (from scratch)"),
 }
 
@@ -75,8 +77,8 @@ def parse_overrides(settings: list[str], methods: list[str]) -> dict[str, list[s
     return overrides
 
 
-# the Gym comparison's methods (the default); Meta-World adds rldt_delta, the paper's ablation
-GYM_METHODS = ["rldt", "reinflow", "fpo", "sac"]
+# the paper's Gym comparison (the default): RLDT and its five baselines; rldt_delta is its ablation
+GYM_METHODS = ["rldt", "reinflow", "fpo", "dppo", "qam", "sac"]
 # Meta-World tasks run each example with its sparse-reward config (a sibling of the Gym one)
 METAWORLD_CONFIGS = {"rldt_gym.py": "rldt_metaworld", "flow_ppo_gym.py": "flow_ppo_metaworld",
                      "sac_gym.py": "sac_metaworld"}
