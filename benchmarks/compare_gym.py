@@ -155,6 +155,11 @@ def run(method: str, task: str, seed: int, env_steps: int, run_dir: Path, overri
     return json.loads(summary_path.read_text())
 
 
+def steps_to_threshold(history: list[dict], threshold: float) -> int | None:
+    """The env steps of the first evaluation in ``history`` whose mean is >= ``threshold``."""
+    return next((point["env_steps"] for point in history if point["mean"] >= threshold), None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="Hopper-v5")
@@ -166,6 +171,8 @@ def main() -> None:
     parser.add_argument("--name", default=None, help="output file stem (default: compare_gym_<task>)")
     parser.add_argument("--runs", type=Path, default=ROOT / "outputs" / "benchmarks" / "compare_gym")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="also report the env steps of each run's first evaluation at or above this")
     args = parser.parse_args()
     if args.jobs < 1 or args.env_steps < 1:
         raise SystemExit("--jobs and --env-steps must be positive")
@@ -180,7 +187,7 @@ def main() -> None:
 
     # the longest runs first, so that parallel jobs end together
     order = sorted(((method, seed) for seed in args.seeds for method in args.methods),
-                   key=lambda item: ["sac", "rldt", "rldt_delta", "qam", "fpo", "reinflow"].index(item[0]))
+                   key=lambda item: ["sac", "rldt", "rldt_delta", "qam", "dppo", "fpo", "reinflow"].index(item[0]))
     run_root = args.runs / name
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = {
@@ -236,8 +243,17 @@ def main() -> None:
         }
         # one seed: the spread over its 20 final episodes; several: over the seeds' means
         final_spread = runs[0]["final"]["std"] if len(runs) == 1 else spread(final_per_seed)
-        rows.append(f"| {METHODS[method][2]} | {start:.{digits}f} | {final:.{digits}f} +- "
-                    f"{final_spread:.{digits}f} | {final - start:+.{digits}f} | {steps:.0f} | {minutes:.1f} |")
+        improved = sum(s["final"]["mean"] > s["base"]["mean"] for s in runs)
+        row = (f"| {METHODS[method][2]} | {start:.{digits}f} | {final:.{digits}f} +- "
+               f"{final_spread:.{digits}f} | {final - start:+.{digits}f} | {improved}/{len(runs)} | "
+               f"{steps:.0f} | {minutes:.1f} |")
+        if args.threshold is not None:
+            reached = [steps_to_threshold(s["history"], args.threshold) for s in runs]
+            report[method]["env_steps_to_threshold"] = reached
+            hits = [value for value in reached if value is not None]
+            row += (f" {statistics.mean(hits):.0f} +- {spread(hits):.0f} ({len(hits)}/{len(runs)}) |"
+                    if hits else f" not reached (0/{len(runs)}) |")
+        rows.append(row)
     episodes = summaries[(args.methods[0], args.seeds[0])]["final"]["episodes"]
     spread_note = (f"+- the standard deviation over the {episodes} final episodes" if len(args.seeds) == 1
                    else "+- the standard deviation of the seeds' means")
@@ -252,9 +268,13 @@ def main() -> None:
         f"training (the shipped base, or SAC's random initialisation). Wall-clock on {cores} CPU "
         f"cores with {args.jobs} run(s) at a time.{load_note}",
         "",
-        "| method | start | final | change | env steps | wall-clock (min) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| method | start | final | change | seeds above start | env steps | wall-clock (min) |"
+        + (f" env steps to {args.threshold:g} |" if args.threshold is not None else ""),
+        "| --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if args.threshold is not None else ""),
         *rows,
+        *([f"Env steps to {args.threshold:g}: the first evaluation (every 20k env steps, 10 "
+           f"episodes; the final one 20) whose mean reaches it, mean +- spread over the seeds "
+           f"that reached it within the budget."] if args.threshold is not None else []),
         "",
         f"Made by `{command}`.",
         "",
@@ -262,6 +282,7 @@ def main() -> None:
     (args.out / f"{name}.md").write_text(table)
     (args.out / f"{name}.json").write_text(json.dumps(
         {"task": args.task, "seeds": args.seeds, "env_steps": args.env_steps, "jobs": args.jobs,
+         "threshold": args.threshold,
          "settings": args.settings, "methods": report, "command": command}, indent=2) + "\n")
     print(table)
 

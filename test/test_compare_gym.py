@@ -15,7 +15,16 @@ import torch
 from conftest import load_script
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-parse_overrides = load_script("benchmarks/compare_gym.py").parse_overrides
+compare_gym = load_script("benchmarks/compare_gym.py")
+parse_overrides = compare_gym.parse_overrides
+
+
+def test_steps_to_threshold_is_the_first_evaluation_that_reaches_it():
+    history = [{"env_steps": 0, "mean": 1000.0}, {"env_steps": 20, "mean": 3100.0},
+               {"env_steps": 40, "mean": 2900.0}, {"env_steps": 60, "mean": 3500.0}]
+    assert compare_gym.steps_to_threshold(history, 3000) == 20
+    assert compare_gym.steps_to_threshold(history, 3500) == 60
+    assert compare_gym.steps_to_threshold(history, 4000) is None
 
 
 def test_overrides_go_to_every_method_or_to_the_one_named():
@@ -65,6 +74,14 @@ def test_runs_skips_finished_runs_and_gathers_them(tmp_path):
     assert (out / "compare_gym_hopper-v5.png").stat().st_size > 0
     second = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0 and " seed 0: " not in second.stdout
+    # the same runs gathered again with a threshold: every run reaches -1e9 at its first evaluation
+    gathered = subprocess.run(command + ["--threshold=-1e9"], capture_output=True, text=True,
+                              timeout=300)
+    assert gathered.returncode == 0 and " seed 0: " not in gathered.stdout
+    table = (out / "compare_gym_hopper-v5.md").read_text()
+    assert "| env steps to -1e+09 |" in table and "| 0 +- 0 (1/1) |" in table
+    assert json.loads((out / "compare_gym_hopper-v5.json").read_text())["methods"]["fpo"][
+        "env_steps_to_threshold"] == [0]
     # a larger budget extends both runs from their checkpoints; a smaller one is refused
     budget = command.index("--env-steps") + 1
     extended = subprocess.run(command[:budget] + ["240"] + command[budget + 1:], capture_output=True,
