@@ -30,6 +30,7 @@ from torchrl_rldt.harness import ConfigCheck, TrainingRun
 from torchrl_rldt.modules import DPPOActor, FlowNoiseMLP, NoisyFlowActor
 from torchrl_rldt.objectives import DPPOLoss, FPOLoss, ReinFlowLoss
 from utils import (
+    apply_per_task_config,
     check_collector_config,
     collected_chunks,
     load_base_policy,
@@ -67,6 +68,7 @@ def check_config(cfg: DictConfig) -> None:
 
 @hydra.main(version_base="1.3", config_path="config", config_name="flow_ppo_gym")
 def main(cfg: DictConfig) -> None:
+    apply_per_task_config(cfg)
     check_config(cfg)
     device = torch.device(cfg.device)
     run = TrainingRun.from_hydra(

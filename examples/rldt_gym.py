@@ -20,7 +20,6 @@ batches, on Ctrl-C and at the end), the logger's files, ``learning_curve.png`` a
 from __future__ import annotations
 
 import collections
-import math
 
 import hydra
 import torch
@@ -28,6 +27,7 @@ from omegaconf import DictConfig
 
 from torchrl_rldt.harness import TrainingRun
 from utils import (
+    apply_per_task_config,
     check_rldt_config,
     collected_calibration,
     collected_chunks,
@@ -44,6 +44,7 @@ from utils import (
 @hydra.main(version_base="1.3", config_path="config", config_name="rldt_gym")
 def main(cfg: DictConfig) -> None:
     # --- everything that can be refused is checked before any work ---------------------------
+    apply_per_task_config(cfg)
     check_rldt_config(cfg)
     device = torch.device(cfg.device)
     run = TrainingRun.from_hydra(
@@ -82,13 +83,12 @@ def main(cfg: DictConfig) -> None:
     recent_batches = collections.deque(maxlen=cfg.eval.calibration_batches if calibrate else 0)
 
     # --- training loop ------------------------------------------------------------------------
-    remaining = cfg.collector.total_env_steps - counters["env_steps"]
     # a resumed run reseeds its envs so that it does not replay the episodes it began with
-    collector = make_rldt_collector(base, cfg, cfg.seed + counters["env_steps"], math.ceil(remaining / chunk_len))
+    collector = make_rldt_collector(base, cfg, cfg.seed + counters["env_steps"])
     try:
         with run.loop(total_env_steps=cfg.collector.total_env_steps, description=f"{title} {cfg.task}"):
             for batch in map(collected_chunks, run.collected(collector)):
-                if counters["env_steps"] >= cfg.collector.total_env_steps:
+                if counters["env_steps"] >= cfg.collector.total_env_steps:  # a resumed, finished run
                     break
                 steps = int(batch["next", "chunk_steps"].sum())
                 reward = batch["next", "reward"]
@@ -179,6 +179,8 @@ def main(cfg: DictConfig) -> None:
                     run.save(saved_buffer)
                 if run.stop_requested:
                     return run.interrupted(saved_buffer)
+                if counters["env_steps"] >= cfg.collector.total_env_steps:
+                    break
     finally:
         collector.shutdown()
 

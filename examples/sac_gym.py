@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 
 from torchrl_rldt.harness import ConfigCheck, TrainingRun
 from utils import (
+    apply_per_task_config,
     check_collector_config,
     collected_chunks,
     make_chunk_env,
@@ -60,6 +61,7 @@ def check_config(cfg: DictConfig) -> None:
 
 @hydra.main(version_base="1.3", config_path="config", config_name="sac_gym")
 def main(cfg: DictConfig) -> None:
+    apply_per_task_config(cfg)
     check_config(cfg)
     device = torch.device(cfg.device)
     chunk_len = cfg.env.chunk_len

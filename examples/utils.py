@@ -20,7 +20,13 @@ from torchrl.objectives import SACLoss, SoftUpdate, ValueEstimators
 from torchrl_rldt.checkpoint import DDPMPolicy, FlowPolicy, load_ddpm_policy, load_flow_policy
 from torchrl_rldt.envs import EnvPoolEnv, is_metaworld_task, make_chunk_env
 from torchrl_rldt.envs.metaworld import METAWORLD_EPISODE_STEPS
-from torchrl_rldt.harness import ConfigCheck, NonFiniteError, episode_returns, read_checkpoint
+from torchrl_rldt.harness import (
+    ConfigCheck,
+    NonFiniteError,
+    apply_task_config,
+    episode_returns,
+    read_checkpoint,
+)
 from torchrl_rldt.modules import ChunkQValueMLP, FlowActor, LandingPointExploration, SVGDTransport
 from torchrl_rldt.objectives import ChunkQEnsembleLoss, QAMLoss, RLDTLoss
 from torchrl_rldt.objectives.calibration import critic_calibration
@@ -53,6 +59,18 @@ def time_limit(task: str, configured: int | None) -> int:
 def default_data_path(task: str) -> str:
     """Where the data set of ``task`` is: demonstrations for Meta-World, medium data otherwise."""
     return f"data/{task_slug(task)}-{'demos' if is_metaworld(task) else 'medium'}.npz"
+
+
+def apply_per_task_config(cfg: DictConfig) -> list[str]:
+    """The values ``cfg.task`` needs beyond the example's defaults, from
+    ``examples/config/per_task/<config name>/<task slug>.yaml`` when it exists (e.g.
+    ``per_task/rldt_gym/halfcheetah-v5.yaml``); the command line still wins. Call it first."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_config = HydraConfig.get()
+    path = (REPO_ROOT / "examples" / "config" / "per_task" / hydra_config.job.config_name
+            / f"{task_slug(cfg.task)}.yaml")
+    return apply_task_config(cfg, path, hydra_config.overrides.task)
 
 
 def make_env(task: str, num_envs: int, seed: int, device: str | torch.device = "cpu") -> EnvPoolEnv:
@@ -544,14 +562,17 @@ def policy_env_maker(policy: FlowPolicy | DDPMPolicy, cfg: DictConfig, device: t
                              max_episode_steps=cfg.env.max_episode_steps, device=device)
 
 
-def make_rldt_collector(base: FlowPolicy, cfg: DictConfig, seed: int, total_chunks: int):
-    """:func:`make_collector` running the actor with RLDT's landing-point exploration."""
+def make_rldt_collector(base: FlowPolicy, cfg: DictConfig, seed: int, total_chunks: int | None = None):
+    """:func:`make_collector` running the actor with RLDT's landing-point exploration, for
+    ``total_chunks`` chunk transitions (rounded up to whole batches) or, when ``None``, until the
+    loop stops (an env-step budget: a chunk cut by a termination holds fewer than ``H`` steps)."""
     frames_per_batch = cfg.env.num_envs * cfg.collector.chunks_per_env
+    total_frames = (-1 if total_chunks is None
+                    else max(1, math.ceil(total_chunks / frames_per_batch)) * frames_per_batch)
     return make_collector(
         cfg, LandingPointExploration(base.actor, min_step=cfg.rldt.min_step),
         policy_env_maker(base, cfg, torch.device(cfg.device)), seed,
-        frames_per_batch=frames_per_batch,
-        total_frames=max(1, math.ceil(total_chunks / frames_per_batch)) * frames_per_batch,
+        frames_per_batch=frames_per_batch, total_frames=total_frames,
     )
 
 

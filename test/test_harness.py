@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from torchrl_rldt.checkpoint import save_checkpoint
-from torchrl_rldt.harness import TrainingRun
+from torchrl_rldt.harness import TrainingRun, apply_task_config
 
 
 def config(task="Hopper-v5"):
@@ -66,6 +66,25 @@ def test_non_finite_values_stop_the_run_with_the_last_checkpoint(tmp_path, caplo
     assert stop.value.code == 1
     assert "the critic loss is not finite at 0 env steps" in caplog.text
     assert f"resume={tmp_path / 'checkpoint.pt'}" in caplog.text
+
+
+def test_task_config_sets_its_values_unless_the_command_line_does(tmp_path):
+    def config():
+        return OmegaConf.create({"task": "HalfCheetah-v5", "seed": 0,
+                                 "schedule": {"reanchor_every": 32, "steps": 1, "lr": 1.0}})
+
+    path = tmp_path / "halfcheetah-v5.yaml"
+    path.write_text("schedule:\n  reanchor_every: null\n  steps: 2\n  lr: 0.5\n")
+    cfg = config()
+    assert apply_task_config(cfg, path, ["seed=3", "+schedule.steps=5", "~schedule.lr"]) == [
+        "schedule.reanchor_every=None"]
+    assert cfg.schedule == {"reanchor_every": None, "steps": 1, "lr": 1.0}
+    cfg = config()
+    assert apply_task_config(cfg, tmp_path / "walker2d-v5.yaml", []) == []  # no file: no change
+    assert cfg == config()
+    path.write_text("schedule:\n  reanchor_evry: null\n")
+    with pytest.raises(KeyError, match="sets 'schedule.reanchor_evry', which the config does not have"):
+        apply_task_config(config(), path, [])
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from torchrl_rldt.objectives import RLDTLoss
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "rldt_gym.py"
 TINY = [
     "env.num_envs=4", "env.max_episode_steps=60", "collector.chunks_per_env=4",
-    "schedule.critic_warmup_batches=1", "schedule.critic_steps=2", "schedule.actor_steps=1",
+    "schedule.critic_warmup_batches=1", "schedule.critic_steps=4", "schedule.actor_steps=1",
     "schedule.actor_every_batches=1",
     "schedule.actor_batch_size=8", "buffer.batch_size=32", "critic.hidden_dim=32",
     "eval.every_env_steps=100", "eval.episodes=2", "eval.final_episodes=2",
@@ -206,7 +206,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, base):
     # One critic step per batch: batch 1 ends with huge but finite weights and is checkpointed,
     # batch 2's critic loss overflows.
     result = run(run_dir, base, "collector.total_env_steps=2000", "checkpoint.every_batches=1",
-                 "schedule.critic_steps=1", "optim.critic_lr=1e30")
+                 "schedule.critic_steps=1", "schedule.target_action_reuse=1", "optim.critic_lr=1e30")
     output = result.stdout + result.stderr
     assert result.returncode == 1, output[-3000:]
     assert "is not finite" in output and "last good checkpoint" in output, output[-3000:]
@@ -248,6 +248,19 @@ def test_metaworld_sparse_config_trains_with_td_lambda_on_trajectory_slices(tmp_
     assert checkpoint["config"]["optim"]["gamma"] == 0.999
     scalars = run_dir / "rldt_gym" / "scalars"
     assert (scalars / "loss_qvalue.csv").is_file()
+
+
+def test_a_task_picks_up_its_own_values_below_the_command_line(tmp_path):
+    """HalfCheetah-v5's file (examples/config/per_task/rldt_gym/) sets the frozen reference."""
+    base = make_base(tmp_path / "halfcheetah-tiny.pt", "HalfCheetah-v5", 17, 6)
+    for name, extra, expected in (("own", [], None), ("overridden", ["schedule.reanchor_every=4"], 4)):
+        result = run(tmp_path / name, base, "task=HalfCheetah-v5", "collector.total_env_steps=100",
+                     *extra)
+        assert result.returncode == 0, result.stderr[-3000:]
+        config = load_checkpoint(tmp_path / name / "checkpoint.pt")["config"]
+        assert config["schedule"]["reanchor_every"] == expected
+    assert "halfcheetah-v5.yaml for this task: schedule.reanchor_every=None" in (
+        tmp_path / "own" / "rldt_gym.log").read_text()
 
 
 def test_metaworld_task_without_demonstrations_names_the_recording_command(tmp_path):

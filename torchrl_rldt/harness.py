@@ -8,7 +8,9 @@
   stop on a non-finite value (naming the last good checkpoint), and the closing summary
   (``summary.json``, ``learning_curve.png`` and a base-against-final table);
 - :func:`evaluate_policy` / :func:`episode_returns`: one episode per env of a batched env;
-- :class:`ConfigCheck`: collects every problem of a config and refuses it at once.
+- :class:`ConfigCheck`: collects every problem of a config and refuses it at once;
+- :func:`apply_task_config`: the values one task needs beyond the shared defaults, from a file
+  named after the task, below whatever the command line sets.
 
 The training loops stay in the examples, visible top to bottom; this module holds what they
 would otherwise each repeat. Hydra, matplotlib and tqdm are the examples' dependencies
@@ -25,7 +27,7 @@ import signal
 import time
 from numbers import Real
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from tensordict import TensorDict
@@ -178,6 +180,69 @@ def restore_rng_state(rng: dict, device: torch.device | str) -> None:
 
 
 # --- config checks -------------------------------------------------------------------------------
+def _flat_items(values: Mapping, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            yield from _flat_items(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def apply_task_config(config: Any, path: str | Path, command_line: Sequence[str]) -> list[str]:
+    """Sets the values of a per-task config file, except those set on the command line.
+
+    A config's defaults are shared by every task; a task that needs other values (measured, and
+    written down beside them) gets a file of only those values, which the run picks up by the
+    task's name. What the user sets on the command line still wins.
+
+    Args:
+        config: the run's (Hydra) ``DictConfig``, changed in place; every key of the file must be
+            one of its keys.
+        path: the per-task YAML file (nested keys, as in the config); nothing happens when it
+            does not exist.
+        command_line: the run's overrides as Hydra received them (``"key=value"``, ``"+key=..."``,
+            ``"~key"``), e.g. ``HydraConfig.get().overrides.task``.
+
+    Returns:
+        The ``"key=value"`` settings applied, in the file's order.
+
+    Raises:
+        KeyError: the file names a key that the config does not have.
+
+    Examples:
+        >>> import tempfile
+        >>> from omegaconf import OmegaConf
+        >>> from torchrl_rldt.harness import apply_task_config
+        >>> cfg = OmegaConf.create({"task": "HalfCheetah-v5", "schedule": {"reanchor_every": 32, "steps": 1}})
+        >>> path = Path(tempfile.mkdtemp()) / "halfcheetah-v5.yaml"
+        >>> _ = path.write_text("schedule:\\n  reanchor_every: null\\n  steps: 2\\n")
+        >>> apply_task_config(cfg, path, ["schedule.steps=5"])
+        ['schedule.reanchor_every=None']
+        >>> cfg.schedule.reanchor_every is None
+        True
+    """
+    from omegaconf import OmegaConf
+
+    path = Path(path)
+    if not path.is_file():
+        return []
+    values = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+    # "key=value", "+key=value", "++key=value", "~key" and "~key=value" all set (or remove) key
+    on_command_line = {override.split("=", 1)[0].lstrip("+~") for override in command_line}
+    missing = object()
+    applied = []
+    for key, value in _flat_items(values):
+        if OmegaConf.select(config, key, default=missing) is missing:
+            raise KeyError(f"{path} sets {key!r}, which the config does not have; fix the file.")
+        if key in on_command_line:
+            continue
+        OmegaConf.update(config, key, value, merge=False)
+        applied.append(f"{key}={value}")
+    if applied:
+        log.info("values of %s for this task: %s", path.name, " ".join(applied))
+    return applied
+
+
 class ConfigCheck:
     """Collects every problem of a (Hydra) config, then refuses it at once with all the reasons.
 
