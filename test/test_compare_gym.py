@@ -152,3 +152,26 @@ def test_ablation_variants_and_the_last_logged_value(tmp_path):
     (scalars / "q_mean.csv").write_text("100,1.5\n200,2.5\n")
     assert ablation.last_logged(tmp_path / "run", "q_mean") == 2.5
     assert ablation.last_logged(tmp_path / "run", "q_member_gap") is None
+
+
+def test_gym_table_puts_the_tasks_side_by_side(tmp_path):
+    def report(seeds, env_steps, finals):
+        per_seed = {str(seed): {"start": {"mean": 1000.0}, "final": {"mean": final}}
+                    for seed, final in zip(seeds, finals)}
+        return {"seeds": seeds, "env_steps": env_steps, "command": "python benchmarks/compare_gym.py",
+                "methods": {"rldt": {"start_mean": 1000.0, "final_mean": sum(finals) / len(finals),
+                                     "per_seed": per_seed}}}
+
+    (tmp_path / "compare_gym_hopper-v5.json").write_text(json.dumps(report([1, 2], 300, [3000.0, 900.0])))
+    (tmp_path / "compare_gym_walker2d-v5.json").write_text(json.dumps(report([1, 2], 300, [1100.0, 1300.0])))
+    command = [sys.executable, str(BENCHMARKS / "gym_table.py"), "--tasks", "Hopper-v5", "Walker2d-v5",
+               "--results", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / "gym_table.md").read_text()
+    # mean, standard deviation of the seeds' finals, seeds above their start
+    assert "| RLDT | 1000 -> 1950 +- 1485 (1/2) | 1000 -> 1200 +- 141 (2/2) |" in table
+    (tmp_path / "compare_gym_walker2d-v5.json").write_text(json.dumps(report([1, 2], 100, [1100.0, 1300.0])))
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "differ in seeds or env steps" in result.stderr
+
