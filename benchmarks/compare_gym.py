@@ -265,14 +265,15 @@ def main() -> None:
     table = "\n".join([
         f"{args.task}, seeds {args.seeds}, {args.env_steps} env steps per run, {metric} "
         f"of the final policy over {episodes} episodes ({spread_note}); start: the policy before "
-        f"training (the shipped base, or SAC's random initialisation). Wall-clock on {cores} CPU "
+        f"training (the shipped base: the flow policy, DPPO's DDPM policy; or SAC's random "
+        f"initialisation). Wall-clock on {cores} CPU "
         f"cores with {args.jobs} run(s) at a time.{load_note}",
         "",
         "| method | start | final | change | seeds above start | env steps | wall-clock (min) |"
         + (f" env steps to {args.threshold:g} |" if args.threshold is not None else ""),
         "| --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if args.threshold is not None else ""),
         *rows,
-        *([f"Env steps to {args.threshold:g}: the first evaluation (every 20k env steps, 10 "
+        *(["", f"Env steps to {args.threshold:g}: the first evaluation (every 20k env steps, 10 "
            f"episodes; the final one 20) whose mean reaches it, mean +- spread over the seeds "
            f"that reached it within the budget."] if args.threshold is not None else []),
         "",
