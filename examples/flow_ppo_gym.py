@@ -31,6 +31,7 @@ from torchrl_rldt.modules import DPPOActor, FlowNoiseMLP, NoisyFlowActor
 from torchrl_rldt.objectives import DPPOLoss, FPOLoss, ReinFlowLoss
 from utils import (
     apply_per_task_config,
+    frames_covering,
     check_collector_config,
     collected_chunks,
     load_base_policy,
@@ -126,8 +127,10 @@ def main(cfg: DictConfig) -> None:
     # --- training loop: collect, GAE, epochs of mini-batch PPO ---------------------------------
     frames_per_batch = cfg.env.num_envs * cfg.collector.chunks_per_env
     # a resumed run reseeds its envs so that it does not replay the episodes it began with
+    remaining = cfg.collector.total_env_steps - counters["env_steps"]
     collector = make_collector(cfg, policy, policy_env_maker(base, cfg, device), cfg.seed + counters["env_steps"],
-                               frames_per_batch=frames_per_batch, total_frames=-1)
+                               frames_per_batch=frames_per_batch,
+                               total_frames=frames_covering(remaining, frames_per_batch))
     try:
         with run.loop(total_env_steps=cfg.collector.total_env_steps, description=f"{cfg.method} {cfg.task}"):
             for batch in map(collected_chunks, run.collected(collector)) if counters["env_steps"] < cfg.collector.total_env_steps else ():

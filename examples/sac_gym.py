@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 from torchrl_rldt.harness import ConfigCheck, TrainingRun
 from utils import (
     apply_per_task_config,
+    frames_covering,
     check_collector_config,
     collected_chunks,
     make_chunk_env,
@@ -94,11 +95,11 @@ def main(cfg: DictConfig) -> None:
     # --- training loop: collect, then utd_ratio SAC updates per collected action ---------------
     frames_per_batch = cfg.collector.frames_per_batch
     random_frames = math.ceil(cfg.collector.init_random_env_steps / chunk_len)
-    # No frame budget: chunks cut short at episode ends make frames and env steps differ; the
-    # loop stops on env steps.
+    # chunks cut short at episode ends make frames and env steps differ: the loop stops on env steps
     collector = make_collector(
         cfg, actor, make_env, cfg.seed + counters["env_steps"], frames_per_batch=frames_per_batch,
-        total_frames=-1, init_random_frames=max(0, random_frames - counters["frames"]),
+        total_frames=frames_covering(cfg.collector.total_env_steps - counters["env_steps"], frames_per_batch),
+        init_random_frames=max(0, random_frames - counters["frames"]),
     )
     next_checkpoint = (counters["env_steps"] // cfg.checkpoint.every_env_steps + 1) * cfg.checkpoint.every_env_steps
     try:

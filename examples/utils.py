@@ -562,17 +562,27 @@ def policy_env_maker(policy: FlowPolicy | DDPMPolicy, cfg: DictConfig, device: t
                              max_episode_steps=cfg.env.max_episode_steps, device=device)
 
 
-def make_rldt_collector(base: FlowPolicy, cfg: DictConfig, seed: int, total_chunks: int | None = None):
+def frames_covering(env_steps: int, frames_per_batch: int) -> int:
+    """A collector's ``total_frames`` that is sure to cover ``env_steps`` more env steps.
+
+    A frame (a chunk transition) holds at least one env step, fewer than the chunk's length when
+    an episode ends inside it, so ``env_steps`` frames, rounded up to whole batches, always reach
+    the budget; the training loop stops on its env-step count before the collector runs out. A
+    finite budget rather than TorchRL's ``-1`` (no limit), which ``RayCollector`` does not run.
+    """
+    return max(1, math.ceil(max(env_steps, 1) / frames_per_batch)) * frames_per_batch
+
+
+def make_rldt_collector(base: FlowPolicy, cfg: DictConfig, seed: int, total_chunks: int):
     """:func:`make_collector` running the actor with RLDT's landing-point exploration, for
-    ``total_chunks`` chunk transitions (rounded up to whole batches) or, when ``None``, until the
-    loop stops (an env-step budget: a chunk cut by a termination holds fewer than ``H`` steps)."""
+    ``total_chunks`` chunk transitions rounded up to whole batches (:func:`frames_covering` gives
+    a number that covers an env-step budget)."""
     frames_per_batch = cfg.env.num_envs * cfg.collector.chunks_per_env
-    total_frames = (-1 if total_chunks is None
-                    else max(1, math.ceil(total_chunks / frames_per_batch)) * frames_per_batch)
     return make_collector(
         cfg, LandingPointExploration(base.actor, min_step=cfg.rldt.min_step),
         policy_env_maker(base, cfg, torch.device(cfg.device)), seed,
-        frames_per_batch=frames_per_batch, total_frames=total_frames,
+        frames_per_batch=frames_per_batch,
+        total_frames=max(1, math.ceil(total_chunks / frames_per_batch)) * frames_per_batch,
     )
 
 

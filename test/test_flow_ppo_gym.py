@@ -106,8 +106,9 @@ def test_bad_input_is_refused_before_any_work(tmp_path, base, overrides, message
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
-def test_collection_in_several_processes(tmp_path, base):
-    result = run(tmp_path / "run", base, "method=reinflow", "collector.kind=multi_sync",
+@pytest.mark.parametrize("kind", ["multi_sync", "ray"])
+def test_collection_in_several_processes(tmp_path, base, kind):
+    result = run(tmp_path / "run", base, "method=reinflow", f"collector.kind={kind}",
                  "collector.num_workers=2")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -363,3 +363,11 @@ def test_collected_calibration_bootstraps_time_outs_with_the_critic():
     assert report["steps"] == 7 and report["value_mean"] == pytest.approx(2.0)
     assert report["return_mean"] == pytest.approx(sum(env0 + env1) / 7)
 
+
+def test_frames_covering_reaches_any_env_step_budget():
+    utils = load_script("examples/utils.py")
+    # every frame holds at least one env step: the budget in frames, rounded up to whole batches
+    assert utils.frames_covering(300, 64) == 320
+    assert utils.frames_covering(320, 64) == 320
+    assert utils.frames_covering(0, 64) == 64  # a finished run still gets a (finite) collector
+
