@@ -31,9 +31,9 @@ from torchrl_rldt.modules import DPPOActor, FlowNoiseMLP, NoisyFlowActor
 from torchrl_rldt.objectives import DPPOLoss, FPOLoss, ReinFlowLoss
 from utils import (
     apply_per_task_config,
-    frames_covering,
     check_collector_config,
     collected_chunks,
+    frames_covering,
     load_base_policy,
     make_collector,
     make_policy_chunk_env,

@@ -28,7 +28,6 @@ from omegaconf import DictConfig
 from torchrl_rldt.harness import TrainingRun
 from utils import (
     apply_per_task_config,
-    frames_covering,
     check_rldt_config,
     collected_calibration,
     collected_chunks,
@@ -85,9 +84,9 @@ def main(cfg: DictConfig) -> None:
 
     # --- training loop ------------------------------------------------------------------------
     # a resumed run reseeds its envs so that it does not replay the episodes it began with
-    remaining = cfg.collector.total_env_steps - counters["env_steps"]
+    # as many chunks as env steps remain: every chunk holds at least one, so the budget is reached
     collector = make_rldt_collector(base, cfg, cfg.seed + counters["env_steps"],
-                                    frames_covering(remaining, cfg.env.num_envs * cfg.collector.chunks_per_env))
+                                    cfg.collector.total_env_steps - counters["env_steps"])
     try:
         with run.loop(total_env_steps=cfg.collector.total_env_steps, description=f"{title} {cfg.task}"):
             for batch in map(collected_chunks, run.collected(collector)):

@@ -26,9 +26,9 @@ from omegaconf import DictConfig
 from torchrl_rldt.harness import ConfigCheck, TrainingRun
 from utils import (
     apply_per_task_config,
-    frames_covering,
     check_collector_config,
     collected_chunks,
+    frames_covering,
     make_chunk_env,
     make_collector,
     make_replay_buffer,

@@ -574,15 +574,14 @@ def frames_covering(env_steps: int, frames_per_batch: int) -> int:
 
 
 def make_rldt_collector(base: FlowPolicy, cfg: DictConfig, seed: int, total_chunks: int):
-    """:func:`make_collector` running the actor with RLDT's landing-point exploration, for
-    ``total_chunks`` chunk transitions rounded up to whole batches (:func:`frames_covering` gives
-    a number that covers an env-step budget)."""
+    """:func:`make_collector` running the actor with RLDT's landing-point exploration, for at least
+    ``total_chunks`` chunk transitions, rounded up to whole batches (:func:`frames_covering`: an
+    env-step budget, given as ``total_chunks``, is always covered)."""
     frames_per_batch = cfg.env.num_envs * cfg.collector.chunks_per_env
     return make_collector(
         cfg, LandingPointExploration(base.actor, min_step=cfg.rldt.min_step),
         policy_env_maker(base, cfg, torch.device(cfg.device)), seed,
-        frames_per_batch=frames_per_batch,
-        total_frames=max(1, math.ceil(total_chunks / frames_per_batch)) * frames_per_batch,
+        frames_per_batch=frames_per_batch, total_frames=frames_covering(total_chunks, frames_per_batch),
     )
 
 
