@@ -257,6 +257,7 @@ def check_rldt_config(cfg: DictConfig) -> None:
         positive_int("qam.base_update_every")
         if cfg.qam.max_grad_norm is not None:
             number("qam.max_grad_norm", 0.0, open_low=True)
+        check.one_of("qam.clamp_final_action", (False, True))
     check.one_of("critic.value_estimator", ("td0", "td_lambda"))
     number("critic.lmbda", 0.0, 1.0)
     clip = cfg.critic.target_clip
@@ -395,6 +396,7 @@ def make_offpolicy_loss(actor: FlowActor, critic: ValueOperator,
             base_constraint_coef=cfg.qam.base_constraint_coef,
             base_ema=cfg.qam.base_ema,
             base_update_every=cfg.qam.base_update_every,
+            clamp_final_action=cfg.qam.clamp_final_action,
             target_clip=target_clip,
         )
     else:

@@ -181,6 +181,7 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_cleanly(tmp_path, base):
         (["learner_precision=fp16"], "learner_precision must be one of fp32, bf16"),
         (["method=sac"], "method must be one of rldt, qam"),
         (["method=qam", "qam.base_ema=1.5"], "qam.base_ema must be a finite number"),
+        (["method=qam", "qam.clamp_final_action=1"], "qam.clamp_final_action must be one of"),
         (["collector.kind=multi_sync", "collector.num_workers=3"],
          "env.num_envs (4) must be a multiple of collector.num_workers (3)"),
         (["collector.kind=multi_async", "critic.value_estimator=td_lambda", "buffer.slice_len=4"],
@@ -322,6 +323,21 @@ def test_multi_process_collectors_gather_real_transitions_with_the_learners_weig
     assert (batches[-1]["action"] == 0.5).all()  # the learner's bounds reached every worker
 
 
+@pytest.mark.parametrize("config_name, clamps", [("rldt_gym", True), ("rldt_metaworld", False)])
+def test_qam_takes_the_critic_gradient_where_the_reference_of_its_setting_does(config_name, clamps):
+    """The reference port clamps the final action before the critic's gradient on Gym, not on
+    manipulation (``clip_adj``)."""
+    from hydra import compose, initialize_config_dir
+
+    from torchrl_rldt.objectives import QAMLoss
+
+    utils = load_script("examples/utils.py")
+    with initialize_config_dir(config_dir=str(ROOT / "examples" / "config"), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=["method=qam"])
+    model = FlowModel(VelocityMLP(3, 2, chunk_len=2, hidden_dim=8), 2, 4, chunk_len=2, low=-1.0, high=1.0)
+    critic = ValueOperator(ChunkQValueMLP(3, 2, chunk_len=2, hidden_dim=8), in_keys=["observation", "action"])
+    loss, _ = utils.make_offpolicy_loss(FlowActor(model), critic, cfg)
+    assert isinstance(loss, QAMLoss) and loss.clamp_final_action is clamps
 
 
 @pytest.mark.parametrize("kind", ["multi_sync", "ray"])

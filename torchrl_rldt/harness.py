@@ -296,9 +296,9 @@ class ConfigCheck:
                   + (f" and <= {high}" if high < math.inf else "") + f", got {value!r}")
 
     def one_of(self, name: str, choices: tuple) -> None:
-        """``name`` must be one of ``choices``."""
+        """``name`` must be one of ``choices``, of the same type (``1`` is not ``True``)."""
         value = self.get(name)
-        self.need(value in choices, f"{name} must be one of {', '.join(map(str, choices))}, "
+        self.need(any(type(value) is type(choice) and value == choice for choice in choices), f"{name} must be one of {', '.join(map(str, choices))}, "
                                     f"got {value!r}")
 
     def common(self) -> None:
