@@ -286,6 +286,29 @@ class TestQAMLoss:
         assert distance() < 0.5 * before
         assert terms["velocity_gap"] > 0 and terms["loss_base_constraint"] > 0
 
+    def test_actor_loss_keeps_full_precision_under_autocast(self):
+        """A few Adam steps from the base, ``v - v_base`` is below bfloat16's rounding: the loss
+        and its gradient under a bfloat16 autocast are the fp32 ones."""
+        loss = make_loss()
+        params = [param for param in loss.actor_network_params.values(True, True) if param.requires_grad]
+        with torch.no_grad():
+            for param in params:
+                param.add_(1e-4 * torch.randn_like(param))
+        batch = make_batch(16)
+        results = []
+        for enabled in (False, True):
+            torch.manual_seed(7)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+                terms = loss.actor_loss(batch)
+            total = sum(terms[key] for key in QAMLoss.POLICY_TERMS)
+            gradients = torch.autograd.grad(total, params)
+            results.append((terms, gradients))
+        (fp32, fp32_gradients), (autocast, autocast_gradients) = results
+        assert all(autocast[key].dtype == torch.float32 for key in autocast.keys())
+        torch.testing.assert_close(autocast.to_dict(), fp32.to_dict(), rtol=0, atol=0)
+        for gradient, expected in zip(autocast_gradients, fp32_gradients):
+            torch.testing.assert_close(gradient, expected, rtol=0, atol=0)
+
     def test_set_keys_with_nested_keys(self):
         actor = make_actor(("agent", "obs"))
         loss = QAMLoss(actor, make_critic(("agent", "obs"), ("agent", "chunk")))

@@ -372,7 +372,17 @@ class QAMLoss(ChunkQEnsembleLoss):
             and detached statistics: ``q_gradient_norm`` (of ``mean_e dQ_e/da`` at the final
             actions), ``adjoint_norm`` (of ``a_k``, mean over steps) and ``velocity_gap`` (of
             ``v - v_base`` along the SDE, mean over steps).
+
+        It runs in full precision under any autocast context: the regression target ``v -
+        v_base`` is below bfloat16's rounding of the velocities for the first hundreds of actor
+        steps (``benchmarks/qam_diagnostics.py``), so a bfloat16 forward pass would regress
+        rounding noise.
         """
+        device_type = tensordict.get(self.tensor_keys.observation).device.type
+        with torch.autocast(device_type, enabled=False):
+            return self._actor_loss(tensordict)
+
+    def _actor_loss(self, tensordict: TensorDictBase) -> TensorDict:
         calls = int(self.actor_loss_calls)
         if self.base_ema < 1 and calls and calls % self.base_update_every == 0:
             self.update_base_policy()
