@@ -2,7 +2,7 @@
 
 Runs, for every method and seed, its example with its default config (``rldt``:
 ``examples/rldt_gym.py``, ``rldt_delta`` the same with the delta kernel, ``qam`` the same with
-``method=qam``; ``reinflow``, ``fpo`` (FPO++) and ``dppo``: ``examples/flow_ppo_gym.py``;
+``method=qam``, ``qam_n16`` QAM at inverse temperature 30 with 16 Euler steps; ``reinflow``, ``fpo`` (FPO++) and ``dppo``: ``examples/flow_ppo_gym.py``;
 ``sac``, from scratch: ``examples/sac_gym.py``). For a ``MetaWorld/<Task>-v3`` task each example
 runs with its sparse-reward config (``--config-name rldt_metaworld``, ``flow_ppo_metaworld``,
 ``sac_metaworld``) and the table reports the stochastic success rate. The fine-tuning methods
@@ -50,6 +50,10 @@ METHODS = {
     "rldt_delta": ("rldt_gym.py", ["checkpoint.save_replay_buffer=true", "rldt.kernel=delta"],
                    "RLDT-Delta"),
     "qam": ("rldt_gym.py", ["checkpoint.save_replay_buffer=true", "method=qam"], "QAM"),
+    # QAM where it learns on Hopper-v5 (benchmarks/results/ablation_qam_hopper-v5.md): a stronger
+    # tilt, and 16 Euler steps so that its adjoint keeps the critic's direction
+    "qam_n16": ("rldt_gym.py", ["checkpoint.save_replay_buffer=true", "method=qam", "qam.inverse_temperature=30",
+                                "rldt.num_steps=16", "rldt.min_step=12"], "QAM (inverse temperature 30, 16 steps)"),
     "reinflow": ("flow_ppo_gym.py", ["method=reinflow"], "ReinFlow"),
     "fpo": ("flow_ppo_gym.py", ["method=fpo"], "FPO++"),
     # from the task's DDPM base, pretrained on the same data as the flow base
@@ -187,7 +191,8 @@ def main() -> None:
 
     # the longest runs first, so that parallel jobs end together
     order = sorted(((method, seed) for seed in args.seeds for method in args.methods),
-                   key=lambda item: ["sac", "rldt", "rldt_delta", "qam", "dppo", "fpo", "reinflow"].index(item[0]))
+                   key=lambda item: ["sac", "qam_n16", "rldt", "rldt_delta", "qam", "dppo", "fpo",
+                                     "reinflow"].index(item[0]))
     run_root = args.runs / name
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = {

@@ -17,9 +17,11 @@ import statistics
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-LABELS = {"rldt": "RLDT", "rldt_delta": "RLDT-Delta", "qam": "QAM", "reinflow": "ReinFlow",
-          "fpo": "FPO++", "dppo": "DPPO", "sac": "SAC (from scratch)"}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from compare_gym import METHODS, ROOT  # noqa: E402
+
+LABELS = {method: label for method, (_, _, label) in METHODS.items()}
 
 
 def cell(report: dict) -> str:
