@@ -81,6 +81,8 @@ def parse_overrides(settings: list[str], methods: list[str]) -> dict[str, list[s
     return overrides
 
 
+# the order in which runs start: the longest first, so that parallel jobs end together
+LONGEST_FIRST = ["sac", "qam_n16", "rldt", "rldt_delta", "qam", "dppo", "fpo", "reinflow"]
 # the paper's Gym comparison (the default): RLDT and its five baselines; rldt_delta is its ablation
 GYM_METHODS = ["rldt", "reinflow", "fpo", "dppo", "qam", "sac"]
 # Meta-World tasks run each example with its sparse-reward config (a sibling of the Gym one)
@@ -191,8 +193,7 @@ def main() -> None:
 
     # the longest runs first, so that parallel jobs end together
     order = sorted(((method, seed) for seed in args.seeds for method in args.methods),
-                   key=lambda item: ["sac", "qam_n16", "rldt", "rldt_delta", "qam", "dppo", "fpo",
-                                     "reinflow"].index(item[0]))
+                   key=lambda item: LONGEST_FIRST.index(item[0]))
     run_root = args.runs / name
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = {

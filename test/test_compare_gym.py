@@ -27,6 +27,10 @@ def test_steps_to_threshold_is_the_first_evaluation_that_reaches_it():
     assert compare_gym.steps_to_threshold(history, 4000) is None
 
 
+def test_every_method_has_a_place_in_the_run_order():
+    assert sorted(compare_gym.LONGEST_FIRST) == sorted(compare_gym.METHODS)
+
+
 def test_overrides_go_to_every_method_or_to_the_one_named():
     overrides = parse_overrides(
         ["eval.episodes=2", "sac:env.chunk_len=4", "fpo:logger.backend=null", "ppo.x=a:b"],
