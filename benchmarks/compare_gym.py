@@ -2,7 +2,8 @@
 
 Runs, for every method and seed, its example with its default config (``rldt``:
 ``examples/rldt_gym.py``, ``rldt_delta`` the same with the delta kernel, ``qam`` the same with
-``method=qam``, ``qam_n16`` QAM at inverse temperature 30 with 16 Euler steps; ``reinflow``, ``fpo`` (FPO++) and ``dppo``: ``examples/flow_ppo_gym.py``;
+``method=qam``, ``qam_n16`` QAM at inverse temperature 30 with 16 Euler steps; ``reinflow``,
+``fpo`` (FPO++) and ``dppo``: ``examples/flow_ppo_gym.py``;
 ``sac``, from scratch: ``examples/sac_gym.py``). For a ``MetaWorld/<Task>-v3`` task each example
 runs with its sparse-reward config (``--config-name rldt_metaworld``, ``flow_ppo_metaworld``,
 ``sac_metaworld``) and the table reports the stochastic success rate. The fine-tuning methods

@@ -118,11 +118,10 @@ def adjoint_direction(policy, observations, gradient_norm, inverse_temperature, 
     sigma = memoryless_noise_std(trajectory.times, step).view(-1, 1, 1, 1)
     fixed_point_gap = -sigma.pow(2) / 2 * trajectory.adjoint  # where L_adj is zero
     with torch.no_grad():  # the deterministic action with and without the fixed-point shift
-        base = torch.zeros_like(terminal)
+        base = model.integrate(observations, torch.zeros_like(terminal)).chain[..., -1, :, :]
         tilted = torch.zeros_like(terminal)
         for k in range(num_steps):
-            base = base + step * model.velocity(observations, base, k * step)
-            tilted = tilted + step * (model.velocity(observations, tilted, k * step) + fixed_point_gap[k])
+            tilted = model.step_mean(observations, tilted, k * step) + step * fixed_point_gap[k]
     gradient = trajectory.critic_gradient
     return {
         "num_steps": num_steps,

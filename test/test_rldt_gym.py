@@ -386,4 +386,3 @@ def test_frames_covering_reaches_any_env_step_budget():
     assert utils.frames_covering(300, 64) == 320
     assert utils.frames_covering(320, 64) == 320
     assert utils.frames_covering(0, 64) == 64  # a finished run still gets a (finite) collector
-

@@ -298,8 +298,8 @@ class ConfigCheck:
     def one_of(self, name: str, choices: tuple) -> None:
         """``name`` must be one of ``choices``, of the same type (``1`` is not ``True``)."""
         value = self.get(name)
-        self.need(any(type(value) is type(choice) and value == choice for choice in choices), f"{name} must be one of {', '.join(map(str, choices))}, "
-                                    f"got {value!r}")
+        self.need(any(type(value) is type(choice) and value == choice for choice in choices),
+                  f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
 
     def common(self) -> None:
         """What every training example shares: env and evaluation sizes, the logger, the device."""
