@@ -44,27 +44,31 @@ def make_batch(policy, batch=16, advantage=None):
     return data
 
 
-def schedule(num_steps):
-    """``abar_t`` for t = -1 .. T - 1 and ``beta_t``, from the cosine formula, in float64."""
-    level = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
-    f = torch.cos((level + 0.008) / 1.008 * math.pi / 2) ** 2
-    alphas_cumprod = f / f[0]
-    betas = (1 - alphas_cumprod[1:] / alphas_cumprod[:-1]).clamp(max=0.999)
+def schedule(num_steps, betas=None):
+    """``abar_t`` for t = -1 .. T - 1 and ``beta_t``, from the cosine formula (or ``betas``), in
+    float64."""
+    if betas is None:
+        level = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
+        f = torch.cos((level + 0.008) / 1.008 * math.pi / 2) ** 2
+        alphas_cumprod = f / f[0]
+        betas = (1 - alphas_cumprod[1:] / alphas_cumprod[:-1]).clamp(max=0.999)
     return torch.cumprod(1 - betas, 0), betas
 
 
-def closed_form_step(model, observation, latent, timestep, network=None):
+def closed_form_step(model, observation, latent, timestep, network=None, betas=None):
     """Mean and standard deviation of the reverse step, written out from the DDPM posterior."""
-    alphas_cumprod, betas = schedule(model.num_steps)
-    abar = alphas_cumprod[timestep].float()
-    abar_prev = alphas_cumprod[timestep - 1].float() if timestep > 0 else torch.tensor(1.0)
-    beta = betas[timestep].float()
+    alphas_cumprod, betas = schedule(model.num_steps, betas)
+    # the coefficients in float64, as the model computes its schedule, then float32
+    abar = alphas_cumprod[timestep]
+    abar_prev = alphas_cumprod[timestep - 1] if timestep > 0 else torch.tensor(1.0, dtype=torch.float64)
+    beta = betas[timestep]
     network = model.denoising_network if network is None else network
     eps = network(observation, latent, torch.full(latent.shape[:-2], float(timestep)))
-    clean = ((latent - (1 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1, 1)
-    mean = (beta * abar_prev.sqrt() * clean + (1 - abar_prev) * (1 - beta).sqrt() * latent) / (1 - abar)
-    std = (beta * (1 - abar_prev) / (1 - abar)).clamp(min=1e-20).sqrt()
-    return mean, std
+    clean = ((latent - (1 - abar).sqrt().float() * eps) / abar.sqrt().float()).clamp(-1, 1)
+    clean_coef = (beta * abar_prev.sqrt() / (1 - abar)).float()
+    latent_coef = ((1 - abar_prev) * (1 - beta).sqrt() / (1 - abar)).float()
+    std = (beta * (1 - abar_prev) / (1 - abar)).clamp(min=1e-20).sqrt().float()
+    return clean_coef * clean + latent_coef * latent, std
 
 
 class TestSchedule:
@@ -244,6 +248,32 @@ class TestDPPOActor:
             first, second = noiseless(data.clone())["action"], noiseless(data.clone())["action"]
         torch.testing.assert_close(first, second)
 
+    def test_evaluation_sampler_is_ddpm_with_the_base_on_early_steps(self):
+        """Deterministic exploration: DDPM's noise (floored at 1e-3, none at the last step) from a
+        random start, the base network before the fine-tuned steps, the noise clip."""
+        torch.manual_seed(0)
+        # a first beta of 1e-8 puts the std of step t = 1 at ~1e-4, under the floor
+        betas = torch.cat([torch.tensor([1e-8]), torch.linspace(0.05, 0.3, T - 1)]).double()
+        policy = make_policy(model=make_model(betas=betas), noise_clip=1.5)
+        with torch.no_grad():
+            for p in policy.model.denoising_network.parameters():
+                p.add_(0.1 * torch.randn_like(p))  # the fine-tuned steps differ from the base's
+        observation = torch.randn(16, OBS)
+        torch.manual_seed(3)
+        with set_exploration_type(ExplorationType.DETERMINISTIC), torch.no_grad():
+            action = policy(TensorDict(observation=observation, batch_size=[16]))["action"]
+        torch.manual_seed(3)
+        latent = torch.randn(16, H, ACT)
+        with torch.no_grad():
+            for timestep in reversed(range(T)):
+                network = None if timestep < K else policy.base_network
+                mean, std = closed_form_step(policy.model, observation, latent, timestep, network,
+                                             betas)
+                assert timestep != 1 or std < 2e-4
+                std = torch.zeros_like(std) if timestep == 0 else std.clamp(min=1e-3)
+                latent = mean + std * torch.randn_like(latent).clamp(-1.5, 1.5)
+        torch.testing.assert_close(action, latent)
+
     def test_bad_arguments(self):
         with pytest.raises(TypeError, match="DDPMChunkModel"):
             DPPOActor(torch.nn.Linear(2, 2))
@@ -352,7 +382,7 @@ class TestDPPOLoss:
         assert out["clip_fraction"] == 1.0
         out["loss_objective"].backward()
         grads = [p.grad for p in policy.parameters() if p.grad is not None]
-        assert all(g.abs().max() == 0 for g in grads)
+        assert grads and all(g.abs().max() == 0 for g in grads)
 
     def test_reductions(self):
         torch.manual_seed(0)
@@ -397,6 +427,14 @@ class TestDPPOLoss:
             DPPOLoss(make_policy(), make_critic(), delay_actor=True)
         with pytest.raises(ValueError, match="entropy_coeff"):
             DPPOLoss(make_policy(), make_critic(), entropy_coeff=0.01)
+        with pytest.raises(ValueError, match="clip_value as a float"):
+            DPPOLoss(make_policy(), make_critic(), clip_value=True)
+        torch.manual_seed(0)
+        policy = make_policy()
+        data = make_batch(policy, batch=K, advantage=1.0)  # [K]: would broadcast over the steps
+        data["advantage"] = torch.linspace(-1, 1, K)
+        with pytest.raises(ValueError, match="trailing dimension of 1"):
+            DPPOLoss(policy, make_critic(), normalize_advantage=False)(data)
         policy = make_policy()
         data = make_batch(policy, advantage=1.0)
         data["sample_log_prob"] = data["sample_log_prob"].mean(-1)

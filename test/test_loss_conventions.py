@@ -136,7 +136,9 @@ class TestLossConventions:
     def test_runs_on_device(self, name, device):
         loss, make_batch, main_key = LOSSES[name]()
         loss = loss.to(device)
-        with torch.device(device):
+        # .to() moves the loss's functional copy of the actor (its buffers, such as the action
+        # bounds, stay where the module was built): batches are sampled with that copy
+        with torch.device(device), loss.actor_network_params.to_module(loss.actor_network):
             batch = make_batch(loss)
         out = loss(batch.to(device))
         assert out[main_key].device.type == device and torch.isfinite(out[main_key])

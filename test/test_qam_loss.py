@@ -51,15 +51,19 @@ def make_batch(batch=6, *, obs_key="observation", action_key="action", reward_ke
 
 
 class LinearVelocity(nn.Module):
-    """``v(s, x, t) = M x + b`` on the flattened chunk, whatever ``s`` and ``t``."""
+    """``v(s, x, t) = (1 + time_scale t) M x + b`` on the flattened chunk, whatever ``s``: with
+    ``time_scale != 0`` a wrong time anywhere in the loss changes the result."""
 
-    def __init__(self, matrix, bias):
+    def __init__(self, matrix, bias, time_scale=0.0):
         super().__init__()
         self.matrix = nn.Parameter(matrix)
         self.bias = nn.Parameter(bias)
+        self.time_scale = time_scale
 
     def forward(self, observation, action, time):
-        return (action.flatten(-2) @ self.matrix.T + self.bias).unflatten(-1, action.shape[-2:])
+        scale = (1 + self.time_scale * torch.as_tensor(time)).expand(action.shape[:-2])[..., None]
+        flat = scale * (action.flatten(-2) @ self.matrix.T) + self.bias
+        return flat.unflatten(-1, action.shape[-2:])
 
 
 class LinearCritic(nn.Module):
@@ -85,11 +89,12 @@ class QuadraticCritic(nn.Module):
         return -self.weight * (action - self.goal).pow(2).sum((-2, -1)).unsqueeze(-1)
 
 
-def linear_loss(matrix, num_steps, members, inverse_temperature=0.7, low=None, high=None, **kwargs):
+def linear_loss(matrix, num_steps, members, inverse_temperature=0.7, low=None, high=None,
+                time_scale=0.0, **kwargs):
     """A QAMLoss on a linear flow and a linear critic whose members' gradients are ``members``."""
     dim = matrix.shape[0]
-    model = FlowModel(LinearVelocity(matrix.clone(), torch.randn(dim)), ACT, num_steps, chunk_len=H,
-                      low=low, high=high)
+    model = FlowModel(LinearVelocity(matrix.clone(), torch.randn(dim), time_scale), ACT, num_steps,
+                      chunk_len=H, low=low, high=high)
     critic = TensorDictModule(LinearCritic(torch.zeros(dim)), ["observation", "action"],
                               ["state_action_value"])
     loss = QAMLoss(FlowActor(model), critic, num_qvalue_nets=members.shape[0],
@@ -119,15 +124,17 @@ def actor_step(loss, batch, lr=0.05):
 
 
 class TestLeanAdjoint:
-    def test_linear_flow_follows_the_recursion_exactly(self):
-        """With ``v = M x + b`` the base drift ``2 v - x / (t + h)`` has the Jacobian
-        ``2 M - I / (t + h)`` everywhere, so ``a_k = (I + h (2 M^T - I / t_{k+1})) a_{k+1}`` from
-        ``a_N = -lambda mean_e c_e``, whatever the sampled states."""
+    @pytest.mark.parametrize("time_scale", [0.0, 1.0])
+    def test_linear_flow_follows_the_recursion_exactly(self, time_scale):
+        """With ``v = (1 + s t) M x + b`` the base drift ``2 v - x / (t + h)`` has the Jacobian
+        ``2 (1 + s t) M - I / (t + h)`` whatever the state; taken at the step's end time ``t_{k+1}``
+        (both reference codes), ``a_k = (I + h (2 (1 + s t_{k+1}) M^T - I / t_{k+1})) a_{k+1}``
+        from ``a_N = -lambda mean_e c_e``."""
         torch.manual_seed(0)
         dim = H * ACT
         matrix = 0.4 * torch.randn(dim, dim) / dim ** 0.5
         members = torch.randn(2, dim)
-        loss = linear_loss(matrix, N, members)
+        loss = linear_loss(matrix, N, members, time_scale=time_scale)
         trajectory = loss.adjoint_trajectory(TensorDict(observation=torch.randn(3, OBS),
                                                         batch_size=[3]))
         terminal = -0.7 * members.mean(0)
@@ -135,7 +142,9 @@ class TestLeanAdjoint:
                                    members.mean(0).expand(3, dim))
         h, adjoint, expected = 1 / N, terminal, [None] * N
         for k in reversed(range(N)):
-            adjoint = adjoint + h * (2 * matrix.T @ adjoint - adjoint / ((k + 1) * h))
+            end_time = (k + 1) * h
+            adjoint = adjoint + h * (2 * (1 + time_scale * end_time) * matrix.T @ adjoint
+                                     - adjoint / end_time)
             expected[k] = adjoint
         expected = torch.stack(expected)[:, None].expand(N, 3, dim)
         torch.testing.assert_close(trajectory.adjoint.flatten(-2), expected)
@@ -201,10 +210,11 @@ class TestLeanAdjoint:
         assert (sigma.diff() < 0).all()
 
     def test_sde_forgets_its_start_and_ends_with_the_base_step(self):
-        """At ``t = 0`` the drift ``-x / h`` cancels ``x_0``; the last step is the base's Euler step."""
+        """At ``t = 0`` the drift ``-x / h`` cancels ``x_0``; step ``k`` uses ``v(x_k, t_k)``; the
+        last step is the base's Euler step at ``t_{N-1}`` (a velocity that depends on time)."""
         torch.manual_seed(0)
         dim = H * ACT
-        loss = linear_loss(0.3 * torch.randn(dim, dim), N, torch.randn(2, dim))
+        loss = linear_loss(0.3 * torch.randn(dim, dim), N, torch.randn(2, dim), time_scale=1.0)
         with torch.no_grad():
             for param in loss.actor_network_params.values(True, True):
                 param.add_(0.1 * torch.randn_like(param))  # the fine-tuned flow differs from the base
@@ -220,14 +230,57 @@ class TestLeanAdjoint:
         torch.manual_seed(5)
         x0 = torch.randn(3, H, ACT)
         eps = torch.randn(3, H, ACT)
+        eps_next = torch.randn(3, H, ACT)
         torch.manual_seed(5)
-        x1 = loss.adjoint_trajectory(batch).states[1]
+        states = loss.adjoint_trajectory(batch).states
         params = loss.actor_network_params
-        matrix = params["model", "velocity_network", "matrix"]
-        bias = params["model", "velocity_network", "bias"]
+        matrix = params["model", "velocity_network", "matrix"].detach()
+        bias = params["model", "velocity_network", "bias"].detach()
         expected = (2 * h * (x0.flatten(-2) @ matrix.T + bias)).unflatten(-1, (H, ACT)) \
             + (2 * (1 + h)) ** 0.5 * eps
-        torch.testing.assert_close(x1, expected.detach())
+        torch.testing.assert_close(states[1], expected)
+        # x_2 = x_1 + h (2 v(x_1, h) - x_1 / (2 h)) + sqrt(h) sigma(h) eps, v(x, h) = (1 + h) M x + b
+        velocity = ((1 + h) * states[1].flatten(-2) @ matrix.T + bias).unflatten(-1, (H, ACT))
+        expected = states[1] + h * (2 * velocity - states[1] / (2 * h)) \
+            + h ** 0.5 * memoryless_noise_std(h, h) * eps_next
+        torch.testing.assert_close(states[2], expected)
+
+    def test_loss_regresses_the_velocity_gap_at_the_step_times(self):
+        """``L_adj = E sum_k ||2 (v - v_base)(x_k, t_k) / sigma_k + sigma_k a_k||^2`` with the
+        velocities at each state's own time ``t_k``."""
+        torch.manual_seed(0)
+        dim = H * ACT
+        loss = linear_loss(0.3 * torch.randn(dim, dim), N, torch.randn(2, dim), time_scale=1.0)
+        with torch.no_grad():
+            loss.actor_network_params["model", "velocity_network", "matrix"].add_(
+                0.2 * torch.randn(dim, dim))
+        batch = TensorDict(observation=torch.randn(5, OBS), batch_size=[5])
+        torch.manual_seed(2)
+        trajectory = loss.adjoint_trajectory(batch)
+        torch.manual_seed(2)
+        terms = loss.actor_loss(batch)
+        model, observation = loss.actor_network.model, batch["observation"]
+        expected = 0.0
+        for k, time in enumerate(trajectory.times.tolist()):
+            with torch.no_grad(), loss.actor_network_params.to_module(loss.actor_network):
+                velocity = model.velocity(observation, trajectory.states[k], time)
+            with torch.no_grad(), loss.base_actor_network_params.to_module(loss.actor_network):
+                base_velocity = model.velocity(observation, trajectory.states[k], time)
+            sigma = memoryless_noise_std(time, 1 / N)
+            residual = 2 * (velocity - base_velocity) / sigma + sigma * trajectory.adjoint[k]
+            expected = expected + residual.pow(2).sum((-2, -1))
+        assert terms["velocity_gap"] > 0
+        torch.testing.assert_close(terms["loss_adjoint"].detach(), expected.mean())
+
+    def test_reset_base_policy_after_loading_weights(self):
+        """Weights loaded into the actor after the loss was built become the base on request."""
+        loss = make_loss()
+        pretrained = make_actor()
+        loss.actor_network.load_state_dict(pretrained.state_dict())
+        assert loss.actor_loss(make_batch())["velocity_gap"] > 0  # still anchored to the old weights
+        loss.reset_base_policy()
+        assert (loss.base_actor_network_params == loss.actor_network_params.data).all()
+        assert loss.actor_loss(make_batch())["velocity_gap"] == 0
 
 
 class TestQAMLoss:
@@ -304,6 +357,13 @@ class TestQAMLoss:
             gradients = torch.autograd.grad(total, params)
             results.append((terms, gradients))
         (fp32, fp32_gradients), (autocast, autocast_gradients) = results
+        trajectories = []
+        for enabled in (False, True):
+            torch.manual_seed(7)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+                trajectories.append(loss.adjoint_trajectory(batch))
+        for got, expected in zip(*trajectories):
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
         assert all(autocast[key].dtype == torch.float32 for key in autocast.keys())
         torch.testing.assert_close(autocast.to_dict(), fp32.to_dict(), rtol=0, atol=0)
         for gradient, expected in zip(autocast_gradients, fp32_gradients):

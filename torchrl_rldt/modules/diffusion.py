@@ -40,9 +40,9 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey, unravel_key
 from torch import nn
-from torchrl.data import Bounded, Composite, TensorSpec, Unbounded
+from torchrl.data import Composite, TensorSpec
 
-from torchrl_rldt.modules.flow import is_deterministic_exploration
+from torchrl_rldt.modules.flow import ChunkActionBounds, is_deterministic_exploration
 
 __all__ = ["DDPMChunkModel", "DPPOActor", "cosine_beta_schedule"]
 
@@ -88,7 +88,7 @@ def cosine_beta_schedule(
     return betas.clamp(0, max_beta).float()
 
 
-class DDPMChunkModel(nn.Module):
+class DDPMChunkModel(ChunkActionBounds, nn.Module):
     """An epsilon-prediction DDPM over action chunks ``[*B, H, A]``: tensors in, tensors out.
 
     The network ``eps(observation, noisy_action, timestep)`` predicts the noise of a latent
@@ -194,15 +194,11 @@ class DDPMChunkModel(nn.Module):
             "posterior_noisy_coef": (1 - alphas_cumprod_prev) * alphas.sqrt() / (1 - alphas_cumprod),
             "posterior_std": variance.clamp(min=_MIN_POSTERIOR_VARIANCE).sqrt(),
         }
-        # derived from the constructor arguments: rebuilt, not loaded from checkpoints
+        # derived from the constructor arguments: rebuilt, not in the model's state_dict (a
+        # loss's functional copy of the model, convert_to_functional's, does hold them)
         for name, value in schedule.items():
             self.register_buffer(name, value.float(), persistent=False)
-        for name, bound in (("low", low), ("high", high)):
-            self.register_buffer(
-                name, None if bound is None else torch.as_tensor(bound, dtype=torch.float32)
-            )
-        if low is not None and high is not None and (self.low > self.high).any():
-            raise ValueError("low must not exceed high.")
+        self._register_action_bounds(low, high)
 
     @property
     def action_shape(self) -> torch.Size:
@@ -248,9 +244,16 @@ class DDPMChunkModel(nn.Module):
         *,
         network: nn.Module | None = None,
     ) -> torch.Tensor:
-        """``eps(observation, x_t, t)``, ``[*B, H, A]``; ``timestep`` broadcasts to ``[*B]``.
+        """The predicted noise ``eps(observation, x_t, t)``, ``[*B, H, A]``.
 
-        ``network`` replaces :attr:`denoising_network` (DPPO's frozen base network).
+        Args:
+            observation (torch.Tensor): ``[*B, D]``.
+            noisy_action (torch.Tensor): ``x_t``, ``[*B, H, A]``.
+            timestep (torch.Tensor or int): ``t``, broadcast to ``[*B]``.
+
+        Keyword Args:
+            network (nn.Module, optional): replaces :attr:`denoising_network` (DPPO's frozen base
+                network). Defaults to :attr:`denoising_network`.
         """
         network = self.denoising_network if network is None else network
         time = torch.as_tensor(timestep, dtype=noisy_action.dtype, device=noisy_action.device)
@@ -300,12 +303,6 @@ class DDPMChunkModel(nn.Module):
         if self.final_action_clip_value is None:
             return latent
         return latent.clamp(-self.final_action_clip_value, self.final_action_clip_value)
-
-    def clamp(self, action: torch.Tensor) -> torch.Tensor:
-        """``action`` clamped to the bounds of the executed action (unchanged without bounds)."""
-        if self.low is None and self.high is None:
-            return action
-        return action.clamp(self.low, self.high)
 
 
 class DPPOActor(TensorDictModuleBase):
@@ -480,13 +477,7 @@ class DPPOActor(TensorDictModuleBase):
     @property
     def action_spec(self) -> TensorSpec:
         """The spec of one chunk ``[H, A]``: ``Bounded`` with both bounds, else ``Unbounded``."""
-        model = self.model
-        shape = model.action_shape
-        device = model.betas.device
-        if model.low is None or model.high is None:
-            return Unbounded(shape, device=device)
-        return Bounded(model.low.expand(shape), model.high.expand(shape), shape,
-                       device=device, dtype=model.low.dtype)
+        return self.model.chunk_spec(self.model.betas.device)
 
     @property
     def spec(self) -> Composite:
@@ -528,11 +519,19 @@ class DPPOActor(TensorDictModuleBase):
         steps_observation = observation.unsqueeze(-2).expand(*batch_shape, num_steps,
                                                              observation.shape[-1])
         mean, std = self.model.posterior(steps_observation, chain[..., :-1, :, :], timestep)
-        std = std.clamp(min=self.min_log_prob_std)
-        return torch.distributions.Normal(mean, std).log_prob(chain[..., 1:, :, :])
+        return self._step_log_prob(mean, std, chain[..., 1:, :, :])
+
+    def _step_log_prob(self, mean: torch.Tensor, std: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-dimension ``log N(target; mean, max(std, min_log_prob_std)^2)``, as PPO scores a step."""
+        return torch.distributions.Normal(mean, std.clamp(min=self.min_log_prob_std)).log_prob(target)
 
     def log_prob(self, observation: torch.Tensor, chain: torch.Tensor) -> torch.Tensor:
-        """Log-likelihood ``[*B, K]`` of each fine-tuned transition of ``chain``, as PPO scores it."""
+        """Log-likelihood ``[*B, K]`` of each fine-tuned transition of ``chain``, as PPO scores it.
+
+        Args:
+            observation (torch.Tensor): ``[*B, D]``.
+            chain (torch.Tensor): ``[*B, K + 1, H, A]`` as written by :meth:`forward`.
+        """
         return self._reduce(self.transition_log_prob(observation, chain))
 
     def _sample(self, observation: torch.Tensor, *, evaluation: bool):
@@ -574,8 +573,7 @@ class DPPOActor(TensorDictModuleBase):
         chain, mean = self._sample(observation, evaluation=False)
         timestep = self.finetuned_timesteps
         std = self.model.posterior_std[timestep].to(mean.dtype)[:, None, None]
-        std = std.clamp(min=self.min_log_prob_std)
-        log_prob = self._reduce(torch.distributions.Normal(mean, std).log_prob(chain[..., 1:, :, :]))
+        log_prob = self._reduce(self._step_log_prob(mean, std, chain[..., 1:, :, :]))
         # rollout data: a loss recomputes the likelihood with gradients through log_prob()
         tensordict.set(self.action_key, self.model.clamp(chain[..., -1, :, :]).detach())
         tensordict.set(self.chain_key, chain.detach())

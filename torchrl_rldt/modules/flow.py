@@ -160,14 +160,58 @@ class FlowChain(NamedTuple):
     step_std: torch.Tensor | None = None
 
 
-class FlowModel(nn.Module):
+class ChunkActionBounds:
+    """The optional action bounds of a chunk model: ``low`` and ``high`` buffers, their clamp
+    and the TorchRL spec of one chunk.
+
+    A mixin of :class:`FlowModel` and :class:`~torchrl_rldt.modules.DDPMChunkModel`, which
+    define ``action_shape``.
+    """
+
+    low: torch.Tensor | None
+    high: torch.Tensor | None
+
+    def _register_action_bounds(
+        self, low: torch.Tensor | float | None, high: torch.Tensor | float | None
+    ) -> None:
+        for name, bound in (("low", low), ("high", high)):
+            self.register_buffer(
+                name, None if bound is None else torch.as_tensor(bound, dtype=torch.float32)
+            )
+        if low is not None and high is not None and (self.low > self.high).any():
+            raise ValueError("low must not exceed high.")
+
+    def clamp(self, action: torch.Tensor) -> torch.Tensor:
+        """``action`` clamped to the bounds (unchanged without bounds)."""
+        if self.low is None and self.high is None:
+            return action
+        return action.clamp(self.low, self.high)
+
+    def chunk_spec(self, device: torch.device | None) -> TensorSpec:
+        """The spec of one chunk ``[H, A]`` on ``device``.
+
+        ``Bounded`` when both bounds are set, else ``Unbounded`` (a single bound is applied by
+        :meth:`clamp` but has no TorchRL spec).
+
+        Args:
+            device (torch.device or None): the spec's device.
+        """
+        shape = self.action_shape
+        if self.low is None or self.high is None:
+            return Unbounded(shape, device=device)
+        return Bounded(self.low.expand(shape), self.high.expand(shape), shape,
+                       device=device, dtype=self.low.dtype)
+
+
+class FlowModel(ChunkActionBounds, nn.Module):
     """A flow-matching model over action chunks: tensors in, tensors out.
 
     Time runs from ``t = 0`` (noise) to ``t = 1`` (action) along the linear interpolant
     ``x_t = (1 - t) z + t a``. Sampling integrates the learned velocity with ``num_steps``
     explicit Euler steps ``x_{k+1} = x_k + v(x_k, k / N | s) / N`` (:meth:`integrate`, the
-    only integrator of the package; with ``step_std`` each step becomes a Gaussian transition,
-    ReinFlow's noisy chain). The final state is clamped to ``[low, high]``.
+    package's one sampler of the flow's ODE; with ``step_std`` each step becomes a Gaussian
+    transition, ReinFlow's noisy chain; QAM's memoryless SDE has another drift and lives in
+    :class:`~torchrl_rldt.objectives.QAMLoss`). The final state is clamped to ``[low, high]``.
 
     The method names and argument order follow upstream TorchRL's ``FlowMatchingModel``
     (``velocity(observation, action, time)``, ``forward(observation, noise=None)``, ``low`` and
@@ -221,12 +265,7 @@ class FlowModel(nn.Module):
         self.velocity_network = velocity_network
         self.action_dim, self.chunk_len = action_dim, chunk_len
         self.num_steps = num_steps
-        for name, bound in (("low", low), ("high", high)):
-            self.register_buffer(
-                name, None if bound is None else torch.as_tensor(bound, dtype=torch.float32)
-            )
-        if low is not None and high is not None and (self.low > self.high).any():
-            raise ValueError("low must not exceed high.")
+        self._register_action_bounds(low, high)
 
     @property
     def num_steps(self) -> int:
@@ -337,12 +376,6 @@ class FlowModel(nn.Module):
         if step_std is None:
             return FlowChain(torch.stack(chain, dim=-3))
         return FlowChain(torch.stack(chain, -3), torch.stack(means, -3), torch.stack(stds, -3))
-
-    def clamp(self, action: torch.Tensor) -> torch.Tensor:
-        """``action`` clamped to the bounds (unchanged without bounds)."""
-        if self.low is None and self.high is None:
-            return action
-        return action.clamp(self.low, self.high)
 
     def sample(
         self,
@@ -472,13 +505,8 @@ class FlowActor(TensorDictModuleBase):
         applied by the model's clamp but has no TorchRL spec).
         """
         model = self.model
-        shape = model.action_shape
         reference = next(model.parameters(), model.low)
-        device = None if reference is None else reference.device
-        if model.low is None or model.high is None:
-            return Unbounded(shape, device=device)
-        return Bounded(model.low.expand(shape), model.high.expand(shape), shape,
-                       device=device, dtype=model.low.dtype)
+        return model.chunk_spec(None if reference is None else reference.device)
 
     @property
     def spec(self) -> Composite:

@@ -72,7 +72,8 @@ class DPPOLoss(ClipPPOLoss):
         normalize_advantage (bool, optional): standardise advantages per batch, before the
             denoising discount. Defaults to ``True``.
         **kwargs: other keyword arguments of :class:`~torchrl.objectives.ClipPPOLoss`
-            (``reduction``, ``clip_value``, ``separate_losses``, ``log_explained_variance``, ...).
+            (``reduction``, ``clip_value`` as a float, ``separate_losses``,
+            ``log_explained_variance``, ...).
 
     Examples:
         >>> import torch
@@ -128,6 +129,9 @@ class DPPOLoss(ClipPPOLoss):
             raise ValueError(f"gamma_denoising must be in (0, 1], got {gamma_denoising}.")
         if clip_epsilon_growth <= 0:
             raise ValueError(f"clip_epsilon_growth must be > 0, got {clip_epsilon_growth}.")
+        if kwargs.get("clip_value") is True:
+            raise ValueError("DPPOLoss takes clip_value as a float: True would clip the value "
+                             "updates at clip_epsilon, a ratio clip (0.01 by default).")
         unsupported = [name for name in ("delay_actor", "max_importance_ratio", "entropy_coeff",
                                          "entropy_bonus", "functional", "advantage_norm")
                        if name in kwargs]
@@ -181,8 +185,9 @@ class DPPOLoss(ClipPPOLoss):
 
     def denoising_discount(self) -> torch.Tensor:
         """``gamma_denoising ** t`` for each fine-tuned transition, ``[K]``, in chain order."""
-        timestep = self.actor_network.finetuned_timesteps
-        return self.gamma_denoising ** timestep.to(self.clip_epsilon.dtype)
+        # on the loss's device, also after loss.to(device) moved only its functional copies
+        timestep = self.actor_network.finetuned_timesteps.to(self.clip_epsilon)
+        return self.gamma_denoising ** timestep
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -211,6 +216,13 @@ class DPPOLoss(ClipPPOLoss):
             raise ValueError(
                 f"the stored log-probabilities have shape {tuple(old_log_prob.shape)}, expected "
                 f"{tuple(log_prob.shape)} (one per fine-tuned denoising step)."
+            )
+        if advantage.shape != old_log_prob.shape[:-1] + (1,):
+            # a [*B] advantage would broadcast against the K steps instead of the batch
+            raise ValueError(
+                f"the advantage has shape {tuple(advantage.shape)}, expected "
+                f"{tuple(old_log_prob.shape[:-1]) + (1,)}: one value per chunk with a trailing "
+                f"dimension of 1 (add it with advantage.unsqueeze(-1))."
             )
         log_ratio = log_prob - old_log_prob  # [*B, K]
         ratio = log_ratio.exp()

@@ -275,6 +275,15 @@ class QAMLoss(ChunkQEnsembleLoss):
 
         self.base_actor_network_params.data.apply(step, self.actor_network_params.data)
 
+    @torch.no_grad()
+    def reset_base_policy(self) -> None:
+        """Makes the actor's current weights the base policy.
+
+        The loss copies the actor into the base when it is built; call this after loading
+        pretrained weights into the actor later, so that the adjoint and the constraint use them.
+        """
+        self.base_actor_network_params.data.update_(self.actor_network_params.data)
+
     # --- the adjoint ---------------------------------------------------------------------
     def _velocity(self, params: TensorDictBase, observation, action, time) -> torch.Tensor:
         with params.to_module(self.actor_network):
@@ -301,11 +310,13 @@ class QAMLoss(ChunkQEnsembleLoss):
                 inputs, batch shape ``[*B]``.
 
         Returns:
-            An :class:`AdjointTrajectory`.
+            An :class:`AdjointTrajectory`, in full precision under any autocast context (as
+            :meth:`actor_loss` computes it).
         """
         observation = tensordict.get(self.tensor_keys.observation)
-        state = self._critic_state(tensordict, observation.shape[:-1])
-        return self._adjoint_trajectory(observation, state)
+        with torch.autocast(observation.device.type, enabled=False):
+            state = self._critic_state(tensordict, observation.shape[:-1])
+            return self._adjoint_trajectory(observation, state)
 
     def _adjoint_trajectory(self, observation: torch.Tensor, state: TensorDictBase) -> AdjointTrajectory:
         model = self.actor_network.model
@@ -323,15 +334,17 @@ class QAMLoss(ChunkQEnsembleLoss):
                     noise_std = math.sqrt(step_size) * float(memoryless_noise_std(time, step_size))
                     x = x + step_size * drift + noise_std * torch.randn_like(x)
                 else:
-                    # the noise-free last step of adjoint matching, with the base flow
-                    velocity = self._velocity(self.base_actor_network_params, observation, x, time)
-                    x = x + step_size * velocity
+                    # the noise-free last step of adjoint matching: the base flow's Euler step
+                    with self.base_actor_network_params.to_module(self.actor_network):
+                        x = model.step_mean(observation, x, time)
         final_action = x
 
         critic_params = (self.qvalue_network_params if self.action_gradient_critic == "online"
                          else self.target_qvalue_network_params)
         if self.clamp_final_action:
-            clamped = model.clamp(final_action)
+            # the bounds of the loss's copy of the actor, on its device also after loss.to(device)
+            with self.actor_network_params.to_module(self.actor_network):
+                clamped = model.clamp(final_action)
             critic_gradient = self._critic_action_gradient(state, clamped, critic_params)
             # the clamp's own gradient: nothing flows back through a component it cut
             critic_gradient = torch.where(clamped == final_action, critic_gradient, 0.0)
