@@ -4,8 +4,8 @@ Each ``--variant NAME=OVERRIDES`` is a set of Hydra overrides of the method's ex
 a method of ``compare_gym.py``), added to ``--common`` (overrides every variant shares). Every
 variant runs on every seed through ``compare_gym.run`` (so a run is reused, resumed or extended as
 there), in ``<runs>/<name>/<variant>-seed<seed>``. The table reports, per variant, the return of
-the starting policy, the final return (mean over the seeds, and each seed), the change, and the
-learner diagnostics of the run's last logged values when the run logs them (CSV logger):
+the starting policy, the final return (mean over the seeds, and each seed), the change, each
+seed's best evaluation along the way (with its env steps), and the learner diagnostics of the run's last logged values when the run logs them (CSV logger):
 ``action_abs_mean`` (executed actions, normalised), ``q_mean``, ``q_member_gap``, ``transport_norm``.
 
     python benchmarks/ablation.py --task HalfCheetah-v5 --seeds 1 1000 --env-steps 150000 \\
@@ -41,6 +41,12 @@ def last_logged(run_dir: Path, key: str) -> float | None:
     with open(files[-1]) as handle:
         rows = [row for row in csv.reader(handle) if row]
     return float(rows[-1][-1]) if rows else None
+
+
+def best_evaluation(summary: dict) -> dict:
+    """The evaluation of the run's history with the highest mean return, and when it happened."""
+    best = max(summary["history"], key=lambda entry: entry["mean"])
+    return {"mean": best["mean"], "env_steps": best["env_steps"]}
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -87,20 +93,25 @@ def main() -> None:
         runs = [summaries[(variant, seed)] for seed in args.seeds]
         start = statistics.mean(summary["base"]["mean"] for summary in runs)
         finals = [summary["final"]["mean"] for summary in runs]
+        bests = [best_evaluation(summary) for summary in runs]
         diagnostics = {key: [last_logged(args.runs / args.name / f"{variant}-seed{seed}", key)
                              for seed in args.seeds] for key in DIAGNOSTICS}
         report[variant] = {
             "overrides": overrides, "start_mean": start, "final_mean": statistics.mean(finals),
             "final_per_seed": dict(zip(args.seeds, finals)),
+            "best_per_seed": dict(zip(args.seeds, bests)),
             "minutes_per_seed": [summary["history"][-1]["wall_seconds"] / 60 for summary in runs],
             "last_logged": diagnostics,
         }
         shown = " / ".join(
             "n/a" if None in values else f"{statistics.mean(values):.3g}" for values in diagnostics.values()
         )
+        best_text = [f"{best['mean']:.0f} ({best['env_steps'] / 1000:.0f}k)" for best in bests]
         rows.append(f"| {variant} | `{' '.join(overrides) or '-'}` | {start:.0f} | "
                     f"{statistics.mean(finals):.0f} ({', '.join(f'{value:.0f}' for value in finals)}) | "
-                    f"{statistics.mean(finals) - start:+.0f} | {shown} |")
+                    f"{statistics.mean(finals) - start:+.0f} | "
+                    f"{', '.join(best_text)} | "
+                    f"{shown} |")
     command = "python benchmarks/ablation.py " + shlex.join(sys.argv[1:])
     table = "\n".join([
         f"{args.task}, {METHODS[args.method][2]}, seeds {args.seeds}, {args.env_steps} env steps per "
@@ -108,8 +119,9 @@ def main() -> None:
         f"brackets). Every variant adds its overrides to `{' '.join(args.common) or '-'}`. Last "
         f"logged values (mean over seeds): {' / '.join(DIAGNOSTICS)}.",
         "",
-        "| variant | overrides | start | final (per seed) | change | " + " / ".join(DIAGNOSTICS) + " |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| variant | overrides | start | final (per seed) | change | best evaluation (env steps) | "
+        + " / ".join(DIAGNOSTICS) + " |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
         *rows,
         "",
         f"Made by `{command}`.",

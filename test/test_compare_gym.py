@@ -156,6 +156,9 @@ def test_ablation_variants_and_the_last_logged_value(tmp_path):
     (scalars / "q_mean.csv").write_text("100,1.5\n200,2.5\n")
     assert ablation.last_logged(tmp_path / "run", "q_mean") == 2.5
     assert ablation.last_logged(tmp_path / "run", "q_member_gap") is None
+    history = [{"env_steps": 0, "mean": 10.0}, {"env_steps": 20, "mean": 30.0},
+               {"env_steps": 40, "mean": 20.0}]
+    assert ablation.best_evaluation({"history": history}) == {"mean": 30.0, "env_steps": 20}
 
 
 def test_gym_table_puts_the_tasks_side_by_side(tmp_path):
