@@ -248,11 +248,15 @@ class DPPOLoss(ClipPPOLoss):
                 out.set("value_clip_fraction", value_clip_fraction)
             if explained_variance is not None:
                 out.set("explained_variance", explained_variance)
-        return out.named_apply(
+        out = out.named_apply(
             lambda name, value: self._reduce_loss(value, tensordict).squeeze(-1)
             if name.startswith("loss_")
             else value,
         )
+        # as ClipPPOLoss.forward: a no-op unless under torch.compile
+        self._clear_weakrefs(tensordict, out, "actor_network_params", "critic_network_params",
+                             "target_actor_network_params", "target_critic_network_params")
+        return out
 
 
 class DDPMChunkBCLoss(DiffusionBCLoss):
