@@ -18,7 +18,6 @@ Outputs ``<out>/<name>.md`` and ``<out>/<name>.json``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shlex
 import statistics
@@ -28,19 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare_gym import METHODS, ROOT, run  # noqa: E402
+from compare_gym import METHODS, ROOT, last_logged, run  # noqa: E402
 
 DIAGNOSTICS = ("action_abs_mean", "q_mean", "q_member_gap", "transport_norm")
-
-
-def last_logged(run_dir: Path, key: str) -> float | None:
-    """The last value of ``key`` written by the run's CSV logger (``None`` if it logged none)."""
-    files = sorted(run_dir.rglob(f"{key}.csv"))
-    if not files:
-        return None
-    with open(files[-1]) as handle:
-        rows = [row for row in csv.reader(handle) if row]
-    return float(rows[-1][-1]) if rows else None
 
 
 def best_evaluation(summary: dict) -> dict:

@@ -162,6 +162,23 @@ def run(method: str, task: str, seed: int, env_steps: int, run_dir: Path, overri
     return json.loads(summary_path.read_text())
 
 
+def last_logged(run_dir: Path, key: str) -> float | None:
+    """The last value of ``key`` written by the run's CSV logger (``None`` if it logged none)."""
+    files = sorted(run_dir.rglob(f"scalars/{key}.csv"))
+    if not files:
+        return None
+    with open(files[-1]) as handle:
+        rows = [row for row in csv.reader(handle) if row]
+    return float(rows[-1][-1]) if rows else None
+
+
+def last_logged_scalars(run_dir: Path) -> dict[str, float]:
+    """Every scalar the run's CSV logger wrote, at its last logged value (its learner diagnostics)."""
+    keys = sorted({path.stem for path in run_dir.rglob("scalars/*.csv")})
+    values = {key: last_logged(run_dir, key) for key in keys}
+    return {key: value for key, value in values.items() if value is not None}
+
+
 def steps_to_threshold(history: list[dict], threshold: float) -> int | None:
     """The env steps of the first evaluation in ``history`` whose mean is >= ``threshold``."""
     return next((point["env_steps"] for point in history if point["mean"] >= threshold), None)
@@ -245,7 +262,8 @@ def main() -> None:
             "final_std_over_seeds": spread(final_per_seed), "per_seed": {
                 seed: {"start": s["base"], "final": s["final"], "counters": s["counters"],
                        "wall_seconds": s["history"][-1]["wall_seconds"],
-                       "load_average": s.get("load_average"), "command": s["command"]}
+                       "load_average": s.get("load_average"), "command": s["command"],
+                       "last_logged": last_logged_scalars(run_root / f"{method}-seed{seed}")}
                 for seed, s in zip(args.seeds, runs)},
         }
         # one seed: the spread over its 20 final episodes; several: over the seeds' means

@@ -70,6 +70,8 @@ def test_runs_skips_finished_runs_and_gathers_them(tmp_path):
         run = report["methods"][method]["per_seed"]["0"]
         assert run["counters"]["env_steps"] >= 160
         assert len(run["load_average"]) == 2
+        # the learner's diagnostics at their last logged values, e.g. the losses
+        assert {"fpo": "loss_objective", "sac": "loss_qvalue"}[method] in run["last_logged"]
         # the curve starts at 0 env steps and ends with the final evaluation
         curve = [row for row in rows if row["method"] == method]
         assert int(curve[0]["env_steps"]) == 0
@@ -156,6 +158,9 @@ def test_ablation_variants_and_the_last_logged_value(tmp_path):
     (scalars / "q_mean.csv").write_text("100,1.5\n200,2.5\n")
     assert ablation.last_logged(tmp_path / "run", "q_mean") == 2.5
     assert ablation.last_logged(tmp_path / "run", "q_member_gap") is None
+    (scalars / "q_member_gap.csv").write_text("")
+    compare_gym = load_script("benchmarks/compare_gym.py")
+    assert compare_gym.last_logged_scalars(tmp_path / "run") == {"q_mean": 2.5}
     history = [{"env_steps": 0, "mean": 10.0}, {"env_steps": 20, "mean": 30.0},
                {"env_steps": 40, "mean": 20.0}]
     assert ablation.best_evaluation({"history": history}) == {"mean": 30.0, "env_steps": 20}
