@@ -5,7 +5,8 @@ a method of ``compare_gym.py``), added to ``--common`` (overrides every variant 
 variant runs on every seed through ``compare_gym.run`` (so a run is reused, resumed or extended as
 there), in ``<runs>/<name>/<variant>-seed<seed>``. The table reports, per variant, the return of
 the starting policy, the final return (mean over the seeds, and each seed), the change, each
-seed's best evaluation along the way (with its env steps), and the learner diagnostics of the run's last logged values when the run logs them (CSV logger):
+seed's best evaluation along the way (with its env steps), and the learner diagnostics of the
+run's last logged values when the run logs them (CSV logger):
 ``action_abs_mean`` (executed actions, normalised), ``q_mean``, ``q_member_gap``, ``transport_norm``.
 
     python benchmarks/ablation.py --task HalfCheetah-v5 --seeds 1 1000 --env-steps 150000 \\

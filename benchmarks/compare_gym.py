@@ -162,20 +162,24 @@ def run(method: str, task: str, seed: int, env_steps: int, run_dir: Path, overri
     return json.loads(summary_path.read_text())
 
 
-def last_logged(run_dir: Path, key: str) -> float | None:
-    """The last value of ``key`` written by the run's CSV logger (``None`` if it logged none)."""
-    files = sorted(run_dir.rglob(f"scalars/{key}.csv"))
-    if not files:
-        return None
-    with open(files[-1]) as handle:
+def last_value(csv_path: Path) -> float | None:
+    """The value of the last row of one scalar file of the CSV logger (``None`` if it is empty)."""
+    with open(csv_path) as handle:
         rows = [row for row in csv.reader(handle) if row]
     return float(rows[-1][-1]) if rows else None
 
 
+def last_logged(run_dir: Path, key: str) -> float | None:
+    """The last value of ``key`` written by the run's CSV logger (``None`` if it logged none)."""
+    files = sorted(run_dir.rglob(f"scalars/{key}.csv"))
+    return last_value(files[-1]) if files else None
+
+
 def last_logged_scalars(run_dir: Path) -> dict[str, float]:
     """Every scalar the run's CSV logger wrote, at its last logged value (its learner diagnostics)."""
-    keys = sorted({path.stem for path in run_dir.rglob("scalars/*.csv")})
-    values = {key: last_logged(run_dir, key) for key in keys}
+    # the last file of each name, as last_logged picks it
+    files = {path.stem: path for path in sorted(run_dir.rglob("scalars/*.csv"))}
+    values = {key: last_value(path) for key, path in sorted(files.items())}
     return {key: value for key, value in values.items() if value is not None}
 
 

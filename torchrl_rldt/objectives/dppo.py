@@ -13,6 +13,7 @@ from torch import nn
 from torchrl.objectives import ClipPPOLoss, DiffusionBCLoss
 
 from torchrl_rldt.modules.diffusion import DDPMChunkModel, DPPOActor
+from torchrl_rldt.objectives._ppo import finish_ppo_output
 
 __all__ = ["DDPMChunkBCLoss", "DPPOLoss"]
 
@@ -248,15 +249,7 @@ class DPPOLoss(ClipPPOLoss):
                 out.set("value_clip_fraction", value_clip_fraction)
             if explained_variance is not None:
                 out.set("explained_variance", explained_variance)
-        out = out.named_apply(
-            lambda name, value: self._reduce_loss(value, tensordict).squeeze(-1)
-            if name.startswith("loss_")
-            else value,
-        )
-        # as ClipPPOLoss.forward: a no-op unless under torch.compile
-        self._clear_weakrefs(tensordict, out, "actor_network_params", "critic_network_params",
-                             "target_actor_network_params", "target_critic_network_params")
-        return out
+        return finish_ppo_output(self, out, tensordict)
 
 
 class DDPMChunkBCLoss(DiffusionBCLoss):

@@ -13,6 +13,7 @@ from torch import nn
 from torchrl.objectives import ClipPPOLoss
 
 from torchrl_rldt.modules.flow import FlowActor
+from torchrl_rldt.objectives._ppo import finish_ppo_output
 from torchrl_rldt.objectives.functional import cfm_loss, flow_interpolant
 
 __all__ = ["FPOLoss"]
@@ -235,12 +236,4 @@ class FPOLoss(ClipPPOLoss):
             out.set("loss_critic", loss_critic)
             if explained_variance is not None:
                 out.set("explained_variance", explained_variance)
-        out = out.named_apply(
-            lambda name, value: self._reduce_loss(value, tensordict).squeeze(-1)
-            if name.startswith("loss_")
-            else value,
-        )
-        # as ClipPPOLoss.forward: a no-op unless under torch.compile
-        self._clear_weakrefs(tensordict, out, "actor_network_params", "critic_network_params",
-                             "target_actor_network_params", "target_critic_network_params")
-        return out
+        return finish_ppo_output(self, out, tensordict)
