@@ -47,6 +47,16 @@ class TestFlowMatchingBCLoss:
             make_loss()(TensorDict(observation=torch.randn(2, OBS), action=torch.randn(2, ACT),
                                    batch_size=[2]))
 
+    def test_keys_follow_the_actor(self):
+        model = FlowModel(VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=32), ACT, chunk_len=H)
+        loss = FlowMatchingBCLoss(FlowActor(model, in_keys=[("agent", "obs")], out_keys=["chunk"]))
+        assert loss.in_keys == [("agent", "obs"), "chunk"]
+        assert loss(make_data(8, ("agent", "obs"), "chunk"))["loss_flow_bc"].shape == ()
+
+    def test_bad_reduction(self):
+        with pytest.raises(ValueError, match="reduction must be one of"):
+            make_loss(reduction="average")
+
     def test_tensordict_free_call(self):
         loss = make_loss()
         data = make_data(8)

@@ -87,3 +87,44 @@ class TestFPOLoss:
             make_loss(num_cfm_samples=0)
         with pytest.raises(ValueError, match="delay_actor"):
             make_loss(delay_actor=True)
+        with pytest.raises(ValueError, match="clip_value as a float"):
+            make_loss(clip_value=True)
+
+    @pytest.mark.parametrize("variant", ["fpo++", "fpo"])
+    def test_an_advantage_without_its_trailing_dimension_is_refused(self, variant):
+        # [*B] would broadcast against the [*B, M] ratios: every sample would see every advantage
+        loss = make_loss(variant=variant, normalize_advantage=False)
+        data = make_batch(loss, advantage=1.0)
+        data["advantage"] = data["advantage"].squeeze(-1)
+        with pytest.raises(ValueError, match="trailing dimension of 1"):
+            loss(data)
+
+    def test_keys_follow_the_actor_and_set_keys(self):
+        torch.manual_seed(0)
+        model = FlowModel(VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=32), ACT, N, chunk_len=H)
+        actor = FlowActor(model, in_keys=["obs"], out_keys=["chunk"])
+        critic = ValueOperator(MLP(in_features=OBS, out_features=1, num_cells=[16]), in_keys=["obs"])
+        loss = FPOLoss(actor, critic, num_cfm_samples=M, normalize_advantage=False)
+        loss.set_keys(cfm_time="t", cfm_noise=("records", "eps"), cfm_old_loss=("records", "old"))
+        data = TensorDict(obs=torch.randn(12, OBS), chunk=torch.rand(12, H, ACT), batch_size=[12])
+        data["next"] = TensorDict(obs=torch.randn(12, OBS), reward=torch.randn(12, 1),
+                                  done=torch.zeros(12, 1, dtype=torch.bool),
+                                  terminated=torch.zeros(12, 1, dtype=torch.bool), batch_size=[12])
+        data["advantage"], data["value_target"] = torch.ones(12, 1), torch.zeros(12, 1)
+        loss.record_cfm_losses(data)
+        assert set(data.keys(True, True)) >= {"t", ("records", "eps"), ("records", "old")}
+        assert "cfm_old_loss" not in data.keys()
+        assert {"chunk", "t", ("records", "eps"), ("records", "old")} <= set(loss.in_keys)
+        torch.testing.assert_close(loss(data)["mean_ratio"], torch.tensor(1.0))
+        del data["records", "old"]
+        with pytest.raises(KeyError, match="'records', 'old'"):
+            loss(data)
+
+    def test_value_clip_fraction_is_reported_with_a_value_clip(self):
+        torch.manual_seed(0)
+        loss = make_loss(clip_value=0.2)
+        loss.make_value_estimator(ValueEstimators.GAE, gamma=0.99, lmbda=0.95)
+        out = loss(make_batch(loss))
+        assert "value_clip_fraction" in loss.out_keys
+        assert 0 <= out["value_clip_fraction"] <= 1
+        assert "value_clip_fraction" not in make_loss().out_keys

@@ -103,3 +103,5 @@ class TestReinFlowLoss:
             ReinFlowLoss(make_policy(), make_critic(), clip_epsilon=0.0)
         with pytest.raises(ValueError, match="delay_actor"):
             ReinFlowLoss(make_policy(), make_critic(), delay_actor=True)
+        with pytest.raises(ValueError, match="clip_value as a float"):
+            ReinFlowLoss(make_policy(), make_critic(), clip_value=True)

@@ -223,6 +223,43 @@ class TestRLDTLoss:
         only_first.backward()
         gradients = [p.grad for p in loss.qvalue_network_params.values(True, True) if p.grad is not None]
         assert gradients and all(g[1].abs().sum() == 0 and g[0].abs().sum() > 0 for g in gradients)
+        # [B, 1] names the same members as [B]
+        torch.manual_seed(2)
+        column, _ = loss.qvalue_loss(batch.clone().set("critic_member", member.unsqueeze(-1)))
+        torch.testing.assert_close(column, split)
+
+    @pytest.mark.parametrize("member, error, match", [
+        (torch.tensor([0, 1, 0, 1, 1, 2]), ValueError, r"outside the ensemble's \[0, 2\)"),
+        (torch.tensor([0, 1, 0, 1, 1, -1]), ValueError, "outside the ensemble"),
+        (torch.zeros(6), TypeError, "must hold integers"),
+        (torch.zeros(6, 2, dtype=torch.long), ValueError, "one member index per transition"),
+    ])
+    def test_a_member_the_ensemble_does_not_have_is_refused(self, member, error, match):
+        # such a transition would train no member, silently
+        loss = make_loss()
+        with pytest.raises(error, match=match):
+            loss.qvalue_loss(make_batch(6).set("critic_member", member))
+
+    def test_n_step_transitions_discount_by_gamma_to_the_steps(self):
+        # TorchRL's MultiStep writes steps_to_next_obs; the target is r + gamma ** n V(s')
+        loss = make_loss()  # gamma 0.9
+        batch = loss.sample_target_actions(make_batch(6))
+        one_step = loss.qvalue_loss(batch.clone())[1]["target_value"]
+        steps = torch.tensor([1, 2, 3, 1, 2, 3]).unsqueeze(-1)
+        n_step = loss.qvalue_loss(batch.clone().set("steps_to_next_obs", steps))[1]["target_value"]
+        reward = batch["next", "reward"].squeeze(-1)
+        discount = 0.9 ** (steps.squeeze(-1) - 1).double()
+        torch.testing.assert_close(n_step - reward, ((one_step - reward) * discount).float())
+
+    def test_target_std_penalty_replaces_the_minimum(self):
+        loss = make_loss(target_std_penalty=0.5, num_qvalue_nets=3)
+        batch = loss.sample_target_actions(make_batch(6))
+        target = loss.qvalue_loss(batch.clone())[1]["target_value"]
+        samples = batch["next", "target_action"].movedim(-3, 0)  # [M, B, H, A]
+        next_q = torch.stack([loss.critic_values(batch["next"], action) for action in samples])
+        value = (next_q.mean(1) - 0.5 * next_q.std(1)).mean(0)  # [M, E, B] -> [B]
+        expected = batch["next", "reward"].squeeze(-1) + 0.9 * value
+        torch.testing.assert_close(target, expected)
 
     def test_critic_values_are_the_online_members_predictions(self):
         loss = make_loss()
@@ -351,6 +388,23 @@ class TestRLDTLoss:
 
         assert_same_losses(wide_loss(False), wide_loss(True), make_batch())
 
+    def test_stop_at_bounds_reads_the_bounds_of_the_loss_copy(self):
+        """After ``loss.double()`` (or ``.to(device)``) the loss's copy of the actor, bounds
+        included, is not the module's: the projection must use the copy."""
+        goal = torch.full((H, ACT), 500.0)  # past both bounds below: the pull is outward
+        critic = TensorDictModule(QuadraticCritic(goal), ["observation", "action"],
+                                  ["state_action_value"])
+        actor = make_actor()
+        with torch.no_grad():
+            actor.model.velocity_network.output_layer.bias.fill_(50.0)  # landings near 50
+        loss = RLDTLoss(actor, critic, num_particles=4, stop_at_bounds=True).double()
+        loss.actor_network_params["model", "high"].data.fill_(100.0)  # no landing reaches it
+        assert float(actor.model.high.max()) == 2.0  # the module's own bounds did not move
+        torch.manual_seed(0)
+        loss.actor_loss(make_batch().double())["loss_rl"].backward()
+        assert max(p.grad.abs().max() for p in loss.actor_network_params.values(True, True)
+                   if p.grad is not None) > 0
+
     def test_composes_with_another_objective(self):
         actor = make_actor()
         rldt = RLDTLoss(actor, make_critic(), num_particles=2)
@@ -362,6 +416,12 @@ class TestRLDTLoss:
     def test_bad_arguments(self):
         with pytest.raises(ValueError, match="num_particles must be an integer >= 1"):
             RLDTLoss(make_actor(), make_critic(), num_particles=0)
+        with pytest.raises(ValueError, match="num_particles must be an integer >= 1"):
+            RLDTLoss(make_actor(), make_critic(), num_particles=True)
+        with pytest.raises(ValueError, match="reduction must be one of"):
+            RLDTLoss(make_actor(), make_critic(), reduction="average")
+        with pytest.raises(ValueError, match="loss_function must be one of"):
+            RLDTLoss(make_actor(), make_critic(), loss_function="huber")
         with pytest.raises(ValueError, match="reference_coef must be >= 0"):
             RLDTLoss(make_actor(), make_critic(), reference_coef=-1.0)
         with pytest.raises(TypeError, match="FlowActor"):

@@ -3,8 +3,50 @@
 """What the package's ``ClipPPOLoss`` subclasses that write their own ``forward`` share with it."""
 from __future__ import annotations
 
+import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.objectives import ClipPPOLoss
+
+
+def refuse_ratio_sized_value_clip(loss_name: str, kwargs: dict) -> None:
+    """Refuses ``clip_value=True``, which ``ClipPPOLoss`` turns into a clip of the value updates at
+    ``clip_epsilon``: a ratio clip (0.01 to 0.05 in these losses) that all but stops the critic.
+
+    Args:
+        loss_name (str): the loss, for the message.
+        kwargs (dict): the keyword arguments that go on to ``ClipPPOLoss``.
+
+    Raises:
+        ValueError: ``kwargs["clip_value"] is True``.
+    """
+    if kwargs.get("clip_value") is True:
+        raise ValueError(
+            f"{loss_name} takes clip_value as a float (e.g. clip_value=0.2): True would clip the "
+            "value updates at clip_epsilon, the ratio clip."
+        )
+
+
+def check_advantage_shape(advantage: torch.Tensor, batch_shape: torch.Size, key) -> None:
+    """Checks that ``advantage`` is ``[*B, 1]``: one value per sample with a trailing dimension.
+
+    A ``[*B]`` advantage would broadcast against the per-sample ratios (``[*B, K]``) instead of
+    the batch and give a loss silently averaged over the wrong pairs.
+
+    Args:
+        advantage (torch.Tensor): the advantage the surrogate is about to use.
+        batch_shape (torch.Size): the samples' batch shape ``[*B]``.
+        key (NestedKey): where the advantage was read, for the message.
+
+    Raises:
+        ValueError: any other shape.
+    """
+    expected = tuple(batch_shape) + (1,)
+    if tuple(advantage.shape) != expected:
+        raise ValueError(
+            f"the advantage at {key!r} has shape {tuple(advantage.shape)}, expected {expected}: "
+            "one value per sample with a trailing dimension of 1 (add it with "
+            "advantage.unsqueeze(-1))."
+        )
 
 
 def finish_ppo_output(loss: ClipPPOLoss, out: TensorDict, tensordict: TensorDictBase) -> TensorDict:

@@ -18,6 +18,7 @@ from torchrl.objectives.utils import (
 )
 
 from torchrl_rldt.modules import FlowActor
+from torchrl_rldt.objectives._validation import check_loss_function, check_reduction
 
 __all__ = ["ChunkQEnsembleLoss"]
 
@@ -64,7 +65,9 @@ class ChunkQEnsembleLoss(LossModule):
             to ``"mean"``.
         use_prioritized_weights (str or bool, optional): weight the critic loss by
             ``priority_weight`` when present (``"auto"``), always (``True``) or never
-            (``False``). Defaults to ``"auto"``.
+            (``False``). The policy terms are not weighted (unlike TorchRL's ``SACLoss``): the
+            reference has no prioritized replay, and its policy terms are plain batch means.
+            Defaults to ``"auto"``.
         deactivate_vmap (bool, optional): evaluate the ensemble members in a loop instead of
             ``torch.vmap`` (as in TorchRL's losses). Defaults to ``False``.
 
@@ -116,8 +119,9 @@ class ChunkQEnsembleLoss(LossModule):
                 Defaults to ``"td_error"``.
             priority_weight (NestedKey): importance weights of a prioritized replay buffer,
                 used by the reduction when present. Defaults to ``"priority_weight"``.
-            critic_member (NestedKey): optional, an integer ``[*B]`` naming the one ensemble
-                member that trains on each transition (a bootstrap: members trained on disjoint
+            critic_member (NestedKey): optional, an integer ``[*B]`` (or ``[*B, 1]``) in
+                ``[0, num_qvalue_nets)`` naming the one ensemble member that trains on each
+                transition (a bootstrap: members trained on disjoint
                 trajectories, as the reference splits them); absent, every member trains on
                 every transition. Defaults to ``"critic_member"``.
             target_action (NestedKey): under ``"next"``, policy samples at ``s'``
@@ -172,7 +176,7 @@ class ChunkQEnsembleLoss(LossModule):
             ("num_qvalue_nets", num_qvalue_nets),
             ("num_target_samples", num_target_samples),
         ):
-            if not isinstance(value, int) or value < 1:
+            if type(value) is not int or value < 1:  # bool is an int too
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
         if target_std_penalty is not None:
             if target_std_penalty < 0:
@@ -181,8 +185,8 @@ class ChunkQEnsembleLoss(LossModule):
                 raise ValueError("target_std_penalty needs num_qvalue_nets >= 2 (a spread to penalise).")
         if target_clip is not None and not (len(target_clip) == 2 and target_clip[0] <= target_clip[1]):
             raise ValueError(f"target_clip must be (low, high) with low <= high, got {target_clip!r}.")
-        if reduction is None:
-            reduction = "mean"
+        reduction = check_reduction(reduction)
+        check_loss_function(loss_function)
         super().__init__()
         self._in_keys = None
         self._out_keys = None
@@ -408,6 +412,9 @@ class ChunkQEnsembleLoss(LossModule):
                 ("next", self.tensor_keys.reward),
                 ("next", self.tensor_keys.done),
                 ("next", self.tensor_keys.terminated),
+                # n-step transitions (TorchRL's MultiStep) discount by gamma ** steps
+                self.value_estimator.tensor_keys.steps_to_next_obs,
+                strict=False,
             )
             target = self.value_estimator.value_estimate(target_td,
                                                          next_value=next_value.unsqueeze(-1))
@@ -440,6 +447,7 @@ class ChunkQEnsembleLoss(LossModule):
         loss = distance_loss(predicted, target.expand_as(predicted), loss_function=self.loss_function)
         member = tensordict.get(self.tensor_keys.critic_member, None)
         if member is not None:
+            member = self._checked_member(member, loss.shape[1:])
             # each transition trains its own member; x E keeps each member's mean at full weight
             members = torch.arange(self.num_qvalue_nets, device=member.device)
             mask = member.reshape(1, *loss.shape[1:]) == members.reshape(-1, *[1] * member.ndim)
@@ -450,6 +458,22 @@ class ChunkQEnsembleLoss(LossModule):
         metadata = {"td_error": td_error, "state_action_value": predicted.detach(),
                     "target_value": target}
         return self._reduce_loss(loss, tensordict, weights=weights), metadata
+
+    def _checked_member(self, member: torch.Tensor, batch_shape: torch.Size) -> torch.Tensor:
+        """``member`` as ``[*B]``, refused unless it is an integer in ``[0, E)`` for every sample:
+        a member outside the ensemble would silently train nothing on its transitions."""
+        key = self.tensor_keys.critic_member
+        if member.dtype.is_floating_point or member.dtype.is_complex or member.dtype == torch.bool:
+            raise TypeError(f"{key!r} must hold integers (member indices), got {member.dtype}.")
+        if member.shape == batch_shape + (1,):
+            member = member.squeeze(-1)
+        if member.shape != batch_shape:
+            raise ValueError(f"{key!r} has shape {tuple(member.shape)}, expected {tuple(batch_shape)} "
+                             "(one member index per transition).")
+        if member.numel() and (member.min() < 0 or member.max() >= self.num_qvalue_nets):
+            raise ValueError(f"{key!r} holds indices in [{int(member.min())}, {int(member.max())}], "
+                             f"outside the ensemble's [0, {self.num_qvalue_nets}).")
+        return member
 
     # --- the policy, the subclass's part -----------------------------------------------------
     def actor_loss(self, tensordict: TensorDictBase) -> TensorDict:
@@ -464,4 +488,6 @@ class ChunkQEnsembleLoss(LossModule):
         out = self.actor_loss(tensordict)
         out.set("loss_qvalue", loss_qvalue)
         out.set("td_error_mean", metadata["td_error"].mean())
+        self._clear_weakrefs(tensordict, out, "actor_network_params", "qvalue_network_params",
+                             "target_actor_network_params", "target_qvalue_network_params")
         return out

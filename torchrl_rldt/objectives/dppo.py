@@ -13,7 +13,12 @@ from torch import nn
 from torchrl.objectives import ClipPPOLoss, DiffusionBCLoss
 
 from torchrl_rldt.modules.diffusion import DDPMChunkModel, DPPOActor
-from torchrl_rldt.objectives._ppo import finish_ppo_output
+from torchrl_rldt.objectives._ppo import (
+    check_advantage_shape,
+    finish_ppo_output,
+    refuse_ratio_sized_value_clip,
+)
+from torchrl_rldt.objectives._validation import check_reduction
 
 __all__ = ["DDPMChunkBCLoss", "DPPOLoss"]
 
@@ -130,9 +135,7 @@ class DPPOLoss(ClipPPOLoss):
             raise ValueError(f"gamma_denoising must be in (0, 1], got {gamma_denoising}.")
         if clip_epsilon_growth <= 0:
             raise ValueError(f"clip_epsilon_growth must be > 0, got {clip_epsilon_growth}.")
-        if kwargs.get("clip_value") is True:
-            raise ValueError("DPPOLoss takes clip_value as a float: True would clip the value "
-                             "updates at clip_epsilon, a ratio clip (0.01 by default).")
+        refuse_ratio_sized_value_clip("DPPOLoss", kwargs)
         unsupported = [name for name in ("delay_actor", "max_importance_ratio", "entropy_coeff",
                                          "entropy_bonus", "functional", "advantage_norm")
                        if name in kwargs]
@@ -218,13 +221,7 @@ class DPPOLoss(ClipPPOLoss):
                 f"the stored log-probabilities have shape {tuple(old_log_prob.shape)}, expected "
                 f"{tuple(log_prob.shape)} (one per fine-tuned denoising step)."
             )
-        if advantage.shape != old_log_prob.shape[:-1] + (1,):
-            # a [*B] advantage would broadcast against the K steps instead of the batch
-            raise ValueError(
-                f"the advantage has shape {tuple(advantage.shape)}, expected "
-                f"{tuple(old_log_prob.shape[:-1]) + (1,)}: one value per chunk with a trailing "
-                f"dimension of 1 (add it with advantage.unsqueeze(-1))."
-            )
+        check_advantage_shape(advantage, old_log_prob.shape[:-1], self.tensor_keys.advantage)
         log_ratio = log_prob - old_log_prob  # [*B, K]
         ratio = log_ratio.exp()
         epsilon = self.step_clip_epsilon()
@@ -299,9 +296,7 @@ class DDPMChunkBCLoss(DiffusionBCLoss):
     def __init__(self, model: DDPMChunkModel, *, reduction: str = "mean") -> None:
         if not isinstance(model, DDPMChunkModel):
             raise TypeError(f"model must be a DDPMChunkModel, got {type(model).__name__}.")
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
-        super().__init__(model, reduction=reduction)
+        super().__init__(model, reduction=check_reduction(reduction))
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDict:

@@ -12,6 +12,7 @@ from tensordict.utils import NestedKey
 from torchrl.objectives import LossModule
 
 from torchrl_rldt.modules import FlowActor
+from torchrl_rldt.objectives._validation import check_reduction
 from torchrl_rldt.objectives.functional import cfm_loss, flow_interpolant
 
 __all__ = ["FlowMatchingBCLoss"]
@@ -55,10 +56,10 @@ class FlowMatchingBCLoss(LossModule):
         """Keys of the input tensordict; change them with :meth:`set_keys`.
 
         Attributes:
-            observation (NestedKey): the conditioning observation. Defaults to
-                ``"observation"``.
-            action (NestedKey): the demonstration action chunk [*B, H, A].
-                Defaults to ``"action"``.
+            observation (NestedKey): the conditioning observation. Defaults to the actor's
+                ``observation_key`` (``"observation"``).
+            action (NestedKey): the demonstration action chunk [*B, H, A]. Defaults to the
+                actor's ``action_key`` (``"action"``).
         """
 
         observation: NestedKey = "observation"
@@ -76,12 +77,13 @@ class FlowMatchingBCLoss(LossModule):
             raise TypeError(
                 f"actor_network must be a FlowActor, got {type(actor_network).__name__}."
             )
-        if reduction is None:
-            reduction = "mean"
+        reduction = check_reduction(reduction)
         super().__init__()
         self._out_keys = None
         self.reduction = reduction
         self.convert_to_functional(actor_network, "actor_network")
+        # the actor's own keys are the loss's defaults, as in the package's other losses
+        self.set_keys(observation=actor_network.observation_key, action=actor_network.action_key)
 
     def _forward_value_estimator_keys(self, **kwargs) -> None:
         pass

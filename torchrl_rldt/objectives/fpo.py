@@ -3,17 +3,22 @@
 """FPO and FPO++: PPO whose ratio comes from conditional flow-matching loss differences."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import dispatch
-from tensordict.utils import unravel_key
+from tensordict.utils import NestedKey, unravel_key
 from torch import nn
 from torchrl.objectives import ClipPPOLoss
 
 from torchrl_rldt.modules.flow import FlowActor
-from torchrl_rldt.objectives._ppo import finish_ppo_output
+from torchrl_rldt.objectives._ppo import (
+    check_advantage_shape,
+    finish_ppo_output,
+    refuse_ratio_sized_value_clip,
+)
 from torchrl_rldt.objectives.functional import cfm_loss, flow_interpolant
 
 __all__ = ["FPOLoss"]
@@ -37,8 +42,9 @@ class FPOLoss(ClipPPOLoss):
       ``rho A - |A| (rho - 1)^2 / (2 epsilon)``, which keeps pushing down a ratio that the clip
       would let grow unbounded.
 
-    Per-pair CFM losses are clamped at ``max_cfm_loss`` and log-ratios at ``max_log_ratio``
-    (straight-through: the value is clamped, the gradient is not), as in the FPO++ code.
+    Per-pair CFM losses are clamped at ``max_cfm_loss`` (a plain clamp: a pair above it gives
+    no gradient) and log-ratios at ``max_log_ratio`` (straight-through: the value is clamped,
+    the gradient is not).
     The critic, the advantage (GAE through ``make_value_estimator``), its normalisation and
     the reductions are TorchRL's :class:`~torchrl.objectives.ClipPPOLoss`.
 
@@ -58,7 +64,8 @@ class FPOLoss(ClipPPOLoss):
         critic_coeff (float, optional): weight of the value loss. Defaults to ``0.5``.
         loss_critic_type (str, optional): defaults to ``"l2"``.
         normalize_advantage (bool, optional): defaults to ``True``.
-        **kwargs: other keyword arguments of :class:`~torchrl.objectives.ClipPPOLoss`.
+        **kwargs: other keyword arguments of :class:`~torchrl.objectives.ClipPPOLoss`
+            (``reduction``, ``clip_value`` as a float, ``separate_losses``, ...).
 
     Examples:
         >>> import torch
@@ -82,6 +89,27 @@ class FPOLoss(ClipPPOLoss):
         >>> sorted(k for k in loss(data).keys() if k.startswith("loss_"))
         ['loss_critic', 'loss_objective']
     """
+
+    @dataclass
+    class _AcceptedKeys(ClipPPOLoss._AcceptedKeys):
+        """``ClipPPOLoss``'s keys and the records of :meth:`record_cfm_losses`; change them with
+        :meth:`set_keys`.
+
+        Attributes:
+            cfm_time (NestedKey): the recorded flow times ``[*B, M]``. Defaults to
+                ``"cfm_time"``.
+            cfm_noise (NestedKey): the recorded noise samples ``[*B, M, H, A]``. Defaults to
+                ``"cfm_noise"``.
+            cfm_old_loss (NestedKey): the CFM losses under the behaviour parameters ``[*B, M]``.
+                Defaults to ``"cfm_old_loss"``.
+        """
+
+        cfm_time: NestedKey = "cfm_time"
+        cfm_noise: NestedKey = "cfm_noise"
+        cfm_old_loss: NestedKey = "cfm_old_loss"
+
+    default_keys = _AcceptedKeys
+    tensor_keys: _AcceptedKeys
 
     def __init__(
         self,
@@ -111,6 +139,7 @@ class FPOLoss(ClipPPOLoss):
         if unsupported:
             raise ValueError(f"FPOLoss does not support {unsupported} (its ratio is built from CFM "
                              "losses under the current parameters, without an entropy term).")
+        refuse_ratio_sized_value_clip("FPOLoss", kwargs)
         for name, value in (("clip_epsilon", clip_epsilon), ("max_cfm_loss", max_cfm_loss),
                             ("max_log_ratio", max_log_ratio)):
             if value <= 0:
@@ -127,14 +156,16 @@ class FPOLoss(ClipPPOLoss):
         )
         self.num_cfm_samples, self.variant = num_cfm_samples, variant
         self.max_cfm_loss, self.max_log_ratio = max_cfm_loss, max_log_ratio
-
-    CFM_RECORD_KEYS = ("cfm_time", "cfm_noise", "cfm_old_loss")
+        # the CFM pairs are drawn around the chunks the actor writes
+        self.set_keys(action=actor_network.action_key)
 
     def _set_in_keys(self) -> None:
         # PPO's keys without the log-probability (the ratio comes from the recorded CFM losses)
         super()._set_in_keys()
         log_prob = unravel_key(self.tensor_keys.sample_log_prob)
-        self._in_keys = [key for key in self._in_keys if key != log_prob] + list(self.CFM_RECORD_KEYS)
+        records = [unravel_key(key) for key in (self.tensor_keys.cfm_time, self.tensor_keys.cfm_noise,
+                                                 self.tensor_keys.cfm_old_loss)]
+        self._in_keys = [key for key in self._in_keys if key != log_prob] + records
 
     @property
     def out_keys(self) -> list[str]:
@@ -142,6 +173,8 @@ class FPOLoss(ClipPPOLoss):
             keys = ["loss_objective", "clip_fraction", "mean_ratio", "cfm_loss"]
             if self._has_critic:
                 keys.append("loss_critic")
+                if self.clip_value:
+                    keys.append("value_clip_fraction")
                 if self.log_explained_variance:
                     keys.append("explained_variance")
             self._out_keys = keys
@@ -167,7 +200,11 @@ class FPOLoss(ClipPPOLoss):
 
         Call it on collected data before any update (the parameters are the behaviour
         policy's). Writes ``"cfm_time"`` ``[*B, M]``, ``"cfm_noise"`` ``[*B, M, H, A]`` and
-        ``"cfm_old_loss"`` ``[*B, M]``.
+        ``"cfm_old_loss"`` ``[*B, M]`` (the keys of :meth:`set_keys`).
+
+        Args:
+            tensordict (TensorDictBase): collected samples with their observation and action
+                chunk ``[*B, H, A]``; modified in place and returned.
         """
         action = tensordict.get(self.tensor_keys.action)
         batch_shape = action.shape[:-2]
@@ -175,19 +212,20 @@ class FPOLoss(ClipPPOLoss):
         noise = torch.randn(*batch_shape, self.num_cfm_samples, *action.shape[-2:],
                             device=action.device)
         observation = tensordict.get(self.actor_network.observation_key)
-        tensordict.set("cfm_time", time)
-        tensordict.set("cfm_noise", noise)
-        tensordict.set("cfm_old_loss", self._cfm_losses(observation, action, time, noise))
+        tensordict.set(self.tensor_keys.cfm_time, time)
+        tensordict.set(self.tensor_keys.cfm_noise, noise)
+        tensordict.set(self.tensor_keys.cfm_old_loss, self._cfm_losses(observation, action, time, noise))
         return tensordict
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         """The FPO(++) surrogate and the value loss on a batch of recorded samples."""
         tensordict = tensordict.clone(False)
-        if "cfm_old_loss" not in tensordict.keys():
+        old = tensordict.get(self.tensor_keys.cfm_old_loss, None)
+        if old is None:
             raise KeyError(
-                "no 'cfm_old_loss' in the batch: call loss.record_cfm_losses(data) on the "
-                "collected data before the updates."
+                f"no {self.tensor_keys.cfm_old_loss!r} in the batch: call "
+                "loss.record_cfm_losses(data) on the collected data before the updates."
             )
         advantage = tensordict.get(self.tensor_keys.advantage, None)
         update_norm = advantage is None  # running advantage statistics: only on fresh estimates
@@ -199,13 +237,13 @@ class FPOLoss(ClipPPOLoss):
             )
             advantage = tensordict.get(self.tensor_keys.advantage)
         advantage = self._maybe_normalize_advantage(advantage, tensordict, update_norm=update_norm)
+        check_advantage_shape(advantage, old.shape[:-1], self.tensor_keys.advantage)
         new = self._cfm_losses(
             tensordict.get(self.actor_network.observation_key),
             tensordict.get(self.tensor_keys.action),
-            tensordict.get("cfm_time"),
-            tensordict.get("cfm_noise"),
+            tensordict.get(self.tensor_keys.cfm_time),
+            tensordict.get(self.tensor_keys.cfm_noise),
         )
-        old = tensordict.get("cfm_old_loss")
         if self.variant == "fpo":
             log_ratio = (old.mean(-1) - new.mean(-1)).unsqueeze(-1)  # [*B, 1]
         else:
@@ -232,8 +270,10 @@ class FPOLoss(ClipPPOLoss):
             }
         )
         if self._has_critic:
-            loss_critic, _, explained_variance = self.loss_critic(tensordict)
+            loss_critic, value_clip_fraction, explained_variance = self.loss_critic(tensordict)
             out.set("loss_critic", loss_critic)
+            if value_clip_fraction is not None:
+                out.set("value_clip_fraction", value_clip_fraction)
             if explained_variance is not None:
                 out.set("explained_variance", explained_variance)
         return finish_ppo_output(self, out, tensordict)

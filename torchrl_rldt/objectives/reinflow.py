@@ -7,6 +7,7 @@ from torch import nn
 from torchrl.objectives import ClipPPOLoss
 
 from torchrl_rldt.modules.noisy_flow import NoisyFlowActor
+from torchrl_rldt.objectives._ppo import refuse_ratio_sized_value_clip
 
 __all__ = ["ReinFlowLoss"]
 
@@ -44,7 +45,7 @@ class ReinFlowLoss(ClipPPOLoss):
         normalize_advantage (bool, optional): standardise advantages per batch. Defaults to
             ``True``.
         **kwargs: any other keyword argument of :class:`~torchrl.objectives.ClipPPOLoss`
-            (``reduction``, ``clip_value``, ``separate_losses``, ...).
+            (``reduction``, ``clip_value`` as a float, ``separate_losses``, ...).
 
     Examples:
         >>> import torch
@@ -94,6 +95,7 @@ class ReinFlowLoss(ClipPPOLoss):
             # the chain distribution evaluates the networks when it scores, i.e. with the
             # module's current parameters: a separate proximal parameter set would be ignored
             raise ValueError("ReinFlowLoss supports neither delay_actor=True nor functional=False.")
+        refuse_ratio_sized_value_clip("ReinFlowLoss", kwargs)
         super().__init__(
             actor_network,
             critic_network,

@@ -79,6 +79,9 @@ class RLDTLoss(ChunkQEnsembleLoss):
         rl_objective (str, optional): ``"inner_product"`` (the formula above) or
             ``"regression"`` (the equivalent ``0.5 ||v - sg(v + phi / (N (1 - t)))||^2``: same
             gradient, other value). Defaults to ``"inner_product"``.
+        target_std_penalty (float, optional): ``rho``; ``V(s') = mean_e Qbar_e - rho std_e
+            Qbar_e`` instead of the minimum over the members. Defaults to ``None`` (the
+            minimum, the reference).
         target_clip (tuple of float, optional): ``(low, high)`` bounds of the critic's target,
             e.g. ``(0, 1)`` for a success reward paid once (the reference's sparse-reward
             setting). Defaults to ``None`` (no clipping).
@@ -156,6 +159,7 @@ class RLDTLoss(ChunkQEnsembleLoss):
         reference: Literal["frozen", "previous"] = "frozen",
         reanchor_every: int | None = None,
         rl_objective: Literal["inner_product", "regression"] = "inner_product",
+        target_std_penalty: float | None = None,
         target_clip: tuple[float, float] | None = None,
         stop_at_bounds: bool = False,
         loss_function: str = "l2",
@@ -163,7 +167,7 @@ class RLDTLoss(ChunkQEnsembleLoss):
         use_prioritized_weights: str | bool = "auto",
         deactivate_vmap: bool = False,
     ) -> None:
-        if not isinstance(num_particles, int) or num_particles < 1:
+        if type(num_particles) is not int or num_particles < 1:  # bool is an int too
             raise ValueError(f"num_particles must be an integer >= 1, got {num_particles!r}.")
         for name, value in (
             ("rl_coef", rl_coef),
@@ -194,6 +198,7 @@ class RLDTLoss(ChunkQEnsembleLoss):
             qvalue_network,
             num_qvalue_nets=num_qvalue_nets,
             num_target_samples=num_target_samples,
+            target_std_penalty=target_std_penalty,
             target_clip=target_clip,
             loss_function=loss_function,
             reduction=reduction,
@@ -306,7 +311,10 @@ class RLDTLoss(ChunkQEnsembleLoss):
         field = field.unflatten(-1, event_shape)
         if self.stop_at_bounds:
             landed = landing.detach()
-            outward = ((landed >= model.high) & (field > 0)) | ((landed <= model.low) & (field < 0))
+            # the bounds of the loss's copy of the actor, on its device also after loss.to(device)
+            with self.actor_network_params.to_module(actor):
+                low, high = model.low, model.high
+            outward = ((landed >= high) & (field > 0)) | ((landed <= low) & (field < 0))
             field = field.masked_fill(outward, 0.0)
 
         scale = num_steps * (1 - time)  # N (1 - t) >= 1
