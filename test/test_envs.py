@@ -10,6 +10,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 from torchrl.collectors import Collector
+from torchrl.data import Composite, Unbounded
 from torchrl.envs import Compose, EnvBase, InitTracker, RewardSum, StepCounter, TransformedEnv
 from torchrl.envs.utils import check_env_specs
 
@@ -17,10 +18,41 @@ from torchrl_rldt.envs import (
     ActionChunkEnv,
     EnvPoolEnv,
     NormalizationStats,
+    PeaksBanditEnv,
     normalization_transforms,
 )
 
 GYM_TASKS = {"Hopper-v5": (11, 3), "Walker2d-v5": (17, 6), "HalfCheetah-v5": (17, 6)}
+
+
+class CounterEnv(EnvBase):
+    """Counts steps (observation) and ends env i's episode at step ``lengths[i]``, reward 1 per
+    step. It steps every env whatever ``"_step"`` says, and ``done`` is ``count == length``: a
+    finished env stepped again reads not done, as batch-locked envs that ignore the mask do."""
+
+    def __init__(self, lengths):
+        super().__init__(batch_size=torch.Size([len(lengths)]))
+        self.lengths = torch.tensor(lengths).unsqueeze(-1)
+        batch = self.batch_size
+        self.observation_spec = Composite(observation=Unbounded((*batch, 1)), shape=batch)
+        self.action_spec = Unbounded((*batch, 1))
+        self.reward_spec = Unbounded((*batch, 1))
+        self.count = torch.zeros(*batch, 1)
+
+    def _reset(self, tensordict=None, **kwargs):
+        self.count = torch.zeros(*self.batch_size, 1)
+        return TensorDict(observation=self.count.clone(), done=torch.zeros(*self.batch_size, 1, dtype=torch.bool),
+                          terminated=torch.zeros(*self.batch_size, 1, dtype=torch.bool),
+                          batch_size=self.batch_size)
+
+    def _step(self, tensordict):
+        self.count = self.count + 1
+        done = self.count == self.lengths
+        return TensorDict(observation=self.count.clone(), reward=torch.ones(*self.batch_size, 1),
+                          done=done, terminated=done.clone(), batch_size=self.batch_size)
+
+    def _set_seed(self, seed):
+        pass
 
 
 def _hopper_oracle_errors(observation, action, next_observation, reward):
@@ -200,6 +232,14 @@ class TestEnvPoolEnv:
         env.set_seed(7)
         torch.manual_seed(123)
         assert (env.rollout(60, break_when_any_done=False) == a).all()
+        # seeds past envpool's int32 range: the constructor and set_seed agree
+        big = 2**30 + 7
+        first = EnvPoolEnv("Hopper-v5", 3, seed=big).reset()["observation"]
+        reseeded = EnvPoolEnv("Hopper-v5", 3, seed=0)
+        reseeded.set_seed(big)
+        torch.testing.assert_close(reseeded.reset()["observation"], first)
+        torch.testing.assert_close(EnvPoolEnv("Hopper-v5", 3, seed=7).reset()["observation"], first)
+        assert EnvPoolEnv("Hopper-v5", 3, seed=2**40).reset()["observation"].shape == (3, 11)
 
     def test_partial_step_mask(self):
         env = EnvPoolEnv("Hopper-v5", 3, seed=0)
@@ -327,6 +367,24 @@ class TestActionChunkEnv:
         with pytest.raises(ValueError, match="chunk_len must be a positive int"):
             ActionChunkEnv(EnvPoolEnv("Hopper-v5", 2), chunk_len=0)
 
+    def test_an_env_that_ignores_the_step_mask(self):
+        # env 0 ends its episode at the chunk's 2nd step, env 1 at its 4th; CounterEnv keeps
+        # stepping env 0 (count 3, 4: done turns False again), the chunk must not see it
+        env = ActionChunkEnv(CounterEnv([2, 4]), chunk_len=4)
+        td = env.step(env.reset().set("action", torch.zeros(2, 4, 1)))["next"]
+        assert td["observation"].squeeze(-1).tolist() == [2.0, 4.0]
+        assert td["done"].squeeze(-1).tolist() == [True, True]
+        assert td["reward"].squeeze(-1).tolist() == [2.0, 4.0]
+        assert td["chunk_steps"].squeeze(-1).tolist() == [2, 4]
+
+    def test_to_moves_the_inner_env(self, monkeypatch):
+        inner = EnvPoolEnv("Hopper-v5", 2, seed=0)
+        env = ActionChunkEnv(inner, chunk_len=4)
+        moved = []
+        monkeypatch.setattr(inner, "to", lambda device: moved.append(torch.device(device)) or inner)
+        assert env.to("cpu") is env
+        assert moved == [torch.device("cpu")]
+
     def test_collector_one_transition_per_chunk(self):
         env = ActionChunkEnv(EnvPoolEnv("Hopper-v5", 4, seed=0), chunk_len=4)
         collector = Collector(env, None, frames_per_batch=80, total_frames=160)
@@ -335,6 +393,17 @@ class TestActionChunkEnv:
         assert data.shape == (4, 40)
         assert data["action"].shape == (4, 40, 4, 3)
         assert data["next", "chunk_steps"].sum() > 4 * 40 * 3
+
+
+class TestPeaksBanditEnv:
+    def test_specs_and_peaks_given_as_a_list(self):
+        env = PeaksBanditEnv(3, peaks=[[0.0, 0.0], [1.0, 1.0]])
+        check_env_specs(env)
+        assert env.done_spec.device == env.device
+        td = env.reset().set("action", torch.tensor([[[0.0, 0.0]], [[1.0, 1.0]], [[3.0, -3.0]]]))
+        reward = env.step(td)["next", "reward"].squeeze(-1)
+        assert reward[0] == reward[1] > 1.0 and reward[2] < 1e-6
+        assert env.step(td)["next", "done"].all()
 
 
 class TestNormalization:

@@ -62,6 +62,11 @@ class TestLandingPointExploration:
         assert action.shape == (2, 5, H, ACT)
         assert action.abs().max() <= 1.0
 
+    @pytest.mark.parametrize("min_step", [-1, 2.5, True])
+    def test_min_step_must_be_an_integer(self, min_step):
+        with pytest.raises(ValueError, match="min_step must be an integer >= 0"):
+            LandingPointExploration(make_actor(), min_step=min_step)
+
     def test_min_step_must_be_below_num_steps(self):
         policy = LandingPointExploration(make_actor(), min_step=N)
         with pytest.raises(ValueError, match="min_step=8 must be below"):

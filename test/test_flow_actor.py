@@ -71,6 +71,11 @@ class TestFlowModel:
             make_model(low=1.0, high=0.0)
         with pytest.raises(ValueError, match="noise must have shape"):
             make_model().sample(torch.randn(2, OBS), torch.randn(2, ACT))
+        # per-dimension bounds of another action size fail when built, not at the first clamp
+        with pytest.raises(ValueError, match=r"low has shape \(3,\), expected a scalar or \(2,\)"):
+            make_model(low=torch.zeros(3), high=torch.ones(2))
+        per_dimension = make_model(low=torch.tensor([-1.0, -0.5]), high=torch.tensor([1.0, 0.5]))
+        assert per_dimension(torch.randn(50, OBS), torch.randn(50, H, ACT) * 10)[..., 1].abs().max() <= 0.5
 
     def test_expected_action_and_chain_landing(self):
         model = make_model()
@@ -170,6 +175,12 @@ class TestVelocityMLP:
                                    net(observation, action, expanded.clone()))
         mixed = torch.rand(4, 6)
         assert not torch.allclose(net(observation, action, mixed), net(observation, action, expanded))
+
+    def test_a_transposed_chunk_is_refused(self):
+        # [*B, A, H] has the size of [*B, H, A]: flattened, it would be read as another chunk
+        net = VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=32)
+        with pytest.raises(ValueError, match=r"expects chunks \[\*B, 3, 2\]"):
+            net(torch.randn(4, OBS), torch.randn(4, ACT, H), torch.rand(4))
 
 
 if __name__ == "__main__":

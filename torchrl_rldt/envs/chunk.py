@@ -22,8 +22,9 @@ class ActionChunkEnv(EnvBase):
     ``[*batch, chunk_len, *action_shape]``. :meth:`step` executes the chunk's
     actions one env step at a time on ``env``, sums their rewards, and stops early
     for every sub-environment whose episode ends inside the chunk: such an env is
-    left out of the remaining steps through the ``"_step"`` mask (which a
-    batch-locked ``env`` such as :class:`~torchrl_rldt.envs.EnvPoolEnv` honours).
+    left out of the remaining steps through the ``"_step"`` mask, and its rows of
+    the transition keep the step that ended its episode (also with an ``env``
+    that ignores the mask).
     The transition recorded for the chunk holds the observation before the chunk,
     the chunk, the summed reward, the observation after the last executed step,
     ``terminated`` and ``truncated`` of that step, and ``chunk_steps``: the number
@@ -75,6 +76,11 @@ class ActionChunkEnv(EnvBase):
             raise ValueError(
                 f"ActionChunkEnv supports envs with one action key, got {env.action_keys}."
             )
+        if "done" not in env.done_keys:
+            raise ValueError(
+                "ActionChunkEnv ends a chunk on the env's top-level 'done' entry; this env's done "
+                f"keys are {env.done_keys}."
+            )
         super().__init__(device=env.device, batch_size=env.batch_size)
         self.base_env = env
         self.chunk_len = chunk_len
@@ -98,6 +104,11 @@ class ActionChunkEnv(EnvBase):
     @property
     def batch_locked(self) -> bool:
         return self.base_env.batch_locked
+
+    def to(self, device) -> ActionChunkEnv:
+        # nn.Module.to only applies to the inner env's tensors: its device and specs move with it
+        self.base_env = self.base_env.to(device)
+        return super().to(device)
 
     def _set_seed(self, seed: int | None) -> None:
         self.base_env.set_seed(seed)
@@ -134,12 +145,19 @@ class ActionChunkEnv(EnvBase):
         step_td = tensordict.exclude("next", "_step", self.chunk_steps_key)
         reward_sums = {key: 0.0 for key in self.reward_keys}
         chunk_steps = torch.zeros_like(alive, dtype=torch.int64)
+        next_td = None
         for k in range(self.chunk_len):
             step_td.set(action_key, chunk.select(ndim, k))
-            if not alive.all():
+            partial = not alive.all()
+            if partial:
                 step_td.set("_step", alive.reshape(self.batch_size))
+                finished = next_td.clone() if next_td is not None else None
             step_td = base.step(step_td)
             next_td = step_td.get("next")
+            if partial and finished is not None:
+                # an env that steps the rows "_step" leaves out (not every batch-locked env
+                # honours it) must not overwrite the last transition of a finished episode
+                next_td = next_td.where(alive.reshape(self.batch_size), finished)
             for key in self.reward_keys:
                 # a skipped env contributes nothing, whatever the base env wrote
                 reward_sums[key] = reward_sums[key] + next_td.get(key) * alive

@@ -48,8 +48,8 @@ class LandingPointExploration(TensorDictModuleBase):
         super().__init__()
         if not isinstance(actor, FlowActor):
             raise TypeError(f"actor must be a FlowActor, got {type(actor).__name__}.")
-        if min_step < 0:
-            raise ValueError(f"min_step must be >= 0, got {min_step}.")
+        if type(min_step) is not int or min_step < 0:  # bool is an int too
+            raise ValueError(f"min_step must be an integer >= 0, got {min_step!r}.")
         self.actor = actor
         self.min_step = min_step
         self.in_keys = list(actor.in_keys)

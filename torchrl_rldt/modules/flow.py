@@ -132,6 +132,10 @@ class VelocityMLP(nn.Module):
         self, observation: torch.Tensor, action: torch.Tensor, time: torch.Tensor
     ) -> torch.Tensor:
         """Velocity of shape ``action.shape`` ([*B, H, A]); ``time`` has shape [*B]."""
+        if action.shape[-2:] != (self.chunk_len, self.action_dim):
+            # a transposed [*B, A, H] chunk has the right size and would be read row by row
+            raise ValueError(f"VelocityMLP expects chunks [*B, {self.chunk_len}, {self.action_dim}] "
+                             f"(chunk_len, action_dim), got {tuple(action.shape)}.")
         flat = action.flatten(-2)
         if time.ndim and not any(time.stride()):
             # One time expanded over the batch (the Euler sampler): embed it once.
@@ -174,10 +178,13 @@ class ChunkActionBounds:
     def _register_action_bounds(
         self, low: torch.Tensor | float | None, high: torch.Tensor | float | None
     ) -> None:
+        action_dim = self.action_shape[-1]
         for name, bound in (("low", low), ("high", high)):
-            self.register_buffer(
-                name, None if bound is None else torch.as_tensor(bound, dtype=torch.float32)
-            )
+            bound = None if bound is None else torch.as_tensor(bound, dtype=torch.float32)
+            if bound is not None and bound.shape not in ((), (1,), (action_dim,)):
+                raise ValueError(f"{name} has shape {tuple(bound.shape)}, expected a scalar or "
+                                 f"({action_dim},): one bound per action dimension.")
+            self.register_buffer(name, bound)
         if low is not None and high is not None and (self.low > self.high).any():
             raise ValueError("low must not exceed high.")
 

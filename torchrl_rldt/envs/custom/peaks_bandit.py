@@ -45,7 +45,7 @@ class PeaksBanditEnv(EnvBase):
         device: str | torch.device = "cpu",
     ) -> None:
         super().__init__(batch_size=torch.Size([num_envs]), device=device)
-        peaks = torch.tensor([[-1.5, 0.5], [1.5, -0.5]]) if peaks is None else peaks
+        peaks = torch.tensor([[-1.5, 0.5], [1.5, -0.5]]) if peaks is None else torch.as_tensor(peaks)
         if peaks.ndim != 2 or peaks.shape[-1] != 2:
             raise ValueError(f"peaks must have shape [P, 2], got {tuple(peaks.shape)}.")
         if width <= 0:
@@ -60,7 +60,7 @@ class PeaksBanditEnv(EnvBase):
         self.reward_spec = Unbounded((*batch, 1), device=self.device)
         done = Categorical(2, (*batch, 1), dtype=torch.bool, device=self.device)
         self.done_spec = Composite(done=done, terminated=done.clone(), truncated=done.clone(),
-                                   shape=batch)
+                                   shape=batch, device=self.device)
 
     def reward(self, action: torch.Tensor) -> torch.Tensor:
         """The reward of actions ``[..., 2]`` (any leading shape)."""

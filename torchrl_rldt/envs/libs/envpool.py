@@ -173,7 +173,7 @@ class EnvPoolEnv(EnvBase):
         self.info_keys = tuple(info_keys)
         if seed is None:
             seed = int(torch.randint(_MAX_SEED, ()))
-        self._pool = self._make_pool(int(seed))
+        self._pool = self._make_pool(seed)
         self._check_info_keys()
         self._make_specs()
         self._all_ids = np.arange(num_envs)
@@ -193,7 +193,11 @@ class EnvPoolEnv(EnvBase):
         self._action_dtype = self.action_spec.dtype
         self._action_key = self.action_key
         self._reward_key = self.reward_key
-        self._is_cpu = self.device.type == "cpu"
+
+    @property
+    def _is_cpu(self) -> bool:
+        # read at each call: EnvBase.to(device) moves the env after construction
+        return self.device.type == "cpu"
 
     def _make_pool(self, seed: int):
         import envpool
@@ -201,6 +205,8 @@ class EnvPoolEnv(EnvBase):
         kwargs = dict(self.task_kwargs)
         if self.num_threads is not None:
             kwargs["num_threads"] = self.num_threads
+        # envpool takes int32 seeds; TorchRL's seeds (set_seed's chain) can be any integer
+        seed = int(seed) % _MAX_SEED
         self._seed = seed
         return envpool.make(
             self.env_name,
@@ -266,8 +272,14 @@ class EnvPoolEnv(EnvBase):
         if seed is None:
             return
         # envpool cannot re-seed a pool: build a new one (cheap next to a rollout)
-        self._pool = self._make_pool(int(seed) % _MAX_SEED)
+        self._pool = self._make_pool(seed)
         self._needs_reset[:] = True
+        # nothing of the old pool's episodes survives into the new one's outputs
+        state = self._pool_state
+        state["obs"] = None
+        state["flags"][:] = False
+        for array in state["info"].values():
+            array[:] = 0
 
     def _check_action(self, action: torch.Tensor) -> None:
         shape, dtype = self._action_shape, self._action_dtype
