@@ -41,8 +41,8 @@ class CounterEnv(EnvBase):
 
     def _reset(self, tensordict=None, **kwargs):
         self.count = torch.zeros(*self.batch_size, 1)
-        return TensorDict(observation=self.count.clone(), done=torch.zeros(*self.batch_size, 1, dtype=torch.bool),
-                          terminated=torch.zeros(*self.batch_size, 1, dtype=torch.bool),
+        not_done = torch.zeros(*self.batch_size, 1, dtype=torch.bool)
+        return TensorDict(observation=self.count.clone(), done=not_done, terminated=not_done.clone(),
                           batch_size=self.batch_size)
 
     def _step(self, tensordict):
