@@ -128,8 +128,11 @@ class MetaWorldExpert(TensorDictModuleBase):
         task (str): an EnvPool Meta-World id, e.g. ``"MetaWorld/PickPlace-v3"``.
 
     Keyword Args:
-        noise_std (float, optional): the action noise. Defaults to ``0.0``.
-        seed (int, optional): seed of the noise generator. Defaults to ``0``.
+        noise_std (float, optional): the action noise, a property of the demonstrator: it is
+            added under every exploration type (``env.rollout`` runs under the deterministic
+            default). Defaults to ``0.0``.
+        seed (int, optional): seed of the noise generator, a numpy generator of its own
+            (``torch.manual_seed`` does not reach it). Defaults to ``0``.
         observation_key (NestedKey, optional): defaults to ``"observation"``.
         action_key (NestedKey, optional): defaults to ``"action"``.
 
