@@ -129,8 +129,8 @@ class MetaWorldExpert(TensorDictModuleBase):
 
     Keyword Args:
         noise_std (float, optional): the action noise, a property of the demonstrator: it is
-            added under every exploration type (``env.rollout`` runs under the deterministic
-            default). Defaults to ``0.0``.
+            added under every exploration type, also where none is set (``env.rollout``
+            sets none). Defaults to ``0.0``.
         seed (int, optional): seed of the noise generator, a numpy generator of its own
             (``torch.manual_seed`` does not reach it). Defaults to ``0``.
         observation_key (NestedKey, optional): defaults to ``"observation"``.
