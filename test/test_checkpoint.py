@@ -192,6 +192,24 @@ class TestTrainingCheckpoint:
         assert not load_checkpoint_buffer(torch.load(path, weights_only=True), path, restored)
         assert len(restored) == 0 and not list(tmp_path.glob("checkpoint.pt.buffer-*"))
 
+    def test_the_dump_is_on_disk_before_the_checkpoint_names_it(self, tmp_path, monkeypatch):
+        import os
+
+        synced, real_fsync = [], os.fsync
+        monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+                            or real_fsync(fd))
+        path = tmp_path / "checkpoint.pt"
+        stale = tmp_path / ".checkpoint.pt.1.tmp"  # what a writer killed mid-write left
+        stale.write_bytes(b"partial")
+        save_checkpoint({"step": 1}, path, self.buffer_with([1.0, 2.0]))
+        dump = next(tmp_path.glob("checkpoint.pt.buffer-*"))
+        files = [str(f) for f in dump.rglob("*") if f.is_file()]
+        assert files and set(files) <= set(synced)
+        # the dump's files before the checkpoint, and the renamed checkpoint's directory after it
+        checkpoint_write = synced.index(str(tmp_path / f".checkpoint.pt.{os.getpid()}.tmp"))
+        assert max(synced.index(f) for f in files) < checkpoint_write
+        assert synced[-1] == str(tmp_path) and not stale.exists()
+
     def test_a_checkpoint_copied_without_its_buffer_is_refused_by_name(self, tmp_path):
         path = tmp_path / "checkpoint.pt"
         save_checkpoint({"step": 1}, path, self.buffer_with([1.0]))

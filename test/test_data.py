@@ -59,6 +59,10 @@ class TestD4RLFiles:
     def test_bad_files_are_refused_with_the_reason(self, tmp_path):
         with pytest.raises(FileNotFoundError, match="make_dataset.py"):
             load_d4rl_dataset(tmp_path / "missing.npz")
+        with pytest.raises(ValueError, match="unknown data set kind 'd4r1'; use 'd4rl:<id>'"):
+            load_offline_dataset("d4r1:hopper-medium-v2")
+        with pytest.raises(FileNotFoundError, match="make_dataset.py"):
+            load_offline_dataset(str(tmp_path / "missing.npz"))
         arrays = {key: np.zeros((4, 2), np.float32) for key in D4RL_KEYS}
         arrays.pop("timeouts")
         np.savez(tmp_path / "partial.npz", **arrays)
@@ -67,6 +71,24 @@ class TestD4RLFiles:
         arrays["timeouts"] = np.zeros(3, bool)
         with pytest.raises(ValueError, match="'timeouts' has 3 rows"):
             save_d4rl_dataset(tmp_path / "ragged.npz", arrays)
+
+    @pytest.mark.parametrize("key, value, message", [
+        ("rewards", np.zeros((4, 3), np.float32), r"'rewards' must have shape \[N\] or \[N, 1\]"),
+        ("terminals", np.full(4, 0.5), "'terminals' must be booleans or 0/1"),
+        ("observations", np.zeros(4, np.float32), r"'observations' must be a numeric array \[N, dim\]"),
+        ("actions", np.array([["a"]] * 4), "'actions' must be a numeric array"),
+    ])
+    def test_arrays_of_the_wrong_shape_or_type_are_refused(self, tmp_path, key, value, message):
+        arrays = {key: np.zeros((4, 2), np.float32) for key in ("observations", "actions",
+                                                                  "next_observations")}
+        arrays.update(rewards=np.zeros(4, np.float32), terminals=np.zeros(4, bool),
+                      timeouts=np.array([0, 0, 0, 1]))  # 0/1 integers are flags too
+        assert save_d4rl_dataset(tmp_path / "good.npz", arrays).is_file()
+        arrays[key] = value
+        if key == "observations":
+            arrays["next_observations"] = value
+        with pytest.raises(ValueError, match=message):
+            save_d4rl_dataset(tmp_path / "bad.npz", arrays)
 
 
 class TestActionChunks:
@@ -92,6 +114,13 @@ class TestActionChunks:
     def test_invalid_chunk_len(self, hopper_transitions):
         with pytest.raises(ValueError, match="chunk_len must be >= 1"):
             action_chunks(hopper_transitions, 0)
+        with pytest.raises(ValueError, match="no transitions"):
+            action_chunks(hopper_transitions[:0], 4)
+        # episodes of 2 and 3 steps hold no window of 4: an error, not an empty data set
+        short = hopper_transitions[:5].clone()
+        short["next", "done"] = torch.tensor([0, 1, 0, 0, 1], dtype=torch.bool).unsqueeze(-1)
+        with pytest.raises(ValueError, match=r"chunk_len=4 steps \(the longest lasts 3\)"):
+            action_chunks(short, 4)
 
 
 class TestTorchRLOfflineDataSets:

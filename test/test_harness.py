@@ -87,6 +87,127 @@ def test_task_config_sets_its_values_unless_the_command_line_does(tmp_path):
         apply_task_config(config(), path, [])
 
 
+
+def test_a_resumed_csv_log_holds_each_step_once(tmp_path):
+    cfg = config()
+    cfg.logger.backend = "csv"
+    run = TrainingRun("demo", cfg, output_dir=tmp_path)
+    with run.loop(total_env_steps=30, description="demo"):
+        for value in (1.0, 2.0):
+            run.counters["env_steps"] += 10
+            run.log({"loss": value}, 10)
+        run.save()  # at 20 env steps
+        run.counters["env_steps"] += 10
+        run.log({"loss": 3.0}, 10)  # 30: logged, then the process is killed
+    scalars = tmp_path / "demo" / "scalars" / "loss.csv"
+    with open(scalars, "a") as handle:
+        handle.write("4")  # a row the kill tore
+    resumed = TrainingRun("demo", cfg, output_dir=tmp_path / "unused", resume=tmp_path / "checkpoint.pt")
+    with resumed.loop(total_env_steps=30, description="demo"):
+        resumed.counters["env_steps"] += 10
+        resumed.log({"loss": 3.5}, 10)
+    assert scalars.read_text().splitlines() == ["10,1.0", "20,2.0", "30,3.5"]
+
+
+def test_a_kill_in_the_final_evaluation_loses_no_training_and_it_runs_once(tmp_path, monkeypatch):
+    def finished_run(resume=None):
+        run = TrainingRun("demo", config(), output_dir=tmp_path, resume=resume)
+        if resume is None:
+            run.extra["base_returns"] = {"mean": 1.0, "std": 0.0, "episodes": 2}
+            run.counters["env_steps"] = 100  # the whole budget trained, nothing saved yet
+        return run
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    run = finished_run()
+    monkeypatch.setattr(run, "evaluate", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run.finish(None, None, chunk_len=1, title="demo")
+    checkpoint = tmp_path / "checkpoint.pt"
+    assert torch.load(checkpoint, weights_only=True)["counters"]["env_steps"] == 100
+
+    resumed = finished_run(resume=checkpoint)
+    evaluations = []
+
+    def evaluate(*args, **kwargs):
+        returns = {"mean": 2.0, "std": 0.5, "episodes": 2}
+        evaluations.append(returns)
+        resumed.history.append({"env_steps": resumed.counters["env_steps"], **returns})
+        return returns
+
+    monkeypatch.setattr(resumed, "evaluate", evaluate)
+    final = {"mean": 2.0, "std": 0.5, "episodes": 2}
+    assert resumed.finish(None, None, chunk_len=1, title="demo")["final"] == final
+    # killed again before the summary was read: the saved final evaluation is not run again
+    again = finished_run(resume=checkpoint)
+    monkeypatch.setattr(again, "evaluate", killed)
+    report = again.finish(None, None, chunk_len=1, title="demo")
+    assert report["final"] == final and len(evaluations) == 1
+    assert [entry["env_steps"] for entry in report["history"]] == [100]
+
+
+def test_a_resume_with_another_config_is_refused(tmp_path, caplog):
+    cfg = config()
+    cfg.optim = {"actor_lr": 1e-4}
+    path = TrainingRun("demo", cfg, output_dir=tmp_path).save()
+    changed = config()
+    changed.optim = {"actor_lr": 3e-4}
+    with pytest.raises(ValueError, match="optim.actor_lr: 0.0001 in the checkpoint, 0.0003 now"):
+        TrainingRun("demo", changed, output_dir=tmp_path, resume=path)
+    # the budget, the device and what is reported may change; a key the checkpoint predates warns
+    free = config()
+    free.optim = {"actor_lr": 1e-4}
+    free.logger.progress_bar = True
+    free.num_threads = 2
+    free.critic = {"hidden_dim": 256}
+    TrainingRun("demo", free, output_dir=tmp_path, resume=path)
+    assert "predates the config keys critic.hidden_dim" in caplog.text
+
+
+def test_checkpoint_errors_say_what_to_pass(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is a directory; resume= takes the checkpoint file"):
+        TrainingRun("demo", config(), output_dir=tmp_path, resume=tmp_path)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot be read as a checkpoint"):
+        TrainingRun("demo", config(), output_dir=tmp_path, resume=garbage)
+    tensor = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(2), tensor)
+    with pytest.raises(ValueError, match="found 'Tensor'"):
+        TrainingRun("demo", config(), output_dir=tmp_path, resume=tensor)
+    path = TrainingRun("sac_gym", config(), output_dir=tmp_path).save()
+    with pytest.raises(ValueError, match="written by examples/sac_gym.py"):
+        TrainingRun("demo", config(), output_dir=tmp_path, resume=path)
+    resumed = TrainingRun("sac_gym", config(), output_dir=tmp_path, resume=path)
+    with pytest.raises(KeyError, match="holds no state for 'critic'"):
+        resumed.track(critic=torch.nn.Linear(2, 2))
+
+
+def test_sigterm_stops_after_the_batch_as_ctrl_c(tmp_path):
+    import os
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    run = TrainingRun("demo", config(), output_dir=tmp_path)
+    with run.loop(total_env_steps=10, description="demo"):
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert run.stop_requested
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_one_episode_has_no_spread():
+    from torchrl_rldt.envs import PeaksBanditEnv
+    from torchrl_rldt.harness import episode_returns
+
+    class Origin(torch.nn.Module):
+        def forward(self, tensordict):
+            return tensordict.set("action", torch.zeros(1, 1, 2))
+
+    returns = episode_returns(PeaksBanditEnv(1), Origin(), max_env_steps=1, chunk_len=1)
+    assert returns["episodes"] == 1 and returns["std"] == 0.0
+
+
 if __name__ == "__main__":
     args, unknown = argparse.ArgumentParser().parse_known_args()
     pytest.main([__file__, "--capture", "no", "--exitfirst"] + unknown)

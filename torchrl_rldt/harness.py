@@ -154,7 +154,8 @@ def episode_returns(
     returns = result["return"]
     return {
         "mean": returns.mean().item(),
-        "std": returns.std().item(),
+        # one episode has no spread (torch's corrected std would be NaN, invalid in JSON)
+        "std": returns.std().item() if returns.numel() > 1 else 0.0,
         "min": returns.min().item(),
         "max": returns.max().item(),
         "episodes": returns.numel(),
@@ -328,6 +329,9 @@ class NonFiniteError(RuntimeError):
 
 # version 2: the run-harness layout (modules by name, "extra", "wall_seconds"), FlowActor.model
 CHECKPOINT_VERSION = 2
+# what TrainingRun.save writes besides the identity and the tracked objects' states
+_RUN_KEYS = frozenset({"format", "version", "counters", "history", "extra", "wall_seconds",
+                       "phase_seconds", "load_average", "rng", "config", "replay_buffer_dir"})
 
 
 def read_checkpoint(path: str | Path, name: str, *, map_location: Any = "cpu") -> dict:
@@ -346,11 +350,22 @@ def read_checkpoint(path: str | Path, name: str, *, map_location: Any = "cpu") -
             torchrl-rldt's run harness), which cannot be resumed.
     """
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a directory; resume= takes the checkpoint file, "
+                                f"e.g. {path / 'checkpoint.pt'}.")
     if not path.is_file():
         raise FileNotFoundError(f"no such checkpoint: {path}.")
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    if state.get("format") != f"torchrl_rldt.{name}":
-        raise ValueError(f"{path} is not a torchrl_rldt.{name} checkpoint.")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # a torn copy, another file type: say which file
+        raise ValueError(f"{path} cannot be read as a checkpoint ({type(error).__name__}: "
+                         f"{error}).") from error
+    found = state.get("format") if isinstance(state, dict) else type(state).__name__
+    if found != f"torchrl_rldt.{name}":
+        writer = (f", written by examples/{found.split('.', 1)[1]}.py"
+                  if isinstance(found, str) and found.startswith("torchrl_rldt.") else "")
+        raise ValueError(f"{path} is not a torchrl_rldt.{name} checkpoint (found {found!r}"
+                         f"{writer}); resume it with the script that wrote it.")
     if state.get("version") != CHECKPOINT_VERSION:
         raise ValueError(
             f"{path} has checkpoint layout version {state.get('version', 1)}; this torchrl-rldt "
@@ -483,15 +498,46 @@ class TrainingRun:
                    command=" ".join(command), **kwargs)
 
     # --- resume and checkpoints ------------------------------------------------------------------
+    # what a resumed run may change: its budget, where and how fast it runs, what it reports
+    RESUMABLE_CHANGES = ("resume", "collector.total_env_steps", "device", "num_threads", "logger.")
+
     def _load(self, path: Path) -> dict:
         state = read_checkpoint(path, self.name, map_location=self.device)
         saved = {key: state.get(key, self.identity_defaults.get(key)) for key in self.identity}
         if saved != self.identity:
             raise ValueError(
                 f"{path} is a run with " + " ".join(f"{k}={v}" for k, v in saved.items())
-                + "; this run has " + " ".join(f"{k}={v}" for k, v in self.identity.items()) + "."
+                + "; this run has " + " ".join(f"{k}={v}" for k, v in self.identity.items())
+                + ". Pass the checkpoint's values (" + " ".join(f"{k}={v}" for k, v in saved.items())
+                + "), or drop resume= to start a new run."
             )
+        if state.get("config") is not None:
+            self._check_resumed_config(path, state["config"])
         return state
+
+    def _check_resumed_config(self, path: Path, saved_config: Mapping) -> None:
+        """Refuses a resume whose config differs from the checkpoint's outside
+        :attr:`RESUMABLE_CHANGES`: the continuation would silently be another run (and an
+        optimiser's restored state would override a changed learning rate)."""
+        from omegaconf import OmegaConf
+
+        saved = dict(_flat_items(saved_config))
+        current = dict(_flat_items(OmegaConf.to_container(self.config, resolve=True)))
+        free = self.RESUMABLE_CHANGES
+        changed = [key for key in saved.keys() & current.keys()
+                   if saved[key] != current[key] and not key.startswith(free)]
+        if changed:
+            listed = "; ".join(f"{key}: {saved[key]!r} in the checkpoint, {current[key]!r} now"
+                               for key in sorted(changed))
+            raise ValueError(
+                f"{path} was run with another config: {listed}. Resume with the checkpoint's "
+                "values (its run directory's .hydra/config.yaml holds them all), or drop resume= "
+                "to start a new run."
+            )
+        added = sorted(key for key in current.keys() - saved.keys() if not key.startswith(free))
+        if added:
+            log.warning("%s predates the config keys %s: the resumed run uses their values now",
+                        path, ", ".join(added))
 
     def track(self, **objects: Any) -> bool:
         """Registers objects with ``state_dict``/``load_state_dict`` to checkpoint by name.
@@ -507,6 +553,10 @@ class TrainingRun:
         if not self.state:
             return False
         for name, obj in objects.items():
+            if name not in self.state:
+                written = sorted(self.state.keys() - _RUN_KEYS - self.identity.keys())
+                raise KeyError(f"{self.checkpoint_path} holds no state for {name!r}; it was written "
+                               f"with {written}.")
             obj.load_state_dict(self.state[name])
         restore_rng_state(self.state["rng"], self.device)
         log.info("resumed %s at %d env steps", self.checkpoint_path, self.counters["env_steps"])
@@ -519,6 +569,9 @@ class TrainingRun:
         loaded = load_checkpoint_buffer(self.state, self.checkpoint_path, replay_buffer)
         if loaded:
             log.info("restored the replay buffer (%d transitions in the buffer)", len(replay_buffer))
+        else:
+            log.warning("%s was saved without its replay buffer: the run continues with an empty "
+                        "one, not exactly where it stopped", self.checkpoint_path)
         return loaded
 
     def save(self, replay_buffer: Any = None) -> Path:
@@ -565,6 +618,8 @@ class TrainingRun:
 
             self._logger = get_logger(cfg.logger.backend, logger_name=str(self.run_dir),
                                       experiment_name=self.name)
+            if self.state is not None:
+                self._drop_logged_after_checkpoint()
         self._progress = tqdm(total=total_env_steps, initial=self.counters["env_steps"],
                               desc=description, disable=not cfg.logger.progress_bar,
                               mininterval=2)
@@ -576,12 +631,15 @@ class TrainingRun:
 
         def request_stop(signum, frame):
             self.stop_requested = True
-            signal.signal(signal.SIGINT, previous_handler)
-            log.warning("Ctrl-C: stopping after this batch (Ctrl-C again to abort at once)")
+            signal.signal(signum, previous_handlers[signum])
+            log.warning("%s: stopping and saving after this batch (send it again to stop at once)",
+                        signal.Signals(signum).name)
 
-        # Ctrl-C stops at the end of the current batch (a KeyboardInterrupt in the middle of an
-        # update could leave modules half-swapped); a second Ctrl-C interrupts at once.
-        previous_handler = signal.signal(signal.SIGINT, request_stop)
+        # Ctrl-C (or a scheduler's SIGTERM) stops at the end of the current batch, which is then
+        # saved (a KeyboardInterrupt in the middle of an update could leave modules half-swapped);
+        # the same signal again interrupts at once.
+        previous_handlers = {signum: signal.signal(signum, request_stop)
+                             for signum in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield self
         except NonFiniteError as error:
@@ -590,8 +648,34 @@ class TrainingRun:
                       f"{last} (resume={last})" if last.exists() else "none yet")
             raise SystemExit(1) from None
         finally:
-            signal.signal(signal.SIGINT, previous_handler)
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
             self._progress.close()
+
+    def _drop_logged_after_checkpoint(self) -> None:
+        """Removes the rows that the interrupted session logged after its checkpoint: this session
+        logs those env steps again. CSV logger only (other backends keep both)."""
+        from torchrl.record.loggers.csv import CSVLogger
+
+        if not isinstance(self._logger, CSVLogger):
+            log.info("resumed: the %s logger keeps the points the last session logged after its "
+                     "checkpoint", type(self._logger).__name__)
+            return
+        last_step = self.counters["env_steps"]
+        for path in sorted(Path(self._logger.experiment.log_dir, "scalars").glob("*.csv")):
+            text = path.read_text()
+            kept = []
+            for line in text.splitlines(keepends=True):
+                step, _, value = line.partition(",")
+                if not line.endswith("\n") or not value.strip():
+                    break  # the line a kill tore
+                try:
+                    if float(step) <= last_step:
+                        kept.append(line)
+                except ValueError:
+                    break
+            if len(kept) != len(text.splitlines(keepends=True)):
+                atomic_write_text("".join(kept), path)
 
     @contextlib.contextmanager
     def timed(self, phase: str) -> Iterator[None]:
@@ -740,8 +824,15 @@ class TrainingRun:
         Returns:
             The summary.
         """
-        final = self.evaluate(env, policy, chunk_len=chunk_len)
-        self.save(replay_buffer)
+        saved_final = self.extra.get("final")
+        if saved_final is not None and saved_final["env_steps"] == self.counters["env_steps"]:
+            final = saved_final["returns"]  # a run resumed after its final evaluation was saved
+        else:
+            # the training is on disk before the final evaluation (minutes) runs
+            self.save(replay_buffer)
+            final = self.evaluate(env, policy, chunk_len=chunk_len)
+            self.extra["final"] = {"env_steps": self.counters["env_steps"], "returns": final}
+            self.save(replay_buffer)
         base = self.extra["base_returns"]
         report = {
             "task": self.config.task, "seed": self.config.seed, **(summary or {}),

@@ -2,7 +2,7 @@
 policy files (flow and DDPM)."""
 from __future__ import annotations
 
-from torchrl_rldt.checkpoint.atomic import atomic_save, atomic_write, atomic_write_text
+from torchrl_rldt.checkpoint.atomic import atomic_save, atomic_write, atomic_write_text, fsync_directory
 from torchrl_rldt.checkpoint.flow_policy import (
     DDPMPolicy,
     FlowPolicy,
@@ -19,6 +19,7 @@ __all__ = [
     "atomic_save",
     "atomic_write",
     "atomic_write_text",
+    "fsync_directory",
     "load_checkpoint_buffer",
     "load_ddpm_policy",
     "load_flow_policy",

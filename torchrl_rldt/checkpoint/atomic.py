@@ -7,11 +7,30 @@ from typing import Any, BinaryIO, Callable
 
 import torch
 
-__all__ = ["atomic_save", "atomic_write", "atomic_write_text"]
+__all__ = ["atomic_save", "atomic_write", "atomic_write_text", "fsync_directory"]
+
+
+def fsync_directory(path: str | Path) -> None:
+    """Flushes a directory's entries (the renames and removals in it) to disk.
+
+    A rename is durable only once its directory is: without this, a power loss can bring back
+    the file the rename replaced. A no-op where directories cannot be opened (Windows).
+
+    Args:
+        path (str or Path): the directory.
+    """
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
-    """Calls ``write`` on a temporary file beside ``path``, flushes it to disk, then renames it.
+    """Calls ``write`` on a temporary file beside ``path``, flushes it to disk, then renames it
+    (and flushes the rename).
 
     Args:
         path (str or Path): the destination; parent directories are created.
@@ -37,6 +56,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        fsync_directory(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return path

@@ -1,12 +1,13 @@
 """Training checkpoints, paired atomically with the replay buffer they were written with."""
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from torchrl_rldt.checkpoint.atomic import atomic_save
+from torchrl_rldt.checkpoint.atomic import atomic_save, fsync_directory
 
 __all__ = ["load_checkpoint_buffer", "save_checkpoint"]
 
@@ -18,7 +19,9 @@ def save_checkpoint(state: dict, path: str | Path, replay_buffer: Any = None) ->
     ``<file name>.buffer-<nanoseconds>``; the checkpoint, written next with :func:`atomic_save`,
     records that name under ``"replay_buffer_dir"`` (``None`` without a buffer); older dumps are
     removed last. A kill at any moment thus leaves a checkpoint and exactly the buffer it was
-    written with (an unfinished dump is never referenced). Read both back with
+    written with (an unfinished dump is never referenced); the dump's files are flushed to disk
+    before the checkpoint names them, and the temporary files of a writer that was killed are
+    removed. Read both back with
     ``torch.load(path, weights_only=True)`` and :func:`load_checkpoint_buffer`.
 
     Args:
@@ -48,16 +51,29 @@ def save_checkpoint(state: dict, path: str | Path, replay_buffer: Any = None) ->
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # atomic_write's, of a killed process
+        if stale.name != f".{path.name}.{os.getpid()}.tmp":
+            stale.unlink(missing_ok=True)
     state = {**state, "replay_buffer_dir": None}
     if replay_buffer is not None:
         directory = path.with_name(f"{path.name}.buffer-{time.time_ns()}")
         replay_buffer.dumps(directory)
+        _fsync_tree(directory)
         state["replay_buffer_dir"] = directory.name
     atomic_save(state, path)
     for old in path.parent.glob(f"{path.name}.buffer-*"):
         if old.name != state["replay_buffer_dir"]:
             shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def _fsync_tree(directory: Path) -> None:
+    """Flushes every file below ``directory``, and the directories, to disk."""
+    for root, _, files in os.walk(directory):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as handle:
+                os.fsync(handle.fileno())
+        fsync_directory(root)
 
 
 def load_checkpoint_buffer(state: dict, path: str | Path, replay_buffer: Any) -> bool:

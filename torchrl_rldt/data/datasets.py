@@ -89,6 +89,21 @@ def _check_arrays(arrays: dict, source: str) -> int:
             f"{source}: observations {arrays['observations'].shape} and next_observations "
             f"{arrays['next_observations'].shape} differ in shape."
         )
+    for key in ("observations", "actions", "next_observations"):
+        array = np.asarray(arrays[key])
+        if array.ndim < 2 or not np.issubdtype(array.dtype, np.number):
+            raise ValueError(f"{source}: {key!r} must be a numeric array [N, dim], got shape "
+                             f"{array.shape} and dtype {array.dtype}.")
+    for key in ("rewards", "terminals", "timeouts"):
+        # one value per transition: [N] or [N, 1]; a wider array would pass for N rows of a vector
+        if np.shape(arrays[key])[1:] not in ((), (1,)):
+            raise ValueError(f"{source}: {key!r} must have shape [N] or [N, 1] (one value per "
+                             f"transition), got {np.shape(arrays[key])}.")
+    for key in ("terminals", "timeouts"):
+        flags = np.asarray(arrays[key])
+        if flags.dtype != bool and not np.isin(flags, (0, 1)).all():
+            raise ValueError(f"{source}: {key!r} must be booleans or 0/1, got values such as "
+                             f"{np.unique(flags)[:5].tolist()}.")
     return num
 
 
@@ -252,6 +267,8 @@ def action_chunks(data: TensorDictBase, chunk_len: int) -> TensorDict:
         done = data["next", "done"]
     else:
         done = data["next", "terminated"] | data["next", "truncated"]
+    if data.shape[0] == 0:
+        raise ValueError("action_chunks got no transitions (an empty data set).")
     done = done.reshape(-1).clone()
     # The last row ends the stream whatever its flags say: no window may run past it.
     done[-1] = True
@@ -261,6 +278,13 @@ def action_chunks(data: TensorDictBase, chunk_len: int) -> TensorDict:
     starts = torch.arange(max(num - chunk_len + 1, 0), device=done.device)
     valid = ends_before[starts + chunk_len - 1] - ends_before[starts] == 0
     starts = starts[valid]
+    if starts.numel() == 0:
+        ends = done.nonzero().squeeze(-1)
+        longest = int(torch.diff(ends, prepend=ends.new_full((1,), -1)).max())
+        raise ValueError(
+            f"no episode of the data set lasts chunk_len={chunk_len} steps (the longest lasts "
+            f"{longest}): lower chunk_len, or check the data's done flags."
+        )
     window = starts.unsqueeze(-1) + torch.arange(chunk_len, device=done.device)
     action = data["action"]
     return TensorDict(
@@ -349,5 +373,9 @@ def load_offline_dataset(
 
         buffer = MinariExperienceReplay(dataset_id, batch_size=1, root=root)
     else:
+        if dataset_id and not Path(source).exists() and "/" not in kind and len(kind) > 1:
+            # "d4r1:hopper-medium-v2" is a typo, not a file name
+            raise ValueError(f"{source!r}: unknown data set kind {kind!r}; use 'd4rl:<id>', "
+                             "'minari:<id>' or the path of an .npz file.")
         return load_d4rl_dataset(source, device=device)
     return transitions_from_buffer(buffer).to(device)
