@@ -31,6 +31,7 @@ from utils import (
     check_rldt_config,
     collected_calibration,
     collected_chunks,
+    end_slices_at_the_last_write,
     load_base_policy,
     make_policy_chunk_env,
     make_offpolicy_loss,
@@ -71,7 +72,8 @@ def main(cfg: DictConfig) -> None:
     replay_buffer = make_replay_buffer(cfg.buffer.size, None, device,
                                        slice_len=cfg.buffer.slice_len if slices else None)
     run.track(loss=loss, actor_optim=actor_optim, actor_warmup=actor_warmup, critic_optim=critic_optim)
-    run.restore_buffer(replay_buffer)
+    if run.restore_buffer(replay_buffer) and slices:
+        end_slices_at_the_last_write(replay_buffer)
     run.evaluate_base(final_env, actor, chunk_len=chunk_len)
     saved_buffer = replay_buffer if cfg.checkpoint.save_replay_buffer else None
     round_size = cfg.buffer.batch_size * cfg.schedule.critic_steps // cfg.schedule.target_action_reuse

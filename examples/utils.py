@@ -216,6 +216,25 @@ def make_replay_buffer(
     )
 
 
+def end_slices_at_the_last_write(replay_buffer: TensorDictReplayBuffer) -> None:
+    """Marks each env's last stored step of a slice buffer (:func:`make_replay_buffer` with
+    ``slice_len``) done and truncated.
+
+    A resumed run's collector starts new episodes, and its first batch is stored right after each
+    env's last step: without an end there, slices (and their TD(lambda) targets) would run from
+    the interrupted episode into an unrelated one. The storage is ``[time, num_envs]``, written
+    along time at the writer's cursor.
+    """
+    if len(replay_buffer) == 0:
+        return
+    storage = replay_buffer.storage
+    last = (replay_buffer.writer.state_dict()["_cursor"] - 1) % storage.shape[0]
+    step = storage[last]
+    for key in (("next", "done"), ("next", "truncated")):
+        step.set(key, torch.ones_like(step.get(key)))
+    storage.set(last, step)
+
+
 # --- RLDT fine-tuning (examples/rldt_gym.py) -------------------------------------------------
 
 def check_rldt_config(cfg: DictConfig) -> None:

@@ -251,6 +251,33 @@ def test_metaworld_sparse_config_trains_with_td_lambda_on_trajectory_slices(tmp_
     assert (scalars / "loss_qvalue.csv").is_file()
 
 
+def test_a_resumed_slice_buffer_ends_each_env_stream_at_the_seam():
+    """After a resume the collector starts new episodes: a slice must not run from an env's
+    last stored step into the first step of the new stream."""
+    utils = load_script("examples/utils.py")
+    buffer = utils.make_replay_buffer(12, None, "cpu", slice_len=4)
+
+    def extend(first):  # 2 envs x 3 steps, no episode end
+        false = torch.zeros(2, 3, 1, dtype=torch.bool)
+        buffer.extend(TensorDict({"step": torch.arange(3).expand(2, 3) + first,
+                                  "next": {"done": false, "truncated": false.clone()}}, [2, 3]))
+
+    def joins():  # a slice that goes on from step 2 to step 3 (the sampler ends slices done)
+        sample = buffer.sample(400)
+        steps, done = sample["step"].tolist(), sample["next", "done"].squeeze(-1).tolist()
+        return sum(steps[i] == 2 and steps[i + 1] == 3 and not done[i] for i in range(len(steps) - 1))
+
+    extend(0)
+    utils.end_slices_at_the_last_write(buffer)  # the resume: steps 0-2 saved, 3-5 come after
+    extend(3)
+    assert joins() == 0
+    # without the end, the sampler joins the two streams (what the helper prevents)
+    buffer.empty()
+    extend(0)
+    extend(3)
+    assert joins() > 0
+
+
 def test_a_task_picks_up_its_own_values_below_the_command_line(tmp_path):
     """HalfCheetah-v5's file (examples/config/per_task/rldt_gym/) sets the frozen reference."""
     base = make_base(tmp_path / "halfcheetah-tiny.pt", "HalfCheetah-v5", 17, 6)

@@ -498,8 +498,10 @@ class TrainingRun:
                    command=" ".join(command), **kwargs)
 
     # --- resume and checkpoints ------------------------------------------------------------------
-    # what a resumed run may change: its budget, where and how fast it runs, what it reports
-    RESUMABLE_CHANGES = ("resume", "collector.total_env_steps", "device", "num_threads", "logger.")
+    # what a resumed run may change: its budget, where and how fast it runs, how it is saved and
+    # what it reports
+    RESUMABLE_CHANGES = ("resume", "collector.total_env_steps", "device", "num_threads", "logger.",
+                         "checkpoint.")
 
     def _load(self, path: Path) -> dict:
         state = read_checkpoint(path, self.name, map_location=self.device)
