@@ -72,8 +72,10 @@ class TestFlowModel:
         with pytest.raises(ValueError, match="noise must have shape"):
             make_model().sample(torch.randn(2, OBS), torch.randn(2, ACT))
         # per-dimension bounds of another action size fail when built, not at the first clamp
-        with pytest.raises(ValueError, match=r"low has shape \(3,\), expected a scalar or \(2,\)"):
+        with pytest.raises(ValueError, match=r"\(3,\), which does not broadcast to a chunk \(3, 2\)"):
             make_model(low=torch.zeros(3), high=torch.ones(2))
+        per_element = make_model(low=-torch.ones(H, ACT), high=torch.ones(H, ACT))  # one per chunk entry
+        assert per_element.low.shape == (H, ACT)
         per_dimension = make_model(low=torch.tensor([-1.0, -0.5]), high=torch.tensor([1.0, 0.5]))
         assert per_dimension(torch.randn(50, OBS), torch.randn(50, H, ACT) * 10)[..., 1].abs().max() <= 0.5
 

@@ -164,6 +164,13 @@ class FlowChain(NamedTuple):
     step_std: torch.Tensor | None = None
 
 
+def _broadcasts_to(shape: torch.Size, target: tuple[int, ...]) -> bool:
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
+
+
 class ChunkActionBounds:
     """The optional action bounds of a chunk model: ``low`` and ``high`` buffers, their clamp
     and the TorchRL spec of one chunk.
@@ -178,12 +185,12 @@ class ChunkActionBounds:
     def _register_action_bounds(
         self, low: torch.Tensor | float | None, high: torch.Tensor | float | None
     ) -> None:
-        action_dim = self.action_shape[-1]
+        shape = tuple(self.action_shape)
         for name, bound in (("low", low), ("high", high)):
             bound = None if bound is None else torch.as_tensor(bound, dtype=torch.float32)
-            if bound is not None and bound.shape not in ((), (1,), (action_dim,)):
-                raise ValueError(f"{name} has shape {tuple(bound.shape)}, expected a scalar or "
-                                 f"({action_dim},): one bound per action dimension.")
+            if bound is not None and not _broadcasts_to(bound.shape, shape):
+                raise ValueError(f"{name} has shape {tuple(bound.shape)}, which does not broadcast to "
+                                 f"a chunk {shape}: give a scalar, ({shape[-1]},) or {shape}.")
             self.register_buffer(name, bound)
         if low is not None and high is not None and (self.low > self.high).any():
             raise ValueError("low must not exceed high.")
