@@ -129,6 +129,12 @@ def test_resume_reaches_the_same_counters(tmp_path, base):
     # Nothing finished is lost: the evaluations of the first part are still in the history.
     assert after["history"][: len(before["history"])] == before["history"]
     assert "resumed" in resumed.stderr + resumed.stdout
+    # a finished run resumed again trains nothing and reuses its final evaluation
+    again = run(tmp_path / "again", base, "collector.total_env_steps=400",
+                f"resume={tmp_path / 'split' / 'checkpoint.pt'}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    final = load_checkpoint(tmp_path / "split" / "checkpoint.pt")
+    assert final["counters"] == counters and final["history"] == after["history"]
 
 
 def test_qam_trains_in_the_same_loop_and_resumes_only_as_qam(tmp_path, base):
