@@ -329,9 +329,6 @@ class NonFiniteError(RuntimeError):
 
 # version 2: the run-harness layout (modules by name, "extra", "wall_seconds"), FlowActor.model
 CHECKPOINT_VERSION = 2
-# what TrainingRun.save writes besides the identity and the tracked objects' states
-_RUN_KEYS = frozenset({"format", "version", "counters", "history", "extra", "wall_seconds",
-                       "phase_seconds", "load_average", "rng", "config", "replay_buffer_dir"})
 
 
 def read_checkpoint(path: str | Path, name: str, *, map_location: Any = "cpu") -> dict:
@@ -556,9 +553,8 @@ class TrainingRun:
             return False
         for name, obj in objects.items():
             if name not in self.state:
-                written = sorted(self.state.keys() - _RUN_KEYS - self.identity.keys())
-                raise KeyError(f"{self.checkpoint_path} holds no state for {name!r}; it was written "
-                               f"with {written}.")
+                raise KeyError(f"{self.checkpoint_path} holds no state for {name!r}; its entries are "
+                               f"{sorted(self.state)}.")
             obj.load_state_dict(self.state[name])
         restore_rng_state(self.state["rng"], self.device)
         log.info("resumed %s at %d env steps", self.checkpoint_path, self.counters["env_steps"])
@@ -665,9 +661,9 @@ class TrainingRun:
             return
         last_step = self.counters["env_steps"]
         for path in sorted(Path(self._logger.experiment.log_dir, "scalars").glob("*.csv")):
-            text = path.read_text()
+            lines = path.read_text().splitlines(keepends=True)
             kept = []
-            for line in text.splitlines(keepends=True):
+            for line in lines:
                 step, _, value = line.partition(",")
                 if not line.endswith("\n") or not value.strip():
                     break  # the line a kill tore
@@ -676,7 +672,7 @@ class TrainingRun:
                         kept.append(line)
                 except ValueError:
                     break
-            if len(kept) != len(text.splitlines(keepends=True)):
+            if len(kept) != len(lines):
                 atomic_write_text("".join(kept), path)
 
     @contextlib.contextmanager

@@ -49,19 +49,42 @@ def check_advantage_shape(advantage: torch.Tensor, batch_shape: torch.Size, key)
         )
 
 
-def finish_ppo_output(loss: ClipPPOLoss, out: TensorDict, tensordict: TensorDictBase) -> TensorDict:
-    """The end of ``ClipPPOLoss.forward``: the ``loss_*`` terms reduced (``_reduce_loss``, without
-    their trailing dimension), other entries as they are, and the weakrefs cleared (a no-op unless
-    under ``torch.compile``).
+def critic_out_keys(loss: ClipPPOLoss) -> list[str]:
+    """The output keys of ``ClipPPOLoss``'s critic part (what :func:`finish_ppo_output` adds).
 
     Args:
-        loss (ClipPPOLoss): the loss whose reduction applies.
-        out (TensorDict): its unreduced terms and statistics.
-        tensordict (TensorDictBase): the batch, for the reduction's weights and mask.
+        loss (ClipPPOLoss): the loss.
+    """
+    if not loss._has_critic:
+        return []
+    keys = ["loss_critic"]
+    if loss.clip_value:
+        keys.append("value_clip_fraction")
+    if loss.log_explained_variance:
+        keys.append("explained_variance")
+    return keys
+
+
+def finish_ppo_output(loss: ClipPPOLoss, out: TensorDict, tensordict: TensorDictBase) -> TensorDict:
+    """The end of ``ClipPPOLoss.forward``: the critic's terms added (with a critic), the ``loss_*``
+    terms reduced (``_reduce_loss``, without their trailing dimension), other entries as they are,
+    and the weakrefs cleared (a no-op unless under ``torch.compile``).
+
+    Args:
+        loss (ClipPPOLoss): the loss whose critic and reduction apply.
+        out (TensorDict): its unreduced policy terms and statistics.
+        tensordict (TensorDictBase): the batch, for the critic and the reduction's weights and mask.
 
     Returns:
         The reduced output.
     """
+    if loss._has_critic:
+        loss_critic, value_clip_fraction, explained_variance = loss.loss_critic(tensordict)
+        out.set("loss_critic", loss_critic)
+        if value_clip_fraction is not None:
+            out.set("value_clip_fraction", value_clip_fraction)
+        if explained_variance is not None:
+            out.set("explained_variance", explained_variance)
     out = out.named_apply(
         lambda name, value: loss._reduce_loss(value, tensordict).squeeze(-1)
         if name.startswith("loss_")

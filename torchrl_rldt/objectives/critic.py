@@ -470,7 +470,7 @@ class ChunkQEnsembleLoss(LossModule):
         if member.shape != batch_shape:
             raise ValueError(f"{key!r} has shape {tuple(member.shape)}, expected {tuple(batch_shape)} "
                              "(one member index per transition).")
-        if member.numel() and (member.min() < 0 or member.max() >= self.num_qvalue_nets):
+        if ((member < 0) | (member >= self.num_qvalue_nets)).any():  # one host sync per step
             raise ValueError(f"{key!r} holds indices in [{int(member.min())}, {int(member.max())}], "
                              f"outside the ensemble's [0, {self.num_qvalue_nets}).")
         return member

@@ -15,6 +15,7 @@ from torchrl.objectives import ClipPPOLoss, DiffusionBCLoss
 from torchrl_rldt.modules.diffusion import DDPMChunkModel, DPPOActor
 from torchrl_rldt.objectives._ppo import (
     check_advantage_shape,
+    critic_out_keys,
     finish_ppo_output,
     refuse_ratio_sized_value_clip,
 )
@@ -162,14 +163,8 @@ class DPPOLoss(ClipPPOLoss):
     @property
     def out_keys(self) -> list[str]:
         if self._out_keys is None:
-            keys = ["loss_objective", "clip_fraction", "kl_approx", "mean_ratio", "max_ratio"]
-            if self._has_critic:
-                keys.append("loss_critic")
-                if self.clip_value:
-                    keys.append("value_clip_fraction")
-                if self.log_explained_variance:
-                    keys.append("explained_variance")
-            self._out_keys = keys
+            self._out_keys = ["loss_objective", "clip_fraction", "kl_approx", "mean_ratio",
+                              "max_ratio", *critic_out_keys(self)]
         return self._out_keys
 
     @out_keys.setter
@@ -239,13 +234,6 @@ class DPPOLoss(ClipPPOLoss):
                 }
             )
         out.set("loss_objective", -gain.mean(-1, keepdim=True))
-        if self._has_critic:
-            loss_critic, value_clip_fraction, explained_variance = self.loss_critic(tensordict)
-            out.set("loss_critic", loss_critic)
-            if value_clip_fraction is not None:
-                out.set("value_clip_fraction", value_clip_fraction)
-            if explained_variance is not None:
-                out.set("explained_variance", explained_variance)
         return finish_ppo_output(self, out, tensordict)
 
 
