@@ -120,15 +120,14 @@ def main(cfg: DictConfig) -> None:
     run.track(loss=loss, actor_optim=actor_optim, critic_optim=critic_optim)
 
     counters = run.counters
-    eval_env = make_policy_chunk_env(base, cfg, cfg.eval.episodes, cfg.seed + 10_000, device)
-    final_env = make_policy_chunk_env(base, cfg, cfg.eval.final_episodes, cfg.seed + 20_000, device)
+    eval_env = make_policy_chunk_env(base, cfg, cfg.eval.episodes, run.env_seed("eval"), device)
+    final_env = make_policy_chunk_env(base, cfg, cfg.eval.final_episodes, run.env_seed("final"), device)
     run.evaluate_base(final_env, actor, chunk_len=model.chunk_len)
 
     # --- training loop: collect, GAE, epochs of mini-batch PPO ---------------------------------
     frames_per_batch = cfg.env.num_envs * cfg.collector.chunks_per_env
-    # a resumed run reseeds its envs so that it does not replay the episodes it began with
     remaining = cfg.collector.total_env_steps - counters["env_steps"]
-    collector = make_collector(cfg, policy, policy_env_maker(base, cfg, device), cfg.seed + counters["env_steps"],
+    collector = make_collector(cfg, policy, policy_env_maker(base, cfg, device), run.env_seed("train"),
                                frames_per_batch=frames_per_batch,
                                total_frames=frames_covering(remaining, frames_per_batch))
     try:

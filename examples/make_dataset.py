@@ -42,7 +42,7 @@ from torchrl_rldt.checkpoint import (
     save_checkpoint,
 )
 from torchrl_rldt.data import d4rl_arrays, describe_dataset_file, save_d4rl_dataset
-from torchrl_rldt.harness import NonFiniteError, evaluate_policy, restore_rng_state, rng_state
+from torchrl_rldt.harness import NonFiniteError, env_seed, evaluate_policy, restore_rng_state, rng_state
 
 from utils import (
     make_env,
@@ -119,9 +119,8 @@ def main(cfg: DictConfig) -> None:
         saved = torch.load(state_dir / "sac_state.pt", weights_only=True)
     progress = saved["progress"] if saved else {"frames": 0, "updates": 0, "history": [], "train_seconds": 0.0}
     frames, updates, history = progress["frames"], progress["updates"], progress["history"]
-    # A resumed run re-seeds its environments so that it does not replay the episodes it began with.
-    train_env = make_env(cfg.task, sac.num_envs, seed=cfg.seed + frames)
-    eval_env = make_env(cfg.task, sac.eval_episodes, seed=cfg.seed + 10_000)
+    train_env = make_env(cfg.task, sac.num_envs, seed=env_seed(cfg.seed, "train", frames))
+    eval_env = make_env(cfg.task, sac.eval_episodes, seed=env_seed(cfg.seed, "eval"))
     actor, qvalue = make_sac_agent(train_env, sac.hidden_sizes, device)
     loss, target_updater = make_sac_loss(
         actor, qvalue, gamma=sac.gamma, tau=sac.tau, alpha_init=sac.alpha_init

@@ -59,8 +59,8 @@ def main(cfg: DictConfig) -> None:
 
     # --- environments, actor, critic, loss, optimisers, buffer --------------------------------
     counters = run.counters
-    eval_env = make_policy_chunk_env(base, cfg, cfg.eval.episodes, cfg.seed + 10_000, device)
-    final_env = make_policy_chunk_env(base, cfg, cfg.eval.final_episodes, cfg.seed + 20_000, device)
+    eval_env = make_policy_chunk_env(base, cfg, cfg.eval.episodes, run.env_seed("eval"), device)
+    final_env = make_policy_chunk_env(base, cfg, cfg.eval.final_episodes, run.env_seed("final"), device)
     actor, chunk_len = base.actor, base.actor.model.chunk_len
     loss, target_updater = make_offpolicy_loss(actor, make_rldt_critic(base, cfg, device), cfg)
     title = {"rldt": "RLDT", "qam": "QAM"}[cfg.method]
@@ -85,9 +85,8 @@ def main(cfg: DictConfig) -> None:
     recent_batches = collections.deque(maxlen=cfg.eval.calibration_batches if calibrate else 0)
 
     # --- training loop ------------------------------------------------------------------------
-    # a resumed run reseeds its envs so that it does not replay the episodes it began with
     # as many chunks as env steps remain: every chunk holds at least one, so the budget is reached
-    collector = make_rldt_collector(base, cfg, cfg.seed + counters["env_steps"],
+    collector = make_rldt_collector(base, cfg, run.env_seed("train"),
                                     cfg.collector.total_env_steps - counters["env_steps"])
     try:
         with run.loop(total_env_steps=cfg.collector.total_env_steps, description=f"{title} {cfg.task}"):

@@ -79,10 +79,9 @@ def main(cfg: DictConfig) -> None:
 
     # --- environments, agent, loss, optimisers, buffer ----------------------------------------
     counters = run.counters
-    # A resumed run reseeds its envs so that it does not replay the episodes it began with.
-    train_env = make_env(cfg.env.num_envs, cfg.seed + counters["env_steps"])
-    eval_env = make_env(cfg.eval.episodes, cfg.seed + 10_000)
-    final_env = make_env(cfg.eval.final_episodes, cfg.seed + 20_000)
+    train_env = make_env(cfg.env.num_envs, run.env_seed("train"))
+    eval_env = make_env(cfg.eval.episodes, run.env_seed("eval"))
+    final_env = make_env(cfg.eval.final_episodes, run.env_seed("final"))
     actor, qvalue = make_sac_agent(train_env, cfg.sac.hidden_sizes, device)
     loss, target_updater = make_sac_loss(actor, qvalue, gamma=cfg.sac.gamma, tau=cfg.sac.tau,
                                          alpha_init=cfg.sac.alpha_init)
@@ -97,7 +96,7 @@ def main(cfg: DictConfig) -> None:
     random_frames = math.ceil(cfg.collector.init_random_env_steps / chunk_len)
     # chunks cut short at episode ends make frames and env steps differ: the loop stops on env steps
     collector = make_collector(
-        cfg, actor, make_env, cfg.seed + counters["env_steps"], frames_per_batch=frames_per_batch,
+        cfg, actor, make_env, run.env_seed("train"), frames_per_batch=frames_per_batch,
         total_frames=frames_covering(cfg.collector.total_env_steps - counters["env_steps"], frames_per_batch),
         init_random_frames=max(0, random_frames - counters["frames"]),
     )

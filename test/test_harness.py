@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from torchrl_rldt.checkpoint import save_checkpoint
-from torchrl_rldt.harness import TrainingRun, apply_task_config
+from torchrl_rldt.harness import TrainingRun, apply_task_config, env_seed
 
 
 def config(task="Hopper-v5"):
@@ -211,3 +211,24 @@ def test_one_episode_has_no_spread():
 if __name__ == "__main__":
     args, unknown = argparse.ArgumentParser().parse_known_args()
     pytest.main([__file__, "--capture", "no", "--exitfirst"] + unknown)
+
+
+def test_resumed_training_envs_never_start_from_an_evaluation_s_states(tmp_path):
+    # pools of n envs seeded s use the seeds s, ..., s + n - 1
+    seed, train_envs, eval_envs, final_envs = 1, 64, 20, 100
+    evaluation = set(range(env_seed(seed, "eval"), env_seed(seed, "eval") + eval_envs))
+    evaluation |= set(range(env_seed(seed, "final"), env_seed(seed, "final") + final_envs))
+    assert len(evaluation) == eval_envs + final_envs
+    for env_steps in range(0, 500_000, 16):
+        start = env_seed(seed, "train", env_steps)
+        assert evaluation.isdisjoint(range(start, start + train_envs)), env_steps
+    assert env_seed(seed, "train") == seed  # a fresh run's training envs are seeded as the run
+    assert env_seed(seed, "train", 20_000) not in range(seed, seed + train_envs)  # no replay
+
+    run = TrainingRun("demo", config(), output_dir=tmp_path)
+    run.counters["env_steps"] += 20_000
+    resumed = TrainingRun("demo", config(), output_dir=tmp_path / "unused", resume=run.save())
+    assert resumed.env_seed("train") == env_seed(0, "train", 20_000)
+    assert (resumed.env_seed("eval"), resumed.env_seed("final")) == (env_seed(0, "eval"), env_seed(0, "final"))
+    with pytest.raises(ValueError, match="'test' is not one of"):
+        env_seed(seed, "test")

@@ -41,6 +41,7 @@ __all__ = [
     "ConfigCheck",
     "NonFiniteError",
     "TrainingRun",
+    "env_seed",
     "episode_returns",
     "evaluate_policy",
     "read_checkpoint",
@@ -49,6 +50,41 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# A pool of n envs seeded s seeds them s, ..., s + n - 1 (see EnvPoolEnv); these offsets keep the
+# pools of a run apart for any size below 10 000 envs.
+EVAL_SEED_OFFSET = 10_000
+FINAL_EVAL_SEED_OFFSET = 20_000
+RESUMED_TRAINING_SEED_OFFSET = 1_000_000
+_SEED_ROLES = ("train", "eval", "final")
+
+
+def env_seed(seed: int, role: str, env_steps: int = 0) -> int:
+    """The seed of a run's env pool for ``role``: its training, evaluation or final-evaluation envs.
+
+    The evaluation envs keep their seeds for the whole run, so that every evaluation starts
+    from the same states. The training envs start at ``seed``; a run resumed after
+    ``env_steps`` reseeds them, so that it does not replay the episodes it began with, in a
+    range of their own, so that its training never starts from an evaluation's states.
+
+    Args:
+        seed (int): the run's seed (``cfg.seed``).
+        role (str): ``"train"``, ``"eval"`` or ``"final"``.
+        env_steps (int, optional): env steps the run has taken; only the training seed depends
+            on it. Defaults to ``0``.
+
+    Examples:
+        >>> from torchrl_rldt.harness import env_seed
+        >>> env_seed(1, "train"), env_seed(1, "eval"), env_seed(1, "train", env_steps=20_000)
+        (1, 10001, 1020001)
+    """
+    if role not in _SEED_ROLES:
+        raise ValueError(f"role={role!r} is not one of {_SEED_ROLES}.")
+    if role == "eval":
+        return seed + EVAL_SEED_OFFSET
+    if role == "final":
+        return seed + FINAL_EVAL_SEED_OFFSET
+    return seed if env_steps == 0 else seed + RESUMED_TRAINING_SEED_OFFSET + env_steps
 
 
 # --- evaluation ----------------------------------------------------------------------------------
@@ -466,6 +502,10 @@ class TrainingRun:
         self._load_averages: list[float] = list(self.state.get("load_average", [])) if self.state else []
         self._start: float | None = None
         self.stop_requested = False
+
+    def env_seed(self, role: str) -> int:
+        """The seed of this run's ``role`` env pool (see :func:`env_seed`), at its env steps now."""
+        return env_seed(self.config.seed, role, self.counters["env_steps"])
 
     @classmethod
     def from_hydra(cls, name: str, config: Any, **kwargs: Any) -> TrainingRun:
