@@ -132,7 +132,7 @@ def main(cfg: DictConfig) -> None:
                                total_frames=frames_covering(remaining, frames_per_batch))
     try:
         with run.loop(total_env_steps=cfg.collector.total_env_steps, description=f"{cfg.method} {cfg.task}"):
-            for batch in map(collected_chunks, run.collected(collector)) if counters["env_steps"] < cfg.collector.total_env_steps else ():
+            for batch in map(collected_chunks, run.collected(collector)):
                 steps = int(batch["next", "chunk_steps"].sum())
                 counters["env_steps"] += steps
                 counters["iterations"] += 1

@@ -90,8 +90,7 @@ def main(cfg: DictConfig) -> None:
                                     cfg.collector.total_env_steps - counters["env_steps"])
     try:
         with run.loop(total_env_steps=cfg.collector.total_env_steps, description=f"{title} {cfg.task}"):
-            # a resumed, finished run collects nothing
-            for batch in map(collected_chunks, run.collected(collector)) if counters["env_steps"] < cfg.collector.total_env_steps else ():
+            for batch in map(collected_chunks, run.collected(collector)):
                 steps = int(batch["next", "chunk_steps"].sum())
                 reward = batch["next", "reward"]
                 run.check_finite("the collected reward", reward)

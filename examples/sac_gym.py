@@ -54,7 +54,8 @@ def check_config(cfg: DictConfig) -> None:
     check.need(len(hidden) > 0 and all(isinstance(size, int) and size > 0 for size in hidden),
                f"sac.hidden_sizes must be a non-empty list of positive integers, got {hidden}")
     # the actions are chunks, also of one action, and the chunk critic's layers have one width
-    check.need(len(set(hidden)) <= 1, f"sac.hidden_sizes needs equal sizes (the critic is a ChunkQValueMLP), got {hidden}")
+    check.need(len(set(hidden)) <= 1,
+               f"sac.hidden_sizes needs equal sizes (the critic is a ChunkQValueMLP), got {hidden}")
     check_collector_config(check)
     check.common()
     check.done()
@@ -103,7 +104,7 @@ def main(cfg: DictConfig) -> None:
     next_checkpoint = (counters["env_steps"] // cfg.checkpoint.every_env_steps + 1) * cfg.checkpoint.every_env_steps
     try:
         with run.loop(total_env_steps=cfg.collector.total_env_steps, description=f"SAC {cfg.task}"):
-            for batch in map(collected_chunks, run.collected(collector)) if counters["env_steps"] < cfg.collector.total_env_steps else ():
+            for batch in map(collected_chunks, run.collected(collector)):
                 run.check_finite("the collected reward", batch["next", "reward"])
                 steps = int(batch["next", "chunk_steps"].sum())
                 counters["env_steps"] += steps

@@ -232,3 +232,27 @@ def test_resumed_training_envs_never_start_from_an_evaluation_s_states(tmp_path)
     assert (resumed.env_seed("eval"), resumed.env_seed("final")) == (env_seed(0, "eval"), env_seed(0, "final"))
     with pytest.raises(ValueError, match="'test' is not one of"):
         env_seed(seed, "test")
+
+
+def test_collected_stops_at_the_budget_and_a_finished_run_collects_nothing(tmp_path):
+    drawn = []
+
+    def collector():
+        for index in range(100):
+            drawn.append(index)
+            yield index
+
+    run = TrainingRun("demo", config(), output_dir=tmp_path)
+    with run.loop(total_env_steps=30, description="demo"):
+        for _ in run.collected(collector()):
+            run.counters["env_steps"] += 10
+    assert drawn == [0, 1, 2] and run.counters["env_steps"] == 30
+    resumed = TrainingRun("demo", config(), output_dir=tmp_path / "unused", resume=run.save())
+    drawn.clear()
+    with resumed.loop(total_env_steps=30, description="demo"):
+        assert list(resumed.collected(collector())) == [] and drawn == []
+    # a larger budget on resume collects the rest
+    with resumed.loop(total_env_steps=50, description="demo"):
+        for _ in resumed.collected(collector()):
+            resumed.counters["env_steps"] += 10
+    assert resumed.counters["env_steps"] == 50

@@ -501,6 +501,7 @@ class TrainingRun:
         self._phase_seconds: dict[str, float] = dict(self.state.get("phase_seconds", {})) if self.state else {}
         self._load_averages: list[float] = list(self.state.get("load_average", [])) if self.state else []
         self._start: float | None = None
+        self._total_env_steps: int | None = None
         self.stop_requested = False
 
     def env_seed(self, role: str) -> int:
@@ -645,12 +646,14 @@ class TrainingRun:
         """The context of the training loop: clock, logger, progress bar, Ctrl-C, non-finite stop.
 
         Args:
-            total_env_steps (int): the run's budget (the progress bar's total).
+            total_env_steps (int): the run's budget (the progress bar's total; :meth:`collected`
+                stops there).
             description (str): the progress bar's label.
         """
         from tqdm import tqdm
 
         cfg = self.config
+        self._total_env_steps = total_env_steps
         if cfg.logger.backend and self._logger is None:
             from torchrl.record.loggers import get_logger
 
@@ -735,9 +738,13 @@ class TrainingRun:
                 self._phase_seconds[phase] = self._phase_seconds.get(phase, 0.0) + elapsed
 
     def collected(self, collector: Any) -> Iterator[Any]:
-        """Iterates over ``collector``'s batches, timing each as the ``"collection"`` phase."""
+        """Iterates over ``collector``'s batches, timing each as the ``"collection"`` phase.
+
+        Inside :meth:`loop`, no batch is collected once the run has taken its ``total_env_steps``:
+        a finished run that is resumed collects nothing.
+        """
         iterator = iter(collector)
-        while True:
+        while self._total_env_steps is None or self.counters["env_steps"] < self._total_env_steps:
             with self.timed("collection"):
                 batch = next(iterator, None)
             if batch is None:

@@ -66,8 +66,9 @@ def make_metaworld_env(
 
     - ``"success"`` (float32 ``[num_envs, 1]``, 0 or 1) is an output at every step;
     - the reward is TorchRL's :class:`~torchrl.envs.transforms.SuccessReward` (honouring
-      partial steps, :class:`PartialStepSuccessReward`): 1 on a success step, else 0. Since the episode ends at the first success, an episode's return is its
-      success (0 or 1) and the reward 1 occurs once;
+      partial steps, :class:`PartialStepSuccessReward`): 1 on a success step, else 0. Since
+      the episode ends at the first success, an episode's return is its success (0 or 1) and
+      the reward 1 occurs once;
     - :class:`~torchrl.envs.transforms.TerminateTransform` sets ``terminated`` (and ``done``)
       at success: the critic does not bootstrap past it, and a collector resets the env;
     - ``truncated`` comes at ``max_episode_steps`` (the time limit): a critic bootstraps there.
