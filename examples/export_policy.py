@@ -22,8 +22,8 @@ from torchrl_rldt.checkpoint import atomic_write_text, save_flow_policy
 
 import utils
 
-# evaluation envs of their own: neither a training nor a periodic-evaluation seed of the run
-EVAL_SEED_OFFSET = 30_000
+# evaluation envs of their own, apart from the seeds of the run's envs (harness.env_seed's ranges)
+EXPORT_EVAL_SEED_OFFSET = 30_000
 
 
 def run_command(checkpoint: Path) -> str | None:
@@ -48,7 +48,7 @@ def main() -> None:
 
     device = torch.device("cpu")
     cfg, base, fine_tuned, _, checkpoint = utils.load_rldt_run(args.checkpoint, device)
-    env = utils.make_policy_chunk_env(base, cfg, args.episodes, cfg.seed + EVAL_SEED_OFFSET, device)
+    env = utils.make_policy_chunk_env(base, cfg, args.episodes, cfg.seed + EXPORT_EVAL_SEED_OFFSET, device)
     returns = {name: utils.returns_by_sampling_mode(env, policy, cfg)
                for name, policy in (("base", base), ("fine_tuned", fine_tuned))}
     command = "python examples/export_policy.py " + " ".join(sys.argv[1:])
