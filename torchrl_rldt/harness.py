@@ -692,6 +692,7 @@ class TrainingRun:
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
             self._progress.close()
+            self._total_env_steps = None
 
     def _drop_logged_after_checkpoint(self) -> None:
         """Removes the rows that the interrupted session logged after its checkpoint: this session
