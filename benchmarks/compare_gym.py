@@ -264,7 +264,11 @@ def main() -> None:
         report[method] = {
             "start_mean": start, "final_mean": final,
             "final_std_over_seeds": spread(final_per_seed), "per_seed": {
-                seed: {"start": s["base"], "final": s["final"], "counters": s["counters"],
+                seed: {"start": s["base"], "final": s["final"],
+                       # both sampling modes, start and final on the same initial states (runs
+                       # made before the harness measured them have none)
+                       "start_by_mode": s.get("base_by_mode"), "final_by_mode": s.get("final_by_mode"),
+                       "counters": s["counters"],
                        "wall_seconds": s["history"][-1]["wall_seconds"],
                        "load_average": s.get("load_average"), "command": s["command"],
                        "last_logged": last_logged_scalars(run_root / f"{method}-seed{seed}")}
@@ -283,6 +287,18 @@ def main() -> None:
             row += (f" {statistics.mean(hits):.0f} +- {spread(hits):.0f} ({len(hits)}/{len(runs)}) |"
                     if hits else f" not reached (0/{len(runs)}) |")
         rows.append(row)
+    # both sampling modes, where every run measured them (paired start and final episodes)
+    mode_rows = []
+    if all(summary.get("final_by_mode") for summary in summaries.values()):
+        for method in args.methods:
+            runs = [summaries[(method, seed)] for seed in args.seeds]
+            cells = []
+            for mode in ("stochastic", "deterministic"):
+                start = statistics.mean(run_summary["base_by_mode"][mode]["mean"] for run_summary in runs)
+                finals = [run_summary["final_by_mode"][mode]["mean"] for run_summary in runs]
+                cells.append(f"{start:.{digits}f} -> {statistics.mean(finals):.{digits}f} +- "
+                             f"{spread(finals):.{digits}f} ({', '.join(f'{v:.{digits}f}' for v in finals)})")
+            mode_rows.append(f"| {METHODS[method][2]} | {cells[0]} | {cells[1]} |")
     episodes = summaries[(args.methods[0], args.seeds[0])]["final"]["episodes"]
     spread_note = (f"+- the standard deviation over the {episodes} final episodes" if len(args.seeds) == 1
                    else "+- the standard deviation of the seeds' means")
@@ -305,6 +321,10 @@ def main() -> None:
         *(["", f"Env steps to {args.threshold:g}: the first evaluation (every 20k env steps, 10 "
            f"episodes; the final one 20) whose mean reaches it, mean +- spread over the seeds "
            f"that reached it within the budget."] if args.threshold is not None else []),
+        *(["", "Both sampling modes, start -> final (mean +- spread over the seeds; per seed), the start "
+               "and the final policy on the same initial states:", "",
+               "| method | stochastic | deterministic |", "| --- | --- | --- |", *mode_rows]
+          if mode_rows else []),
         "",
         f"Made by `{command}`.",
         "",

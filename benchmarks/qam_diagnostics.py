@@ -60,7 +60,7 @@ def make_loss(actor, observations: torch.Tensor, gradient_norm: float, inverse_t
     weight = torch.randn(model.chunk_len * model.action_dim, observations.shape[-1])
     weight *= gradient_norm / (observations @ weight.T).norm(dim=-1).mean()
     critic = TensorDictModule(LinearStateCritic(weight), ["observation", "action"], ["state_action_value"])
-    return QAMLoss(actor, critic, inverse_temperature=inverse_temperature, base_ema=1.0,
+    return QAMLoss(actor, critic, inverse_temperature=inverse_temperature,
                    clamp_final_action=False)
 
 

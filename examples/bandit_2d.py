@@ -38,7 +38,7 @@ from torchrl_rldt.modules import (  # noqa: E402
     SVGDTransport,
     VelocityMLP,
 )
-from torchrl_rldt.objectives import FlowMatchingBCLoss, RLDTLoss  # noqa: E402
+from torchrl_rldt.objectives import FlowMatchingBCLoss, ReferenceUpdater, RLDTLoss  # noqa: E402
 
 
 log = logging.getLogger("bandit_2d")
@@ -91,12 +91,12 @@ def finetune(base: FlowActor, kernel: str, cfg: DictConfig, device: torch.device
         transport=SVGDTransport(kernel),
         consistency_coef=cfg.rldt.consistency_coef,
         reference_coef=cfg.rldt.reference_coef,
-        # re-anchored after each iteration's actor steps, or frozen at the base
-        reference="previous" if cfg.rldt.reanchor_reference else "frozen",
-        reanchor_every=cfg.rldt.actor_steps if cfg.rldt.reanchor_reference else None,
     )
     loss.make_value_estimator(gamma=0.99)  # every pull terminates: the target is the reward
     target_updater = SoftUpdate(loss, tau=cfg.rldt.tau)
+    # the reference re-anchored after each iteration's actor steps, or frozen at the base
+    reference_updater = (ReferenceUpdater(loss, every=cfg.rldt.actor_steps)
+                         if cfg.rldt.reanchor_reference else None)
     actor_optim = torch.optim.Adam(loss.actor_network_params.values(True, True), lr=cfg.rldt.actor_lr)
     critic_optim = torch.optim.Adam(loss.qvalue_network_params.values(True, True), lr=cfg.rldt.critic_lr)
     buffer = TensorDictReplayBuffer(
@@ -122,6 +122,8 @@ def finetune(base: FlowActor, kernel: str, cfg: DictConfig, device: torch.device
             actor_optim.zero_grad()
             sum(terms[key] for key in RLDTLoss.POLICY_TERMS).backward()
             actor_optim.step()
+            if reference_updater is not None:
+                reference_updater.step()
         if iteration % 10 == 0:
             log.info(
                 "%s iteration %d: batch reward %.3f, critic loss %.4f, transport norm %.3f",

@@ -2,9 +2,10 @@
 
 The fine-tuned actor is written with :func:`torchrl_rldt.checkpoint.save_flow_policy`, so
 :func:`~torchrl_rldt.checkpoint.load_flow_policy` (and ``base_checkpoint=`` of every example) loads
-it as it loads a shipped base. Before writing, the base and the fine-tuned policy are evaluated on
-the same fresh episodes, in both sampling modes; the figures go into the checkpoint's metadata and
-under ``"fine_tuned"`` in the manifest beside the bases.
+it as it loads a shipped base. Before writing, the base and the fine-tuned policy are evaluated in
+both sampling modes on paired episodes (the same fresh initial states for both policies, from envs
+reseeded before each evaluation); the figures go into the checkpoint's metadata and under
+``"fine_tuned"`` in the manifest beside the bases.
 
     python examples/export_policy.py outputs/rldt_metaworld/<run>/checkpoint.pt \\
         --out checkpoints/metaworld-assembly-v3-rldt.pt --episodes 100
@@ -48,8 +49,9 @@ def main() -> None:
 
     device = torch.device("cpu")
     cfg, base, fine_tuned, _, checkpoint = utils.load_rldt_run(args.checkpoint, device)
-    env = utils.make_policy_chunk_env(base, cfg, args.episodes, cfg.seed + EXPORT_EVAL_SEED_OFFSET, device)
-    returns = {name: utils.returns_by_sampling_mode(env, policy, cfg)
+    seed = cfg.seed + EXPORT_EVAL_SEED_OFFSET
+    env = utils.make_policy_chunk_env(base, cfg, args.episodes, seed, device)
+    returns = {name: utils.returns_by_sampling_mode(env, policy, cfg, seed)
                for name, policy in (("base", base), ("fine_tuned", fine_tuned))}
     command = "python examples/export_policy.py " + " ".join(sys.argv[1:])
     metadata = {

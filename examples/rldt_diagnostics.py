@@ -139,7 +139,7 @@ def policy_term_gradients(loss, states, batch_size: int = 1024, draws: int = 3) 
     same: the ratio of the two gradients is how much each step follows the critic.
     """
     params = [p for p in loss.actor_network_params.values(True, True) if p.requires_grad]
-    kernel, calls = loss.transport.kernel, loss.actor_loss_calls.clone()
+    kernel = loss.transport.kernel
     report = {}
     try:
         for name in ("rbf", "delta"):
@@ -147,7 +147,6 @@ def policy_term_gradients(loss, states, batch_size: int = 1024, draws: int = 3) 
             norms = {"loss_rl": [], "loss_reference": [], "transport_norm": [], "q_gradient_norm": []}
             for draw in range(draws):
                 torch.manual_seed(draw)
-                loss.actor_loss_calls.fill_(1)  # no re-anchoring of the reference in this probe
                 terms = loss.actor_loss(states[torch.randint(states.shape[0], (batch_size,))])
                 for key in ("loss_rl", "loss_reference"):
                     gradient = torch.autograd.grad(terms[key], params, retain_graph=True, allow_unused=True)
@@ -159,7 +158,6 @@ def policy_term_gradients(loss, states, batch_size: int = 1024, draws: int = 3) 
             report[name] = mean
     finally:
         loss.transport.kernel = kernel
-        loss.actor_loss_calls.copy_(calls)
     return report
 
 
@@ -194,7 +192,7 @@ def main() -> None:
     for name, policy in (("base", base), ("fine_tuned", fine_tuned)):
         report["flow"][name] = flow_statistics(policy.actor.model, observation, args.samples)
         if env is not None:
-            report["returns"][name] = utils.returns_by_sampling_mode(env, policy, cfg)
+            report["returns"][name] = utils.returns_by_sampling_mode(env, policy, cfg, args.seed)
     # the same noise through both flows: how far fine-tuning moved each sampled action
     report["flow"]["fine_tuned"]["displacement_rms"] = (
         (report["flow"]["fine_tuned"]["actions"] - report["flow"]["base"]["actions"]).pow(2).mean().sqrt().item()

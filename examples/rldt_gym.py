@@ -26,6 +26,7 @@ import torch
 from omegaconf import DictConfig
 
 from torchrl_rldt.harness import TrainingRun
+from torchrl_rldt.objectives.diagnostics import policy_term_gradients
 from utils import (
     apply_per_task_config,
     check_rldt_config,
@@ -62,7 +63,7 @@ def main(cfg: DictConfig) -> None:
     eval_env = make_policy_chunk_env(base, cfg, cfg.eval.episodes, run.env_seed("eval"), device)
     final_env = make_policy_chunk_env(base, cfg, cfg.eval.final_episodes, run.env_seed("final"), device)
     actor, chunk_len = base.actor, base.actor.model.chunk_len
-    loss, target_updater = make_offpolicy_loss(actor, make_rldt_critic(base, cfg, device), cfg)
+    loss, target_updater, policy_updater = make_offpolicy_loss(actor, make_rldt_critic(base, cfg, device), cfg)
     title = {"rldt": "RLDT", "qam": "QAM"}[cfg.method]
     max_grad_norm = cfg.qam.max_grad_norm if cfg.method == "qam" else None
     actor_optim, actor_warmup, critic_optim = make_rldt_optimizers(loss, cfg)
@@ -71,7 +72,8 @@ def main(cfg: DictConfig) -> None:
     slices = cfg.critic.value_estimator == "td_lambda"
     replay_buffer = make_replay_buffer(cfg.buffer.size, None, device,
                                        slice_len=cfg.buffer.slice_len if slices else None)
-    run.track(loss=loss, actor_optim=actor_optim, actor_warmup=actor_warmup, critic_optim=critic_optim)
+    run.track(loss=loss, actor_optim=actor_optim, actor_warmup=actor_warmup, critic_optim=critic_optim,
+              **({"policy_updater": policy_updater} if policy_updater is not None else {}))
     if run.restore_buffer(replay_buffer) and slices:
         end_slices_at_the_last_write(replay_buffer)
     run.evaluate_base(final_env, actor, chunk_len=chunk_len)
@@ -147,7 +149,6 @@ def main(cfg: DictConfig) -> None:
                 if after_warmup > 0 and after_warmup % cfg.schedule.actor_every_batches == 0:
                     with run.timed("actor"):
                         for _ in range(cfg.schedule.actor_steps):
-                            # with reference="previous" the loss re-anchors its reference policy itself
                             with autocast:
                                 terms = loss.actor_loss(replay_buffer.sample(cfg.schedule.actor_batch_size))
                             actor_loss = sum(terms[key] for key in loss.POLICY_TERMS)
@@ -159,6 +160,8 @@ def main(cfg: DictConfig) -> None:
                                                                max_grad_norm)
                             actor_optim.step()
                             actor_warmup.step()
+                            if policy_updater is not None:  # RLDT's reference, QAM's base
+                                policy_updater.step()
                             counters["actor_updates"] += 1
                             metrics.update({key: value.item() for key, value in terms.items()})
                     collector.update_policy_weights_()  # to the workers of a multi-process collector
@@ -169,6 +172,12 @@ def main(cfg: DictConfig) -> None:
                 returns = run.evaluate_periodically(eval_env, actor, chunk_len=chunk_len)
                 if returns is not None:
                     metrics["eval_return"] = returns["mean"]
+                    # what an actor step follows: the drive against the trust region, and how much
+                    # two independent batches agree on the drive (on an RNG of its own: training
+                    # draws the same numbers with or without it)
+                    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                        metrics.update(policy_term_gradients(
+                            loss, *(replay_buffer.sample(cfg.schedule.actor_batch_size) for _ in range(2))))
                     if calibrate:
                         with autocast:
                             calibration = collected_calibration(loss, recent_batches, cfg.optim.gamma,

@@ -28,7 +28,7 @@ from torchrl_rldt.harness import (
     read_checkpoint,
 )
 from torchrl_rldt.modules import ChunkQValueMLP, FlowActor, LandingPointExploration, SVGDTransport
-from torchrl_rldt.objectives import ChunkQEnsembleLoss, QAMLoss, RLDTLoss
+from torchrl_rldt.objectives import BaseEMAUpdater, ChunkQEnsembleLoss, QAMLoss, ReferenceUpdater, RLDTLoss
 from torchrl_rldt.objectives.calibration import critic_calibration
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -264,6 +264,7 @@ def check_rldt_config(cfg: DictConfig) -> None:
     for name in ("rldt.rl_coef", "rldt.consistency_coef", "rldt.reference_coef", "rldt.temperature_coef"):
         number(name, 0.0)
     need(cfg.rldt.kernel in ("rbf", "delta"), f"rldt.kernel must be rbf or delta, got {cfg.rldt.kernel!r}")
+    check.one_of("rldt.field_normalization", ("particles", "kernel_mass"))
     if cfg.rldt.bandwidth is not None:
         number("rldt.bandwidth", 0.0, open_low=True)
     if cfg.rldt.temperature != "adaptive":
@@ -382,12 +383,19 @@ def make_policy_chunk_env(policy: FlowPolicy | DDPMPolicy, cfg: DictConfig, num_
     return policy_env_maker(policy, cfg, device)(num_envs, seed)
 
 
-def returns_by_sampling_mode(env: EnvBase, policy: FlowPolicy, cfg: DictConfig) -> dict:
-    """One episode per env of ``env`` in each sampling mode: deterministic (x0 = 0) and stochastic."""
+def returns_by_sampling_mode(env: EnvBase, policy: FlowPolicy, cfg: DictConfig, seed: int) -> dict:
+    """One episode per env of ``env`` in each sampling mode: deterministic (x0 = 0) and stochastic.
+
+    ``env`` is reseeded with ``seed`` before each mode, so that two policies measured with the
+    same seed start from the same initial states (paired episodes).
+    """
     modes = {"deterministic": ExplorationType.DETERMINISTIC, "stochastic": ExplorationType.RANDOM}
-    return {mode: episode_returns(env, policy.actor, max_env_steps=cfg.env.max_episode_steps,
-                                  chunk_len=policy.actor.model.chunk_len, exploration_type=exploration)
-            for mode, exploration in modes.items()}
+    returns = {}
+    for mode, exploration in modes.items():
+        env.set_seed(seed)
+        returns[mode] = episode_returns(env, policy.actor, max_env_steps=cfg.env.max_episode_steps,
+                                        chunk_len=policy.actor.model.chunk_len, exploration_type=exploration)
+    return returns
 
 
 def make_rldt_critic(policy: FlowPolicy, cfg: DictConfig, device: torch.device) -> ValueOperator:
@@ -400,10 +408,13 @@ def make_rldt_critic(policy: FlowPolicy, cfg: DictConfig, device: torch.device) 
     return ValueOperator(network, in_keys=["observation", "action"]).to(device)
 
 
-def make_offpolicy_loss(actor: FlowActor, critic: ValueOperator,
-                        cfg: DictConfig) -> tuple[ChunkQEnsembleLoss, SoftUpdate]:
+def make_offpolicy_loss(
+    actor: FlowActor, critic: ValueOperator, cfg: DictConfig,
+) -> tuple[ChunkQEnsembleLoss, SoftUpdate, ReferenceUpdater | BaseEMAUpdater | None]:
     """The loss of ``cfg.method`` (RLDT or QAM) with its critic's value estimator (TD(0) or
-    TD(lambda)) and the Polyak updater of the critic's targets."""
+    TD(lambda)), the Polyak updater of the critic's targets, and the updater of the policy that
+    the actor terms are anchored to (RLDT's reference, QAM's base; ``None`` when it stays the
+    pretrained one), to step after each actor update."""
     target_clip = None if cfg.critic.target_clip is None else tuple(cfg.critic.target_clip)
     if cfg.method == "qam":
         loss = QAMLoss(
@@ -413,19 +424,21 @@ def make_offpolicy_loss(actor: FlowActor, critic: ValueOperator,
             num_target_samples=cfg.critic.num_target_samples,
             inverse_temperature=cfg.qam.inverse_temperature,
             base_constraint_coef=cfg.qam.base_constraint_coef,
-            base_ema=cfg.qam.base_ema,
-            base_update_every=cfg.qam.base_update_every,
             clamp_final_action=cfg.qam.clamp_final_action,
             target_clip=target_clip,
         )
+        policy_updater = (None if cfg.qam.base_ema == 1 else
+                          BaseEMAUpdater(loss, decay=cfg.qam.base_ema, every=cfg.qam.base_update_every))
     else:
         loss = make_rldt_loss(actor, critic, cfg, target_clip)
+        every = cfg.schedule.reanchor_every
+        policy_updater = None if every is None else ReferenceUpdater(loss, every=every)
     if cfg.critic.value_estimator == "td_lambda":
         loss.make_value_estimator(ValueEstimators.TDLambda, gamma=cfg.optim.gamma,
                                   lmbda=cfg.critic.lmbda)
     else:
         loss.make_value_estimator(ValueEstimators.TD0, gamma=cfg.optim.gamma)
-    return loss, SoftUpdate(loss, tau=cfg.optim.tau)
+    return loss, SoftUpdate(loss, tau=cfg.optim.tau), policy_updater
 
 
 def make_rldt_loss(actor: FlowActor, critic: ValueOperator, cfg: DictConfig,
@@ -436,6 +449,7 @@ def make_rldt_loss(actor: FlowActor, critic: ValueOperator, cfg: DictConfig,
         bandwidth=cfg.rldt.bandwidth,
         temperature=cfg.rldt.temperature,
         temperature_coef=cfg.rldt.temperature_coef,
+        normalization=cfg.rldt.field_normalization,
     )
     return RLDTLoss(
         actor,
@@ -447,8 +461,6 @@ def make_rldt_loss(actor: FlowActor, critic: ValueOperator, cfg: DictConfig,
         rl_coef=cfg.rldt.rl_coef,
         consistency_coef=cfg.rldt.consistency_coef,
         reference_coef=cfg.rldt.reference_coef,
-        reference="frozen" if cfg.schedule.reanchor_every is None else "previous",
-        reanchor_every=cfg.schedule.reanchor_every,
         rl_objective=cfg.rldt.rl_objective,
         target_clip=target_clip,
         stop_at_bounds=cfg.rldt.stop_at_bounds,
@@ -502,7 +514,7 @@ def load_rldt_run(path: str | Path, device: torch.device) -> tuple[DictConfig, F
                           checkpoint["config"])
     base = load_base_policy(cfg, device, cfg.rldt.num_steps)
     fine_tuned = load_base_policy(cfg, device, cfg.rldt.num_steps)
-    loss, _ = make_offpolicy_loss(fine_tuned.actor, make_rldt_critic(fine_tuned, cfg, device), cfg)
+    loss, _, _ = make_offpolicy_loss(fine_tuned.actor, make_rldt_critic(fine_tuned, cfg, device), cfg)
     loss.load_state_dict(checkpoint["loss"])
     return cfg, base, fine_tuned, loss, checkpoint
 

@@ -51,7 +51,7 @@ def test_refuses_another_example_another_task_and_older_layouts(tmp_path):
         TrainingRun("demo", config("Walker2d-v5"), output_dir=tmp_path, resume=path)
     old = tmp_path / "old.pt"
     save_checkpoint({"format": "torchrl_rldt.demo", "task": "Hopper-v5", "counters": {}}, old)
-    with pytest.raises(ValueError, match="layout version 1; this torchrl-rldt reads version 2"):
+    with pytest.raises(ValueError, match="layout version 1; this torchrl-rldt reads version 3"):
         TrainingRun("demo", config(), output_dir=tmp_path, resume=old)
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         TrainingRun("demo", config(), output_dir=tmp_path, resume=tmp_path / "missing.pt")
@@ -121,7 +121,7 @@ def test_a_kill_in_the_final_evaluation_loses_no_training_and_it_runs_once(tmp_p
         raise KeyboardInterrupt
 
     run = finished_run()
-    monkeypatch.setattr(run, "evaluate", killed)
+    monkeypatch.setattr(run, "evaluate_in_both_modes", killed)
     with pytest.raises(KeyboardInterrupt):
         run.finish(None, None, chunk_len=1, title="demo")
     checkpoint = tmp_path / "checkpoint.pt"
@@ -130,20 +130,21 @@ def test_a_kill_in_the_final_evaluation_loses_no_training_and_it_runs_once(tmp_p
     resumed = finished_run(resume=checkpoint)
     evaluations = []
 
-    def evaluate(*args, **kwargs):
+    def evaluate_in_both_modes(*args, **kwargs):
         returns = {"mean": 2.0, "std": 0.5, "episodes": 2}
         evaluations.append(returns)
         resumed.history.append({"env_steps": resumed.counters["env_steps"], **returns})
-        return returns
+        return {"deterministic": returns, "stochastic": {"mean": 1.5, "std": 0.5, "episodes": 2}}
 
-    monkeypatch.setattr(resumed, "evaluate", evaluate)
+    monkeypatch.setattr(resumed, "evaluate_in_both_modes", evaluate_in_both_modes)
     final = {"mean": 2.0, "std": 0.5, "episodes": 2}
     assert resumed.finish(None, None, chunk_len=1, title="demo")["final"] == final
     # killed again before the summary was read: the saved final evaluation is not run again
     again = finished_run(resume=checkpoint)
-    monkeypatch.setattr(again, "evaluate", killed)
+    monkeypatch.setattr(again, "evaluate_in_both_modes", killed)
     report = again.finish(None, None, chunk_len=1, title="demo")
     assert report["final"] == final and len(evaluations) == 1
+    assert report["final_by_mode"]["stochastic"]["mean"] == 1.5
     assert [entry["env_steps"] for entry in report["history"]] == [100]
 
 

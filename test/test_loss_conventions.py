@@ -65,7 +65,7 @@ def make_bc():
 
 
 def make_rldt():
-    loss = RLDTLoss(flow_actor(), q_critic(), num_particles=3, reference="previous", reanchor_every=4)
+    loss = RLDTLoss(flow_actor(), q_critic(), num_particles=3)
     loss.make_value_estimator(gamma=0.9)
     return loss, lambda loss: transitions(), "loss_rl"
 

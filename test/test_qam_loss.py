@@ -14,7 +14,7 @@ from torchrl.modules import ValueOperator
 from torchrl.objectives import SoftUpdate
 
 from torchrl_rldt.modules import ChunkQValueMLP, FlowActor, FlowModel, VelocityMLP
-from torchrl_rldt.objectives import ChunkQEnsembleLoss, QAMLoss, RLDTLoss
+from torchrl_rldt.objectives import BaseEMAUpdater, ChunkQEnsembleLoss, QAMLoss, RLDTLoss
 from torchrl_rldt.objectives.qam import memoryless_noise_std
 
 OBS, ACT, H, N = 5, 2, 3, 4
@@ -321,7 +321,7 @@ class TestQAMLoss:
         goal = torch.full((H, ACT), 0.8)
         critic = TensorDictModule(QuadraticCritic(goal), ["observation", "action"],
                                   ["state_action_value"])
-        loss = QAMLoss(make_actor(), critic, inverse_temperature=1.0, base_ema=1.0)
+        loss = QAMLoss(make_actor(), critic, inverse_temperature=1.0)
         optim = torch.optim.Adam(loss.actor_network_params.values(True, True), lr=3e-3)
         batch = make_batch(32)
 
@@ -488,29 +488,32 @@ class TestQAMLoss:
 
     def test_base_policy_schedule(self):
         batch = make_batch()
-        loss = make_loss(base_ema=0.75, base_update_every=2)
+        loss = make_loss()
+        updater = BaseEMAUpdater(loss, decay=0.75, every=2)
         start = loss.base_actor_network_params.clone()
         actor_step(loss, batch)
-        actor_step(loss, batch)
+        updater.step()
         assert (loss.base_actor_network_params == start).all()  # not yet
+        actor_step(loss, batch)
         after_two = loss.actor_network_params.data.clone()
         assert not (after_two == start).all()
-        actor_step(loss, batch)  # the third call moves the base first, towards the actor after two
+        updater.step()  # the second update moves the base towards the actor after two steps
         expected = start.apply(lambda base, actor: 0.75 * base + 0.25 * actor, after_two)
         for key, value in expected.items(True, True):
             torch.testing.assert_close(loss.base_actor_network_params[key], value, msg=str(key))
 
-        frozen = make_loss(base_ema=1.0, base_update_every=1)
+        frozen = make_loss()  # no updater: the pretrained base, whatever the loss is called for
         start = frozen.base_actor_network_params.clone()
         for _ in range(3):
             actor_step(frozen, batch)
         assert (frozen.base_actor_network_params == start).all()
 
-        copied = make_loss(base_ema=0.0, base_update_every=1)
+        copied = make_loss()
         actor_step(copied, batch)
-        current = copied.actor_network_params.data.clone()
-        copied.actor_loss(batch)
-        assert (copied.base_actor_network_params == current).all()
+        copied.update_base_policy(0.0)
+        assert (copied.base_actor_network_params == copied.actor_network_params.data).all()
+        with pytest.raises(ValueError, match="decay must be in"):
+            copied.update_base_policy(1.5)
 
     def test_soft_update_moves_the_critic_targets_only(self):
         loss = make_loss()
@@ -529,15 +532,15 @@ class TestQAMLoss:
     @pytest.mark.parametrize("device", DEVICES)
     def test_state_dict_round_trip(self, device):
         torch.manual_seed(0)
-        loss = make_loss(base_update_every=2).to(device)
+        loss = make_loss().to(device)
         batch = make_batch().to(device)
-        for _ in range(3):  # moves the actor, the base and the call count
+        for _ in range(3):  # moves the actor
             actor_step(loss, batch)
+        loss.update_base_policy(0.5)  # and the base
         state = loss.state_dict()
-        assert int(state["actor_loss_calls"]) == 3
         assert any(key.startswith("base_actor_network_params.") for key in state)
         torch.manual_seed(1)
-        restored = make_loss(base_update_every=2).to(device)
+        restored = make_loss().to(device)
         restored.load_state_dict(state)
         for name, value in restored.state_dict().items():
             torch.testing.assert_close(value, state[name], msg=name)
@@ -566,10 +569,6 @@ class TestQAMLoss:
             QAMLoss(make_actor(), make_critic(), inverse_temperature=-1.0)
         with pytest.raises(ValueError, match="base_constraint_coef must be >= 0"):
             QAMLoss(make_actor(), make_critic(), base_constraint_coef=-0.1)
-        with pytest.raises(ValueError, match="base_ema must be in"):
-            QAMLoss(make_actor(), make_critic(), base_ema=1.5)
-        with pytest.raises(ValueError, match="base_update_every must be an integer"):
-            QAMLoss(make_actor(), make_critic(), base_update_every=0)
         with pytest.raises(ValueError, match="action_gradient_critic"):
             QAMLoss(make_actor(), make_critic(), action_gradient_critic="mean")
         with pytest.raises(ValueError, match="target_std_penalty needs num_qvalue_nets >= 2"):

@@ -73,6 +73,14 @@ def test_smoke_writes_everything(tmp_path, base):
     assert summary["history"][-1] == {**summary["final"], "env_steps": summary["counters"]["env_steps"],
                                       "wall_seconds": summary["history"][-1]["wall_seconds"]}
     assert "fine-tuned" in result.stderr + result.stdout
+    # the start and the end in both sampling modes, the configured one being the curve's
+    for key, configured in (("base_by_mode", "base"), ("final_by_mode", "final")):
+        assert set(summary[key]) == {"deterministic", "stochastic"}
+        assert summary[key]["deterministic"] == summary[configured]
+        assert summary[key]["stochastic"]["episodes"] == summary[configured]["episodes"]
+    for scalar in ("gradient_norm_loss_rl", "gradient_norm_loss_reference", "drive_to_anchor_gradient_ratio",
+                   "drive_gradient_cosine"):  # what the actor steps followed, at every evaluation
+        assert (run_dir / "rldt_gym" / "scalars" / f"{scalar}.csv").is_file(), scalar
     # where the loop's time went: every phase measured, and they add up to its wall-clock
     phases = summary["phase_seconds"]
     assert set(phases) == {"collection", "critic", "actor", "evaluation", "other"}
@@ -108,6 +116,21 @@ def test_smoke_writes_everything(tmp_path, base):
     assert entry == {"task": "Hopper-v5", **policy.metadata}
     assert {mode: result["episodes"] for mode, result in entry["returns"]["fine_tuned"].items()} == {
         "deterministic": 2, "stochastic": 2}
+
+
+def test_policies_are_compared_on_paired_episodes(base):
+    """Two evaluations with one seed start from the same states: a deterministic policy gets the
+    same returns twice (export_policy.py measures the base and the fine-tuned policy so)."""
+    from omegaconf import OmegaConf
+
+    utils = load_script("examples/utils.py")
+    cfg = OmegaConf.create({"task": "Hopper-v5", "env": {"max_episode_steps": 30}})
+    policy = load_flow_policy(base)
+    env = utils.make_policy_chunk_env(policy, cfg, 3, 123, torch.device("cpu"))
+    first, second = (utils.returns_by_sampling_mode(env, policy, cfg, 123) for _ in range(2))
+    assert first["deterministic"] == second["deterministic"]
+    unpaired = utils.episode_returns(env, policy.actor, max_env_steps=30, chunk_len=4)
+    assert unpaired["mean"] != first["deterministic"]["mean"]  # the next episodes differ
 
 
 def test_resume_reaches_the_same_counters(tmp_path, base):
@@ -369,7 +392,7 @@ def test_qam_takes_the_critic_gradient_where_the_reference_of_its_setting_does(c
         cfg = compose(config_name=config_name, overrides=["method=qam"])
     model = FlowModel(VelocityMLP(3, 2, chunk_len=2, hidden_dim=8), 2, 4, chunk_len=2, low=-1.0, high=1.0)
     critic = ValueOperator(ChunkQValueMLP(3, 2, chunk_len=2, hidden_dim=8), in_keys=["observation", "action"])
-    loss, _ = utils.make_offpolicy_loss(FlowActor(model), critic, cfg)
+    loss, _, _ = utils.make_offpolicy_loss(FlowActor(model), critic, cfg)
     assert isinstance(loss, QAMLoss) and loss.clamp_final_action is clamps
 
 

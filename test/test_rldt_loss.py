@@ -14,7 +14,7 @@ from torchrl.modules import ValueOperator
 from torchrl.objectives import SoftUpdate, ValueEstimators
 
 from torchrl_rldt.modules import ChunkQValueMLP, FlowActor, FlowModel, SVGDTransport, VelocityMLP
-from torchrl_rldt.objectives import FlowMatchingBCLoss, RLDTLoss
+from torchrl_rldt.objectives import FlowMatchingBCLoss, ReferenceUpdater, RLDTLoss
 
 OBS, ACT, H, N = 5, 2, 3, 4
 
@@ -426,12 +426,6 @@ class TestRLDTLoss:
             RLDTLoss(make_actor(), make_critic(), reference_coef=-1.0)
         with pytest.raises(TypeError, match="FlowActor"):
             RLDTLoss(make_critic(), make_critic())
-        with pytest.raises(ValueError, match="reanchor_every >= 1"):
-            RLDTLoss(make_actor(), make_critic(), reference="previous")
-        with pytest.raises(ValueError, match="only used with reference='previous'"):
-            RLDTLoss(make_actor(), make_critic(), reanchor_every=4)
-        with pytest.raises(ValueError, match="reference must be"):
-            RLDTLoss(make_actor(), make_critic(), reference="pretrained")
         unbounded = FlowActor(FlowModel(VelocityMLP(OBS, ACT, chunk_len=H), ACT, N, chunk_len=H))
         with pytest.raises(ValueError, match="stop_at_bounds=True needs an actor"):
             RLDTLoss(unbounded, make_critic(), stop_at_bounds=True)
@@ -442,18 +436,19 @@ class TestRLDTLoss:
     @pytest.mark.parametrize("device", DEVICES)
     def test_state_dict_round_trip(self, device):
         torch.manual_seed(0)
-        loss = make_loss(reference="previous", reanchor_every=2).to(device)
+        loss = make_loss().to(device)
         batch = make_batch().to(device)
-        for _ in range(3):  # moves the actor, the reference and the call count
+        for step in range(3):  # moves the actor and, once, the reference
             terms = loss.actor_loss(batch)
             sum(terms[key] for key in POLICY_TERMS).backward()
             with torch.no_grad():
                 for param in loss.actor_network.parameters():
                     param -= 0.1 * param.grad
+            if step == 1:
+                loss.reset_reference()
         state = loss.state_dict()
-        assert int(state["actor_loss_calls"]) == 3
         torch.manual_seed(1)
-        restored = make_loss(reference="previous", reanchor_every=2).to(device)
+        restored = make_loss().to(device)
         restored.load_state_dict(state)
         for name, value in restored.state_dict().items():
             torch.testing.assert_close(value, state[name], msg=name)
@@ -541,7 +536,7 @@ class TestRLDTLoss:
         assert "transport_bandwidth" not in loss.out_keys
         assert set(loss(make_batch()).keys()) == set(loss.out_keys)
 
-    def test_reference_is_frozen_or_reanchored_by_the_loss(self):
+    def test_reference_is_frozen_or_reanchored_by_its_updater(self):
         batch = make_batch()
 
         def actor_step(loss):
@@ -552,20 +547,24 @@ class TestRLDTLoss:
                     param -= 0.05 * param.grad
                     param.grad = None
 
-        frozen = make_loss()
+        frozen = make_loss()  # no updater: the reference stays, however often the loss is called
         start = frozen.reference_actor_network_params.clone()
         for _ in range(3):
             actor_step(frozen)
         assert (frozen.reference_actor_network_params == start).all()
         assert not (frozen.actor_network_params.data == start).all()
 
-        previous = make_loss(reference="previous", reanchor_every=2)
+        previous = make_loss()
+        updater = ReferenceUpdater(previous, every=2)
         start = previous.reference_actor_network_params.clone()
         actor_step(previous)
-        actor_step(previous)
+        updater.step()
         assert (previous.reference_actor_network_params == start).all()  # not yet
+        actor_step(previous)
         after_two = previous.actor_network_params.data.clone()
-        actor_step(previous)  # the third call re-anchors first, to the iterate after two steps
+        updater.step()  # the second update re-anchors, to the iterate after two steps
+        assert (previous.reference_actor_network_params == after_two).all()
+        previous.actor_loss(batch)  # a diagnostic call moves nothing
         assert (previous.reference_actor_network_params == after_two).all()
 
 

@@ -84,6 +84,37 @@ class TestSVGDTransport:
                     torch.testing.assert_close(info["bandwidth"][b, s, i], torch.tensor(h))
                 torch.testing.assert_close(info["temperature"][b, s], alpha)
 
+    def test_kernel_mass_normalization_matches_the_formula(self):
+        torch.manual_seed(0)
+        particles, gradients = torch.randn(4, 6, 3), torch.randn(4, 6, 3)
+        queries = torch.randn(4, 5, 3)
+        field, info = SVGDTransport(temperature_coef=0.1, normalization="kernel_mass").field(
+            particles, gradients, queries)
+        reference, _ = SVGDTransport(temperature_coef=0.1).field(particles, gradients, queries)
+        sq = (queries.unsqueeze(-2) - particles.unsqueeze(-3)).pow(2).sum(-1)
+        mass = torch.exp(-0.5 * sq / info["bandwidth"].unsqueeze(-1)).sum(-1, keepdim=True)
+        # the same sum, divided by the kernel mass instead of K
+        torch.testing.assert_close(field, reference * 6 / mass, rtol=1e-5, atol=1e-6)
+
+    def test_kernel_mass_normalization_passes_a_uniform_gradient_on_whole(self):
+        """All particles see the same gradient g: the normalised drive is g, the reference's a
+        fraction of it (the kernel mass over K)."""
+        torch.manual_seed(0)
+        particles = torch.randn(3, 8, 4)
+        gradients = torch.tensor([1.0, -2.0, 0.5, 0.0]).expand(3, 8, 4)
+        normalised, _ = SVGDTransport(temperature=0.0, normalization="kernel_mass").field(
+            particles, gradients)
+        torch.testing.assert_close(normalised, gradients.expand_as(normalised))
+        reference, _ = SVGDTransport(temperature=0.0).field(particles, gradients)
+        assert (reference.norm(dim=-1) < 0.9 * gradients.norm(dim=-1)).all()
+
+    def test_kernel_mass_normalization_survives_underflowing_weights(self):
+        particles = torch.tensor([[[0.0, 0.0], [100.0, 0.0]]])
+        queries = torch.tensor([[[50.0, 50.0]]])
+        field, _ = SVGDTransport(bandwidth=1e-3, normalization="kernel_mass").field(
+            particles, torch.ones(1, 2, 2), queries)
+        assert torch.isfinite(field).all() and (field == 0).all()
+
     def test_fixed_bandwidth_and_temperature(self):
         particles, gradients = torch.randn(6, 8, 3), torch.randn(6, 8, 3)
         field, info = SVGDTransport(bandwidth=0.5, temperature=0.0).field(particles, gradients)
@@ -122,6 +153,8 @@ class TestSVGDTransport:
             SVGDTransport(bandwidth=0.0)
         with pytest.raises(ValueError, match="temperature must be"):
             SVGDTransport(temperature=-1.0)
+        with pytest.raises(ValueError, match="normalization must be 'particles'"):
+            SVGDTransport(normalization="mass")
         with pytest.raises(ValueError, match="same shape|shape \\[\\*B, K, D\\]"):
             SVGDTransport().field(torch.randn(2, 8, 3), torch.randn(2, 8, 4))
 

@@ -363,8 +363,9 @@ class NonFiniteError(RuntimeError):
     """A loss or a reward became NaN or infinite."""
 
 
-# version 2: the run-harness layout (modules by name, "extra", "wall_seconds"), FlowActor.model
-CHECKPOINT_VERSION = 2
+# version 2: the run-harness layout (modules by name, "extra", "wall_seconds"), FlowActor.model;
+# version 3: the losses without their actor-update count (ReferenceUpdater, BaseEMAUpdater)
+CHECKPOINT_VERSION = 3
 
 
 def read_checkpoint(path: str | Path, name: str, *, map_location: Any = "cpu") -> dict:
@@ -768,6 +769,11 @@ class TrainingRun:
         """``config.eval.exploration``: ``"deterministic"`` (the default) or ``"random"``."""
         return self.config.eval.get("exploration", "deterministic")
 
+    @property
+    def configured_mode(self) -> str:
+        """The sampling mode of :attr:`evaluation_mode`: ``"deterministic"`` or ``"stochastic"``."""
+        return "stochastic" if self.evaluation_mode == "random" else "deterministic"
+
     def evaluate(self, env: EnvBase, policy: TensorDictModuleBase, *, chunk_len: int) -> dict:
         """Returns of one episode per env of ``env``, added to the learning curve.
 
@@ -791,15 +797,47 @@ class TrainingRun:
                              "wall_seconds": self.wall_seconds, **returns})
         return returns
 
+    def evaluate_in_both_modes(self, env: EnvBase, policy: TensorDictModuleBase, *,
+                               chunk_len: int) -> dict[str, dict]:
+        """Returns of one episode per env in each sampling mode, on paired episodes.
+
+        ``env`` (the final-evaluation env) is reseeded with the run's final-evaluation seed
+        before each mode, so that the starting and the final policy, in either mode, start from
+        the same states. The configured mode (``config.eval.exploration``) goes on the learning
+        curve; the other one runs on a forked random state, so that it draws nothing the
+        training would have drawn.
+
+        Returns:
+            ``{"deterministic": ..., "stochastic": ...}``, each as :func:`episode_returns`'s.
+        """
+        configured = self.configured_mode
+        by_mode = {}
+        for mode, exploration in (("deterministic", ExplorationType.DETERMINISTIC),
+                                  ("stochastic", ExplorationType.RANDOM)):
+            env.set_seed(self.env_seed("final"))
+            if mode == configured:
+                by_mode[mode] = self.evaluate(env, policy, chunk_len=chunk_len)
+                continue
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices), self.timed("evaluation"):
+                by_mode[mode] = episode_returns(env, policy, max_env_steps=self.config.env.max_episode_steps,
+                                                chunk_len=chunk_len, exploration_type=exploration)
+        return by_mode
+
     def evaluate_base(self, env: EnvBase, policy: TensorDictModuleBase, *, chunk_len: int) -> dict:
         """The starting policy's returns (``extra["base_returns"]``), evaluated once per run.
 
-        A resumed run keeps the returns measured when it started.
+        Both sampling modes are measured (:meth:`evaluate_in_both_modes`, in
+        ``extra["base_returns_by_mode"]``); the configured one is returned. A resumed run keeps
+        the returns measured when it started.
         """
         if "base_returns" not in self.extra:
-            returns = self.extra["base_returns"] = self.evaluate(env, policy, chunk_len=chunk_len)
-            log.info("%s starting policy: %s return %.4g +- %.4g (%d episodes)", self.config.task,
-                     self.evaluation_mode, returns["mean"], returns["std"], returns["episodes"])
+            by_mode = self.extra["base_returns_by_mode"] = self.evaluate_in_both_modes(
+                env, policy, chunk_len=chunk_len)
+            returns = self.extra["base_returns"] = by_mode[self.configured_mode]
+            log.info("%s starting policy: %s return %.4g +- %.4g (%d episodes; %s)", self.config.task,
+                     self.evaluation_mode, returns["mean"], returns["std"], returns["episodes"],
+                     ", ".join(f"{mode} {result['mean']:.4g}" for mode, result in by_mode.items()))
         return self.extra["base_returns"]
 
     def evaluate_periodically(self, env: EnvBase, policy: TensorDictModuleBase, *,
@@ -876,13 +914,19 @@ class TrainingRun:
         else:
             # the training is on disk before the final evaluation (minutes) runs
             self.save(replay_buffer)
-            final = self.evaluate(env, policy, chunk_len=chunk_len)
-            self.extra["final"] = {"env_steps": self.counters["env_steps"], "returns": final}
+            final_by_mode = self.evaluate_in_both_modes(env, policy, chunk_len=chunk_len)
+            final = final_by_mode[self.configured_mode]
+            self.extra["final"] = {"env_steps": self.counters["env_steps"], "returns": final,
+                                   "returns_by_mode": final_by_mode}
             self.save(replay_buffer)
         base = self.extra["base_returns"]
         report = {
             "task": self.config.task, "seed": self.config.seed, **(summary or {}),
-            "counters": self.counters, "base": base, "final": final, "history": self.history,
+            "counters": self.counters, "base": base, "final": final,
+            # both sampling modes, base and final on the same initial states
+            "base_by_mode": self.extra.get("base_returns_by_mode"),
+            "final_by_mode": self.extra["final"].get("returns_by_mode"),
+            "history": self.history,
             "phase_seconds": self.phase_seconds(),
             # 1-minute load average when each session of the loop started, and at the end
             "load_average": [*self._load_averages, round(os.getloadavg()[0], 2)],

@@ -14,9 +14,15 @@ from tensordict.utils import NestedKey
 __all__ = ["SVGDTransport", "svgd_field"]
 
 
-def _check_options(kernel, bandwidth, temperature, temperature_coef, max_grad_norm, min_bandwidth):
+def _check_options(kernel, bandwidth, temperature, temperature_coef, max_grad_norm, min_bandwidth,
+                   normalization):
     if kernel not in ("rbf", "delta"):
         raise ValueError(f"kernel must be 'rbf' or 'delta', got {kernel!r}.")
+    if normalization not in ("particles", "kernel_mass"):
+        raise ValueError(
+            f"normalization must be 'particles' (1/K, the reference) or 'kernel_mass', got "
+            f"{normalization!r}."
+        )
     if bandwidth is not None and not bandwidth > 0:
         raise ValueError(f"a fixed bandwidth must be positive, got {bandwidth}.")
     if temperature != "adaptive" and not (
@@ -42,6 +48,7 @@ def svgd_field(
     temperature_coef: float = 1e-3,
     max_grad_norm: float = 1e5,
     min_bandwidth: float = 1e-8,
+    normalization: Literal["particles", "kernel_mass"] = "particles",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The Stein variational gradient descent field of particles, evaluated at query points.
 
@@ -59,6 +66,12 @@ def svgd_field(
     field is the gradient itself, ``phi(q_i) = g_i``: the gradients must then be taken at the
     queries. The work is ``O(K^2 D)`` per state, vectorised over any leading batch shape; the
     output carries no gradient.
+
+    ``normalization="kernel_mass"`` divides by ``sum_j k(q_i, a_j)`` instead of ``K`` (a departure
+    from the reference, ``docs/algorithm.md``): the drive becomes a kernel-weighted average of
+    the gradients, as large as the gradient itself, while ``1/K`` passes on only a fraction of it
+    (about ``1/K`` at a query far from the other particles). The kernel's smoothing and the
+    repulsion stay; only their scale changes.
 
     Reference: RLDT, arXiv 2606.08602 (``docs/algorithm.md``, "Transport field"); SVGD: Liu &
     Wang, arXiv 1608.04471.
@@ -81,6 +94,9 @@ def svgd_field(
             temperature. Defaults to ``1e5``.
         min_bandwidth (float, optional): the floor of the median-rule bandwidth. Defaults to
             ``1e-8``.
+        normalization (str, optional): what the RBF field's sum is divided by: ``"particles"``
+            (``K``, the reference) or ``"kernel_mass"`` (``sum_j k(q_i, a_j)`` per query). No
+            effect on the delta kernel. Defaults to ``"particles"``.
 
     Returns:
         The field ``[*B, K', D]`` and a dict with ``"temperature"`` ``[*B]`` and, for the RBF
@@ -94,7 +110,8 @@ def svgd_field(
         >>> field.shape, info["bandwidth"].shape, info["temperature"].shape
         (torch.Size([5, 8, 3]), torch.Size([5, 8]), torch.Size([5]))
     """
-    _check_options(kernel, bandwidth, temperature, temperature_coef, max_grad_norm, min_bandwidth)
+    _check_options(kernel, bandwidth, temperature, temperature_coef, max_grad_norm, min_bandwidth,
+                   normalization)
     if particles.ndim < 2 or particles.shape != gradients.shape:
         raise ValueError(
             f"particles and gradients must both have shape [*B, K, D], got "
@@ -128,7 +145,13 @@ def svgd_field(
     weights = torch.exp(-0.5 * sq_dist / h.unsqueeze(-1))  # [*B, K', K]
     drive = weights @ gradients
     repulsion = (weights.unsqueeze(-1) * diff).sum(-2) / h.unsqueeze(-1)
-    field = (drive + alpha[..., None, None] * repulsion) / num_particles
+    if normalization == "kernel_mass":
+        # the median rule keeps half the weights >= 1 / (K + 1); a small fixed bandwidth can
+        # underflow them all, and then drive and repulsion are 0 as well
+        mass = weights.sum(-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
+    else:
+        mass = num_particles
+    field = (drive + alpha[..., None, None] * repulsion) / mass
     return field, {"temperature": alpha, "bandwidth": h}
 
 
@@ -158,6 +181,9 @@ class SVGDTransport(TensorDictModuleBase):
             temperature. Defaults to ``1e5``.
         min_bandwidth (float, optional): the floor of the median-rule bandwidth. Defaults to
             ``1e-8``.
+        normalization (str, optional): ``"particles"`` (divide by ``K``, the reference) or
+            ``"kernel_mass"`` (by ``sum_j k(q_i, a_j)``; see :func:`svgd_field`). Defaults to
+            ``"particles"``.
         particles_key (NestedKey, optional): particles ``[*B, K, D]``. Defaults to
             ``"particles"``.
         gradients_key (NestedKey, optional): critic action-gradients at the particles (at the
@@ -194,6 +220,7 @@ class SVGDTransport(TensorDictModuleBase):
         temperature_coef: float = 1e-3,
         max_grad_norm: float = 1e5,
         min_bandwidth: float = 1e-8,
+        normalization: Literal["particles", "kernel_mass"] = "particles",
         particles_key: NestedKey = "particles",
         gradients_key: NestedKey = "particle_gradients",
         queries_key: NestedKey | None = None,
@@ -203,8 +230,9 @@ class SVGDTransport(TensorDictModuleBase):
     ) -> None:
         super().__init__()
         _check_options(kernel, bandwidth, temperature, temperature_coef, max_grad_norm,
-                       min_bandwidth)
+                       min_bandwidth, normalization)
         self.kernel = kernel
+        self.normalization = normalization
         self.bandwidth = bandwidth
         self.temperature = temperature
         self.temperature_coef = temperature_coef
@@ -232,6 +260,7 @@ class SVGDTransport(TensorDictModuleBase):
             particles, gradients, queries, kernel=self.kernel, bandwidth=self.bandwidth,
             temperature=self.temperature, temperature_coef=self.temperature_coef,
             max_grad_norm=self.max_grad_norm, min_bandwidth=self.min_bandwidth,
+            normalization=self.normalization,
         )
 
     def transport(

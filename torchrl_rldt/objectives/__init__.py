@@ -8,8 +8,10 @@ from torchrl_rldt.objectives.fpo import FPOLoss
 from torchrl_rldt.objectives.qam import QAMLoss
 from torchrl_rldt.objectives.reinflow import ReinFlowLoss
 from torchrl_rldt.objectives.rldt import RLDTLoss
+from torchrl_rldt.objectives.updaters import BaseEMAUpdater, ReferenceUpdater
 
 __all__ = [
+    "BaseEMAUpdater",
     "ChunkQEnsembleLoss",
     "DDPMChunkBCLoss",
     "DPPOLoss",
@@ -17,5 +19,6 @@ __all__ = [
     "FlowMatchingBCLoss",
     "QAMLoss",
     "RLDTLoss",
+    "ReferenceUpdater",
     "ReinFlowLoss",
 ]

@@ -208,9 +208,6 @@ class ChunkQEnsembleLoss(LossModule):
             compare_against=list(actor_network.parameters()),
         )
         self._make_vmap()
-        # completed actor_loss calls (a checkpointed buffer): the schedule on which a subclass
-        # moves its reference or base policy
-        self.register_buffer("actor_loss_calls", torch.zeros((), dtype=torch.long))
         # the actor's own keys are the loss's defaults: one place to name them
         self.set_keys(observation=actor_network.observation_key, action=actor_network.action_key)
 

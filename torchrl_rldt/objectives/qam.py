@@ -91,15 +91,13 @@ class QAMLoss(ChunkQEnsembleLoss):
     Norms are sums over the chunk's ``H x A`` numbers; ``L_adj`` sums over the ``N`` steps.
 
     The base policy ``v_base`` is a copy of the actor's parameters held as a buffer
-    (``base_actor_network_params``: no optimiser sees it) and moved towards the actor by the
-    loss itself, an exponential moving average ``base <- base_ema * base + (1 - base_ema) *
-    actor`` at the start of the call that follows every ``base_update_every`` completed calls
-    of :meth:`actor_loss` (``base_ema=1`` keeps the pretrained policy). It is not a TorchRL
-    target: :class:`~torchrl.objectives.SoftUpdate` moves every ``target_*`` parameter set at
-    one rate after every step, while the reference moves the critic's targets after every critic
-    step and the base after every 32 actor steps, at another rate. The call count is in the
-    state dict, so a resumed run keeps the schedule. ``SoftUpdate(loss, ...)`` moves the critic's
-    targets, as for :class:`~torchrl_rldt.objectives.RLDTLoss`.
+    (``base_actor_network_params``: no optimiser sees it). The loss never moves it: without an
+    updater it stays the pretrained policy, and a
+    :class:`~torchrl_rldt.objectives.BaseEMAUpdater` stepped after each actor update moves it
+    towards the actor on the reference's schedule (an EMA of factor 0.995 every 32 actor
+    updates). It is not a TorchRL target: :class:`~torchrl.objectives.SoftUpdate` moves every
+    ``target_*`` parameter set after every step, here the critic's targets after every critic
+    step, as for :class:`~torchrl_rldt.objectives.RLDTLoss`.
 
     The critic is :class:`~torchrl_rldt.objectives.ChunkQEnsembleLoss`'s, the one RLDT trains.
 
@@ -123,10 +121,6 @@ class QAMLoss(ChunkQEnsembleLoss):
             policy in the tilted target. Defaults to ``0.3``.
         base_constraint_coef (float, optional): ``c``, the weight of ``L_base``. Defaults to
             ``0.2``.
-        base_ema (float, optional): the base policy's EMA factor in ``[0, 1]``: ``1`` keeps the
-            base frozen, ``0`` copies the actor. Defaults to ``0.995``.
-        base_update_every (int, optional): completed :meth:`actor_loss` calls (actor updates)
-            between two EMA steps of the base. Defaults to ``32``.
         clamp_final_action (bool, optional): take the critic's gradient at the final action
             clamped to the actor's bounds (what the environment executes). Defaults to ``True``.
         action_gradient_critic (str, optional): the members whose action-gradient starts the
@@ -191,8 +185,6 @@ class QAMLoss(ChunkQEnsembleLoss):
         num_target_samples: int = 2,
         inverse_temperature: float = 0.3,
         base_constraint_coef: float = 0.2,
-        base_ema: float = 0.995,
-        base_update_every: int = 32,
         clamp_final_action: bool = True,
         action_gradient_critic: Literal["online", "target"] = "online",
         target_std_penalty: float | None = None,
@@ -208,10 +200,6 @@ class QAMLoss(ChunkQEnsembleLoss):
         ):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}.")
-        if not 0 <= base_ema <= 1:
-            raise ValueError(f"base_ema must be in [0, 1], got {base_ema}.")
-        if type(base_update_every) is not int or base_update_every < 1:  # bool is an int too
-            raise ValueError(f"base_update_every must be an integer >= 1, got {base_update_every!r}.")
         if action_gradient_critic not in ("online", "target"):
             raise ValueError(
                 f"action_gradient_critic must be 'online' or 'target', got {action_gradient_critic!r}."
@@ -230,12 +218,10 @@ class QAMLoss(ChunkQEnsembleLoss):
         )
         self.inverse_temperature = float(inverse_temperature)
         self.base_constraint_coef = float(base_constraint_coef)
-        self.base_ema = float(base_ema)
-        self.base_update_every = base_update_every
         self.clamp_final_action = clamp_final_action
         self.action_gradient_critic = action_gradient_critic
         # A buffer: no optimiser sees it, and SoftUpdate (which moves every target_* set after
-        # every critic step) leaves it to the loss's own schedule.
+        # every critic step) leaves it to BaseEMAUpdater's schedule.
         self.base_actor_network_params = TensorDictParams(
             self.actor_network_params.data.clone(), no_convert=True
         )
@@ -259,13 +245,18 @@ class QAMLoss(ChunkQEnsembleLoss):
         self._out_keys = values
 
     @torch.no_grad()
-    def update_base_policy(self) -> None:
-        """One EMA step of the base policy towards the actor: ``base <- ema base + (1 - ema) actor``.
+    def update_base_policy(self, decay: float) -> None:
+        """One EMA step of the base policy towards the actor: ``base <- decay base + (1 - decay) actor``.
 
-        :meth:`actor_loss` calls it every ``base_update_every`` actor updates; call it by hand
-        only for another schedule.
+        :class:`~torchrl_rldt.objectives.BaseEMAUpdater` calls it on a schedule of actor
+        updates; call it by hand for another schedule.
+
+        Args:
+            decay (float): the EMA factor in ``[0, 1]`` (``0`` copies the actor).
         """
-        weight = 1 - self.base_ema
+        if not 0 <= decay <= 1:
+            raise ValueError(f"decay must be in [0, 1], got {decay}.")
+        weight = 1 - decay
 
         def step(base: torch.Tensor, current: torch.Tensor) -> None:
             if base.is_floating_point():
@@ -372,9 +363,8 @@ class QAMLoss(ChunkQEnsembleLoss):
     def actor_loss(self, tensordict: TensorDictBase) -> TensorDict:
         """The adjoint-matching loss, the constraint to the base, and detached statistics.
 
-        After every ``base_update_every`` completed calls the next one first moves the base
-        policy (:meth:`update_base_policy`, unless ``base_ema=1``): call it once per actor update
-        (a diagnostic call counts as one).
+        The call moves nothing (the base policy moves with a
+        :class:`~torchrl_rldt.objectives.BaseEMAUpdater`).
 
         Args:
             tensordict (TensorDictBase): a batch holding the observations and the critic's other
@@ -396,9 +386,6 @@ class QAMLoss(ChunkQEnsembleLoss):
             return self._actor_loss(tensordict)
 
     def _actor_loss(self, tensordict: TensorDictBase) -> TensorDict:
-        calls = int(self.actor_loss_calls)
-        if self.base_ema < 1 and calls and calls % self.base_update_every == 0:
-            self.update_base_policy()
         observation = tensordict.get(self.tensor_keys.observation)
         batch_shape = observation.shape[:-1]
         state = self._critic_state(tensordict, batch_shape)
@@ -443,5 +430,4 @@ class QAMLoss(ChunkQEnsembleLoss):
                 **{key: value.detach() for key, value in stats.items()},
             }
         )
-        self.actor_loss_calls += 1  # counted once the terms exist: a failed call is no update
         return out

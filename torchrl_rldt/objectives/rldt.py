@@ -36,12 +36,12 @@ class RLDTLoss(ChunkQEnsembleLoss):
       ``v`` towards ``v + phi / (N (1 - t))``: one SVGD step of size ``1/N`` on the landing point;
     * ``L_cons = E[||a_hat - a||^2 / (N (1 - t))^2]``, which keeps the chains straight;
     * ``L_ref = E[||v(x', t' | s) - v_ref(x', t' | s)||^2]`` at ``x' = (1 - t') z + t' a``, a
-      Fisher-style divergence to a reference policy: the pretrained one (``reference="frozen"``)
-      or the iterate of at most ``reanchor_every`` actor updates ago (``reference="previous"``,
-      as the reference code re-anchors every iteration). The loss owns the re-anchoring: it
-      counts its completed :meth:`actor_loss` calls (meant as one per actor update) and, after
-      every ``reanchor_every`` of them, re-anchors at the start of the next call; the count is
-      in the state dict, so a resumed run keeps the schedule.
+      Fisher-style divergence to a reference policy: the actor at the loss's construction (the
+      pretrained policy, the paper's text), or, with a
+      :class:`~torchrl_rldt.objectives.ReferenceUpdater` stepped after each actor update, the
+      iterate of at most ``every`` updates ago (the reference code re-anchors every iteration
+      of 32 updates). The loss never moves the reference itself, so any call of
+      :meth:`actor_loss`, a diagnostic one included, changes nothing.
 
     Deviations from the reference code, on purpose: bootstrapping masks ``terminated`` only (the
     reference code also stops at time-limit truncations); the particles are the clamped chain
@@ -70,12 +70,6 @@ class RLDTLoss(ChunkQEnsembleLoss):
         rl_coef (float, optional): weight of ``L_RL``. Defaults to ``1.0``.
         consistency_coef (float, optional): weight of ``L_cons``. Defaults to ``0.5``.
         reference_coef (float, optional): weight of ``L_ref``. Defaults to ``0.2``.
-        reference (str, optional): ``"frozen"`` (the actor's parameters at construction) or
-            ``"previous"`` (re-anchored every ``reanchor_every`` actor updates). Defaults to
-            ``"frozen"``.
-        reanchor_every (int, optional): the re-anchoring period of ``reference="previous"``, in
-            completed calls of :meth:`actor_loss` (actor updates); must be ``None`` for
-            ``"frozen"``. Defaults to ``None``.
         rl_objective (str, optional): ``"inner_product"`` (the formula above) or
             ``"regression"`` (the equivalent ``0.5 ||v - sg(v + phi / (N (1 - t)))||^2``: same
             gradient, other value). Defaults to ``"inner_product"``.
@@ -107,15 +101,16 @@ class RLDTLoss(ChunkQEnsembleLoss):
         >>> from torchrl.modules import ValueOperator
         >>> from torchrl.objectives import SoftUpdate
         >>> from torchrl_rldt.modules import ChunkQValueMLP, FlowActor, FlowModel, VelocityMLP
-        >>> from torchrl_rldt.objectives import RLDTLoss
+        >>> from torchrl_rldt.objectives import ReferenceUpdater, RLDTLoss
         >>> obs_dim, act_dim, chunk = 11, 3, 4
         >>> actor = FlowActor(FlowModel(VelocityMLP(obs_dim, act_dim, chunk_len=chunk, hidden_dim=64),
         ...                             act_dim, num_steps=8, chunk_len=chunk, low=-1.0, high=1.0))
         >>> critic = ValueOperator(ChunkQValueMLP(obs_dim, act_dim, chunk_len=chunk, hidden_dim=64),
         ...                        in_keys=["observation", "action"])
-        >>> loss = RLDTLoss(actor, critic, num_particles=4, reference="previous", reanchor_every=32)
+        >>> loss = RLDTLoss(actor, critic, num_particles=4)
         >>> loss.make_value_estimator(gamma=0.99)
         >>> target_updater = SoftUpdate(loss, eps=0.995)
+        >>> reference_updater = ReferenceUpdater(loss, every=32)  # step() after each actor update
         >>> batch = TensorDict({
         ...     "observation": torch.randn(16, obs_dim), "action": torch.rand(16, chunk, act_dim),
         ...     "next": {"observation": torch.randn(16, obs_dim), "reward": torch.randn(16, 1),
@@ -129,6 +124,7 @@ class RLDTLoss(ChunkQEnsembleLoss):
         >>> (critic_loss + sum(actor_loss[k] for k in ("loss_rl", "loss_consistency",
         ...                                           "loss_reference"))).backward()
         >>> target_updater.step()
+        >>> reference_updater.step()
         >>> loss.critic_values(batch).shape  # every member's Q(s, a), a diagnostic
         torch.Size([2, 16])
 
@@ -156,8 +152,6 @@ class RLDTLoss(ChunkQEnsembleLoss):
         rl_coef: float = 1.0,
         consistency_coef: float = 0.5,
         reference_coef: float = 0.2,
-        reference: Literal["frozen", "previous"] = "frozen",
-        reanchor_every: int | None = None,
         rl_objective: Literal["inner_product", "regression"] = "inner_product",
         target_std_penalty: float | None = None,
         target_clip: tuple[float, float] | None = None,
@@ -176,19 +170,6 @@ class RLDTLoss(ChunkQEnsembleLoss):
         ):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}.")
-        if reference == "previous":
-            if not isinstance(reanchor_every, int) or reanchor_every < 1:
-                raise ValueError(
-                    f"reference='previous' needs reanchor_every >= 1, got {reanchor_every!r}."
-                )
-        elif reference == "frozen":
-            if reanchor_every is not None:
-                raise ValueError(
-                    "reanchor_every is only used with reference='previous'; a frozen reference "
-                    f"is never re-anchored (got reanchor_every={reanchor_every})."
-                )
-        else:
-            raise ValueError(f"reference must be 'frozen' or 'previous', got {reference!r}.")
         if rl_objective not in ("inner_product", "regression"):
             raise ValueError(
                 f"rl_objective must be 'inner_product' or 'regression', got {rl_objective!r}."
@@ -209,7 +190,6 @@ class RLDTLoss(ChunkQEnsembleLoss):
         self.transport = transport if transport is not None else SVGDTransport()
         self.rl_coef, self.consistency_coef = rl_coef, consistency_coef
         self.reference_coef = reference_coef
-        self.reference, self.reanchor_every = reference, reanchor_every
         self.rl_objective = rl_objective
         model = self.actor_network.model
         if stop_at_bounds and (model.low is None or model.high is None):
@@ -251,17 +231,13 @@ class RLDTLoss(ChunkQEnsembleLoss):
     def reset_reference(self) -> None:
         """Re-anchors the reference policy of ``L_ref`` to the current actor parameters.
 
-        ``reference="previous"`` calls it on its own schedule; call it by hand only for another
-        schedule.
+        :class:`~torchrl_rldt.objectives.ReferenceUpdater` calls it on a schedule of actor
+        updates; call it by hand for another schedule (or after loading weights into the actor).
         """
         self.reference_actor_network_params.data.copy_(self.actor_network_params.data)
 
     def actor_loss(self, tensordict: TensorDictBase) -> TensorDict:
-        """The three policy terms and the transport statistics.
-
-        With ``reference="previous"``, after every ``reanchor_every`` completed calls the next
-        one first re-anchors the reference policy to the current actor: call it once per actor
-        update (a diagnostic call counts as one).
+        """The three policy terms and the transport statistics (the call moves nothing).
 
         Args:
             tensordict (TensorDictBase): a batch holding the observations and the critic's other
@@ -273,9 +249,6 @@ class RLDTLoss(ChunkQEnsembleLoss):
             ``transport_temperature``, ``particle_spread`` and, for the RBF kernel,
             ``transport_bandwidth``.
         """
-        calls = int(self.actor_loss_calls)
-        if self.reference == "previous" and calls and calls % self.reanchor_every == 0:
-            self.reset_reference()
         actor, model = self.actor_network, self.actor_network.model
         num_steps, num_particles = model.num_steps, self.num_particles
         observation = tensordict.get(self.tensor_keys.observation)
@@ -346,5 +319,4 @@ class RLDTLoss(ChunkQEnsembleLoss):
                 **{key: value.detach() for key, value in stats.items()},
             }
         )
-        self.actor_loss_calls += 1  # counted once the terms exist: a failed call is no update
         return out
