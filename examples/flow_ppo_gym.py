@@ -57,6 +57,9 @@ def check_config(cfg: DictConfig) -> None:
     for name in ("ppo.gamma", "ppo.lmbda"):
         check.number(name, 0.0, 1.0)
     check.number("dppo.gamma_denoising", 0.0, 1.0, open_low=True)
+    if cfg.dppo.first_step_clip_epsilon is not None:
+        check.number("dppo.first_step_clip_epsilon", 0.0, open_low=True)
+    check.number("dppo.clip_epsilon_growth", 0.0, open_low=True)
     check.number("reinflow.entropy_coeff", 0.0)
     check.number("reinflow.max_std", cfg.reinflow.min_std)
     if cfg.ppo.reward_scale_rate is not None:
@@ -113,6 +116,8 @@ def main(cfg: DictConfig) -> None:
                                    min_log_prob_std=cfg.dppo.min_log_prob_std,
                                    noise_clip=cfg.dppo.noise_clip)
         loss = DPPOLoss(policy, critic, clip_epsilon=cfg.dppo.clip_epsilon,
+                        first_step_clip_epsilon=cfg.dppo.first_step_clip_epsilon,
+                        clip_epsilon_growth=cfg.dppo.clip_epsilon_growth,
                         gamma_denoising=cfg.dppo.gamma_denoising)
     loss.make_value_estimator(ValueEstimators.GAE, gamma=cfg.ppo.gamma, lmbda=cfg.ppo.lmbda)
     actor_optim = torch.optim.Adam(loss.actor_network_params.values(True, True), lr=cfg.ppo.actor_lr)
