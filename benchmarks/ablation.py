@@ -26,9 +26,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare_gym import METHODS, ROOT, last_logged, run  # noqa: E402
+from compare_gym import METHODS, ROOT, last_logged, run
 
 DIAGNOSTICS = ("action_abs_mean", "q_mean", "q_member_gap", "transport_norm")
 

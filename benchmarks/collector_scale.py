@@ -33,9 +33,11 @@ import torch
 from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
+# the job's own factories live beside the example scripts, which import them as their neighbours
 sys.path.insert(0, str(ROOT / "examples"))
 
-from utils import collected_chunks, load_base_policy, make_rldt_collector  # noqa: E402
+from rldt_utils import make_rldt_collector  # noqa: E402
+from utils import collected_chunks, load_base_policy  # noqa: E402
 
 # kind:workers[:num_envs] entries; num_envs defaults to the job's 8
 DEFAULT_CONFIGS = ["single:1", "multi_sync:1", "multi_sync:2", "multi_async:2", "ray:2"]

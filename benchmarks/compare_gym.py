@@ -3,9 +3,9 @@
 Runs, for every method and seed, its example with its default config (``rldt``:
 ``examples/rldt_gym.py``, ``rldt_delta`` the same with the delta kernel, ``qam`` the same with
 ``method=qam``, ``qam_n16`` QAM at inverse temperature 30 with 16 Euler steps; ``reinflow``,
-``fpo`` (FPO++) and ``dppo``: ``examples/flow_ppo_gym.py``;
+``fpo`` (FPO++) and ``dppo``: ``examples/ppo_gym.py``;
 ``sac``, from scratch: ``examples/sac_gym.py``). For a ``MetaWorld/<Task>-v3`` task each example
-runs with its sparse-reward config (``--config-name rldt_metaworld``, ``flow_ppo_metaworld``,
+runs with its sparse-reward config (``--config-name rldt_metaworld``, ``ppo_metaworld``,
 ``sac_metaworld``) and the table reports the stochastic success rate. The fine-tuning methods
 start from the task's shipped base policy (DPPO from the DDPM base pretrained on the same data);
 all are evaluated the same way (deterministic policy, 10 episodes every 20k env steps, 20
@@ -55,10 +55,10 @@ METHODS = {
     # tilt, and 16 Euler steps so that its adjoint keeps the critic's direction
     "qam_n16": ("rldt_gym.py", ["checkpoint.save_replay_buffer=true", "method=qam", "qam.inverse_temperature=30",
                                 "rldt.num_steps=16", "rldt.min_step=12"], "QAM (inverse temperature 30, 16 steps)"),
-    "reinflow": ("flow_ppo_gym.py", ["method=reinflow"], "ReinFlow"),
-    "fpo": ("flow_ppo_gym.py", ["method=fpo"], "FPO++"),
+    "reinflow": ("ppo_gym.py", ["method=reinflow"], "ReinFlow"),
+    "fpo": ("ppo_gym.py", ["method=fpo"], "FPO++"),
     # from the task's DDPM base, pretrained on the same data as the flow base
-    "dppo": ("flow_ppo_gym.py", ["method=dppo"], "DPPO"),
+    "dppo": ("ppo_gym.py", ["method=dppo"], "DPPO"),
     "sac": ("sac_gym.py", [], "SAC (from scratch)"),
 }
 
@@ -87,7 +87,7 @@ LONGEST_FIRST = ["sac", "qam_n16", "rldt", "rldt_delta", "qam", "dppo", "fpo", "
 # the paper's Gym comparison (the default): RLDT and its five baselines; rldt_delta is its ablation
 GYM_METHODS = ["rldt", "reinflow", "fpo", "dppo", "qam", "sac"]
 # Meta-World tasks run each example with its sparse-reward config (a sibling of the Gym one)
-METAWORLD_CONFIGS = {"rldt_gym.py": "rldt_metaworld", "flow_ppo_gym.py": "flow_ppo_metaworld",
+METAWORLD_CONFIGS = {"rldt_gym.py": "rldt_metaworld", "ppo_gym.py": "ppo_metaworld",
                      "sac_gym.py": "sac_metaworld"}
 
 

@@ -17,9 +17,8 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare_gym import METHODS, ROOT  # noqa: E402
+from compare_gym import METHODS, ROOT
 
 LABELS = {method: label for method, (_, _, label) in METHODS.items()}
 

@@ -1,6 +1,6 @@
 """How far fine-tuning moved a flow policy's weights, against what its optimiser steps allow.
 
-For each training checkpoint (``examples/rldt_gym.py`` or ``examples/flow_ppo_gym.py``), finds the
+For each training checkpoint (``examples/rldt_gym.py`` or ``examples/ppo_gym.py``), finds the
 velocity network's weights in the loss's state and sets them against the run's base policy:
 the RMS and largest change per weight, and two yardsticks for Adam, whose step moves each weight
 by about ``lr``: ``lr x steps`` (every step in the same direction) and ``lr x sqrt(steps)`` (a
@@ -23,8 +23,8 @@ from torchrl_rldt.checkpoint import load_flow_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 # the actor's learning rate and its update counter, per example
-LEARNING_RATE = {"torchrl_rldt.rldt_gym": ("optim", "actor_lr"), "torchrl_rldt.flow_ppo_gym": ("ppo", "actor_lr")}
-UPDATES = {"torchrl_rldt.rldt_gym": "actor_updates", "torchrl_rldt.flow_ppo_gym": "updates"}
+LEARNING_RATE = {"torchrl_rldt.rldt_gym": ("optim", "actor_lr"), "torchrl_rldt.ppo_gym": ("ppo", "actor_lr")}
+UPDATES = {"torchrl_rldt.rldt_gym": "actor_updates", "torchrl_rldt.ppo_gym": "updates"}
 
 
 def parameter_change(path: Path) -> dict:

@@ -21,9 +21,10 @@ import torch
 
 from torchrl_rldt.checkpoint import atomic_write_text, save_flow_policy
 
+import rldt_utils
 import utils
 
-# evaluation envs of their own, apart from the seeds of the run's envs (harness.env_seed's ranges)
+# evaluation envs of their own, apart from the seeds of the run's envs (torchrl_rldt.trainers.env_seed's ranges)
 EXPORT_EVAL_SEED_OFFSET = 30_000
 
 
@@ -48,7 +49,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     device = torch.device("cpu")
-    cfg, base, fine_tuned, _, checkpoint = utils.load_rldt_run(args.checkpoint, device)
+    cfg, base, fine_tuned, _, checkpoint = rldt_utils.load_rldt_run(args.checkpoint, device)
     seed = cfg.seed + EXPORT_EVAL_SEED_OFFSET
     env = utils.make_policy_chunk_env(base, cfg, args.episodes, seed, device)
     returns = {name: utils.returns_by_sampling_mode(env, policy, cfg, seed)

@@ -42,17 +42,12 @@ from torchrl_rldt.checkpoint import (
     save_checkpoint,
 )
 from torchrl_rldt.data import d4rl_arrays, describe_dataset_file, save_d4rl_dataset
-from torchrl_rldt.harness import NonFiniteError, env_seed, evaluate_policy, restore_rng_state, rng_state
+from torchrl_rldt.checkpoint import restore_rng_state, rng_state
+from torchrl_rldt.envs import evaluate_policy
+from torchrl_rldt.trainers import NonFiniteError, env_seed
 
-from utils import (
-    make_env,
-    make_replay_buffer,
-    make_sac_agent,
-    make_sac_loss,
-    make_sac_optimizers,
-    repo_path,
-    sac_update,
-)
+from sac_utils import make_sac_agent, make_sac_loss, make_sac_optimizers, sac_update
+from utils import make_env, make_replay_buffer, repo_path
 
 log = logging.getLogger("make_dataset")
 

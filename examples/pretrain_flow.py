@@ -32,7 +32,7 @@ from tqdm import tqdm
 from torchrl_rldt.checkpoint import atomic_write_text, save_ddpm_policy, save_flow_policy
 from torchrl_rldt.data import action_chunks, load_offline_dataset, make_offline_replay_buffer
 from torchrl_rldt.envs import NormalizationStats, normalization_transforms
-from torchrl_rldt.harness import episode_returns
+from torchrl_rldt.envs import episode_returns
 from torchrl_rldt.modules import DDPMChunkModel, DPPOActor, FlowActor, FlowModel, VelocityMLP
 from torchrl_rldt.objectives import DDPMChunkBCLoss, FlowMatchingBCLoss
 

@@ -28,7 +28,7 @@ from torchrl_rldt.checkpoint import atomic_write_text
 from torchrl_rldt.data import d4rl_arrays, describe_dataset_file, save_d4rl_dataset
 from torchrl_rldt.envs import MetaWorldExpert, make_metaworld_env
 from torchrl_rldt.envs.metaworld import METAWORLD_EPISODE_STEPS
-from torchrl_rldt.harness import ConfigCheck
+from torchrl_rldt.trainers import ConfigCheck
 from utils import is_metaworld, repo_path, task_slug
 
 log = logging.getLogger("record_demos")

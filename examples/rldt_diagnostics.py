@@ -27,6 +27,7 @@ from torchrl_rldt.data import load_offline_dataset
 from torchrl_rldt.checkpoint.training import load_checkpoint_buffer
 from torchrl_rldt.objectives.calibration import critic_calibration
 
+import rldt_utils
 import utils
 
 
@@ -180,7 +181,7 @@ def main() -> None:
 
     if args.episodes < 0 or args.samples < 2:
         raise SystemExit("--episodes must be >= 0 and --samples >= 2")
-    cfg, base, fine_tuned, loss, checkpoint = utils.load_rldt_run(args.checkpoint, torch.device("cpu"))
+    cfg, base, fine_tuned, loss, checkpoint = rldt_utils.load_rldt_run(args.checkpoint, torch.device("cpu"))
     env = (utils.make_policy_chunk_env(base, cfg, args.episodes, args.seed, torch.device("cpu"))
            if args.episodes else None)
     report = {"checkpoint": str(args.checkpoint), "counters": checkpoint["counters"], "returns": {}}

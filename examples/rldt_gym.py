@@ -15,7 +15,7 @@ collection and schedule, the actor trained by adjoint matching.
 
 Writes into the run directory: ``checkpoint.pt`` (atomically, every ``checkpoint.every_batches``
 batches, on Ctrl-C and at the end), the logger's files, ``learning_curve.png`` and
-``summary.json`` (through :class:`torchrl_rldt.harness.TrainingRun`).
+``summary.json`` (through :class:`torchrl_rldt.trainers.TrainingRun`).
 """
 from __future__ import annotations
 
@@ -25,21 +25,23 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from torchrl_rldt.harness import TrainingRun
+from torchrl_rldt.trainers import TrainingRun
 from torchrl_rldt.objectives.diagnostics import policy_term_gradients
-from utils import (
-    apply_per_task_config,
+from rldt_utils import (
     check_rldt_config,
     collected_calibration,
+    make_offpolicy_loss,
+    make_rldt_collector,
+    make_rldt_critic,
+    make_rldt_optimizers,
+)
+from utils import (
+    apply_per_task_config,
     collected_chunks,
     end_slices_at_the_last_write,
     load_base_policy,
     make_policy_chunk_env,
-    make_offpolicy_loss,
     make_replay_buffer,
-    make_rldt_collector,
-    make_rldt_critic,
-    make_rldt_optimizers,
 )
 
 

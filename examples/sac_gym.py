@@ -2,7 +2,7 @@
 
 TorchRL's ``SACLoss`` (two Q nets with Polyak targets, a learned temperature) with a ``Collector``
 over the same environments, time limit and deterministic evaluation as ``examples/rldt_gym.py``
-and ``examples/flow_ppo_gym.py``, but no demonstrations and no base policy. ``env.chunk_len=1``
+and ``examples/ppo_gym.py``, but no demonstrations and no base policy. ``env.chunk_len=1``
 (the default) is plain SAC; ``env.chunk_len=4`` makes one SAC action a chunk of 4 env actions,
 as the flow policies act.
 
@@ -23,7 +23,8 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from torchrl_rldt.harness import ConfigCheck, TrainingRun
+from torchrl_rldt.trainers import ConfigCheck, TrainingRun
+from sac_utils import make_sac_agent, make_sac_loss, make_sac_optimizers, sac_update
 from utils import (
     apply_per_task_config,
     check_collector_config,
@@ -32,10 +33,6 @@ from utils import (
     make_chunk_env,
     make_collector,
     make_replay_buffer,
-    make_sac_agent,
-    make_sac_loss,
-    make_sac_optimizers,
-    sac_update,
 )
 
 

@@ -1,5 +1,7 @@
-"""The ``make_*`` factories of the example scripts (the training loops stay in the scripts; what
-every run needs besides its loop is :mod:`torchrl_rldt.harness`)."""
+"""The factories that the example scripts share: paths and tasks, base policies, chunk envs and
+TorchRL collectors (the training loops stay in the scripts; what every run needs besides its loop
+is :mod:`torchrl_rldt.trainers`). RLDT's and QAM's factories are in ``rldt_utils.py``, SAC's in
+``sac_utils.py``."""
 from __future__ import annotations
 
 import functools
@@ -9,27 +11,24 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDictBase
-from tensordict.nn import NormalParamExtractor, TensorDictModule
-from torch import nn
 from torchrl.collectors import Collector, MultiAsyncCollector, MultiSyncCollector
 from torchrl.data import LazyTensorStorage, SliceSampler, TensorDictReplayBuffer
 from torchrl.envs import EnvBase, ExplorationType, TransformedEnv
-from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
-from torchrl.objectives import SACLoss, SoftUpdate, ValueEstimators
 
-from torchrl_rldt.checkpoint import DDPMPolicy, FlowPolicy, load_ddpm_policy, load_flow_policy
-from torchrl_rldt.envs import EnvPoolEnv, is_metaworld_task, make_chunk_env
-from torchrl_rldt.envs.metaworld import METAWORLD_EPISODE_STEPS
-from torchrl_rldt.harness import (
-    ConfigCheck,
-    NonFiniteError,
-    apply_task_config,
-    episode_returns,
-    read_checkpoint,
+from torchrl_rldt.checkpoint import (
+    DDPMPolicy,
+    FlowPolicy,
+    load_ddpm_policy,
+    load_flow_policy,
 )
-from torchrl_rldt.modules import ChunkQValueMLP, FlowActor, LandingPointExploration, SVGDTransport
-from torchrl_rldt.objectives import BaseEMAUpdater, ChunkQEnsembleLoss, QAMLoss, ReferenceUpdater, RLDTLoss
-from torchrl_rldt.objectives.calibration import critic_calibration
+from torchrl_rldt.envs import (
+    EnvPoolEnv,
+    episode_returns,
+    is_metaworld_task,
+    make_chunk_env,
+)
+from torchrl_rldt.envs.metaworld import METAWORLD_EPISODE_STEPS
+from torchrl_rldt.trainers import ConfigCheck, apply_task_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,122 +77,6 @@ def make_env(task: str, num_envs: int, seed: int, device: str | torch.device = "
     return EnvPoolEnv(task, num_envs, seed=seed, device=device)
 
 
-def make_sac_agent(
-    env: EnvBase, hidden_sizes, device: str | torch.device
-) -> tuple[ProbabilisticActor, ValueOperator]:
-    """SAC's tanh-Gaussian actor and one Q network (SACLoss makes the ensemble).
-
-    Actions are per step (``[*B, A]``) or, in an :class:`~torchrl_rldt.envs.ActionChunkEnv`,
-    chunks (``[*B, H, A]``): then the actor's Gaussian and the critic's input span the whole
-    ``H x A`` chunk, one SAC action. The actor's spec is the env's unbatched action spec, so
-    ``SACLoss``'s automatic target entropy is minus the number of action dimensions (``-H * A``),
-    not that times the number of envs.
-
-    Args:
-        env: the env the agent acts in (its observation ``"observation"`` and action specs).
-        hidden_sizes: widths of the hidden ReLU layers of both networks; equal widths for chunk
-            actions (the critic is then a :class:`~torchrl_rldt.modules.ChunkQValueMLP`).
-        device: where the networks live.
-
-    Raises:
-        ValueError: chunk actions with unequal ``hidden_sizes``.
-    """
-    obs_dim = env.observation_spec["observation"].shape[-1]
-    action_spec = env.action_spec_unbatched.to(device)
-    action_shape = action_spec.shape
-    head = [nn.Unflatten(-1, (*action_shape[:-1], 2 * action_shape[-1]))] if len(action_shape) > 1 else []
-    actor_mlp = MLP(
-        in_features=obs_dim,
-        out_features=2 * action_shape.numel(),
-        num_cells=list(hidden_sizes),
-        activation_class=nn.ReLU,
-        device=device,
-    )
-    actor = ProbabilisticActor(
-        TensorDictModule(
-            nn.Sequential(actor_mlp, *head, NormalParamExtractor(scale_mapping="biased_softplus_1.0")),
-            in_keys=["observation"],
-            out_keys=["loc", "scale"],
-        ),
-        in_keys=["loc", "scale"],
-        spec=action_spec,
-        distribution_class=TanhNormal,
-        distribution_kwargs={
-            "low": action_spec.space.low,
-            "high": action_spec.space.high,
-            "event_dims": len(action_shape),
-        },
-        return_log_prob=False,
-        default_interaction_type="random",
-    )
-    if len(action_shape) == 1:
-        qvalue_net = MLP(
-            in_features=obs_dim + action_shape[-1],
-            out_features=1,
-            num_cells=list(hidden_sizes),
-            activation_class=nn.ReLU,
-            device=device,
-        )
-    else:
-        if len(set(hidden_sizes)) != 1:
-            raise ValueError(f"a chunk critic needs equal hidden layer sizes; got hidden_sizes={list(hidden_sizes)}.")
-        qvalue_net = ChunkQValueMLP(
-            obs_dim, action_shape[-1], chunk_len=action_shape[-2], hidden_dim=hidden_sizes[0],
-            num_layers=len(hidden_sizes), activation=nn.ReLU,
-        ).to(device)
-    return actor, ValueOperator(qvalue_net, in_keys=["observation", "action"])
-
-
-def make_sac_loss(
-    actor: ProbabilisticActor, qvalue: ValueOperator, *, gamma: float, tau: float, alpha_init: float
-) -> tuple[SACLoss, SoftUpdate]:
-    """TorchRL's SACLoss (two Q nets, target Q nets) and the Polyak updater that drives it."""
-    loss = SACLoss(
-        actor, qvalue, num_qvalue_nets=2, loss_function="l2", alpha_init=alpha_init, delay_qvalue=True
-    )
-    loss.make_value_estimator(gamma=gamma)
-    return loss, SoftUpdate(loss, tau=tau)
-
-
-def make_sac_optimizers(loss: SACLoss, lr: float) -> dict[str, torch.optim.Optimizer]:
-    """One Adam per part of ``loss``: the Q ensemble, the actor and the temperature."""
-    return {
-        "critic": torch.optim.Adam(loss.qvalue_network_params.values(True, True), lr=lr),
-        "actor": torch.optim.Adam(loss.actor_network_params.values(True, True), lr=lr),
-        "alpha": torch.optim.Adam([loss.log_alpha], lr=lr),
-    }
-
-
-def sac_update(loss: SACLoss, optimizers: dict[str, torch.optim.Optimizer], target_updater: SoftUpdate,
-               batch: TensorDictBase) -> TensorDictBase:
-    """One SAC step on ``batch``: the three losses, one backward, each optimiser, the targets.
-
-    Args:
-        loss: the ``SACLoss`` (see :func:`make_sac_loss`).
-        optimizers: its optimisers (see :func:`make_sac_optimizers`).
-        target_updater: the Polyak updater of its target Q nets.
-        batch: a sampled batch of transitions.
-
-    Returns:
-        The loss terms of the step (before the update).
-
-    Raises:
-        NonFiniteError: the loss is not finite; nothing was updated.
-    """
-    terms = loss(batch)
-    # SACLoss detaches what each term must not train, so one backward serves all three.
-    total = terms["loss_qvalue"] + terms["loss_actor"] + terms["loss_alpha"]
-    if not torch.isfinite(total):
-        raise NonFiniteError(f"the SAC loss is not finite ({total.item()})")
-    for optim in optimizers.values():
-        optim.zero_grad()
-    total.backward()
-    for optim in optimizers.values():
-        optim.step()
-    target_updater.step()
-    return terms
-
-
 def make_replay_buffer(
     size: int, batch_size: int | None, device: str | torch.device, *, slice_len: int | None = None
 ) -> TensorDictReplayBuffer:
@@ -201,7 +84,8 @@ def make_replay_buffer(
 
     Uniform over transitions (extend it with flat batches), or, with ``slice_len``, over slices
     of up to ``slice_len`` consecutive transitions of one env (TorchRL's ``SliceSampler`` on a
-    ``[num_envs, time]`` storage: extend it with the collector's ``[num_envs, T]`` batches). A
+    two-dimensional storage: extend it with the collector's ``[num_envs, T]`` batches, which it
+    stores as ``[time, num_envs]``, each write along time). A
     slice ends at an episode end or after ``slice_len`` steps, where the sampler marks it done
     (and truncated): what TD(lambda) targets need.
     """
@@ -233,91 +117,6 @@ def end_slices_at_the_last_write(replay_buffer: TensorDictReplayBuffer) -> None:
     for key in (("next", "done"), ("next", "truncated")):
         step.set(key, torch.ones_like(step.get(key)))
     storage.set(last, step)
-
-
-# --- RLDT fine-tuning (examples/rldt_gym.py) -------------------------------------------------
-
-def check_rldt_config(cfg: DictConfig) -> None:
-    """Refuses invalid hyper-parameters with a message naming the value, before any work."""
-    check = ConfigCheck(cfg)
-    need, positive_int, number = check.need, check.positive_int, check.number
-
-    for name in ("collector.chunks_per_env", "buffer.size", "buffer.batch_size",
-                 "schedule.actor_batch_size", "rldt.num_particles", "rldt.num_steps",
-                 "critic.hidden_dim", "critic.num_layers", "critic.num_qvalue_nets",
-                 "critic.num_target_samples", "checkpoint.every_batches",
-                 "schedule.actor_every_batches"):
-        positive_int(name)
-    for name in ("schedule.critic_warmup_batches", "schedule.critic_steps", "schedule.actor_steps",
-                 "optim.actor_warmup_steps", "eval.calibration_batches"):
-        positive_int(name, minimum=0)
-    if cfg.schedule.reanchor_every is not None:
-        positive_int("schedule.reanchor_every")
-    for name in ("optim.actor_lr", "optim.critic_lr"):
-        number(name, 0.0, open_low=True)
-    number("optim.critic_weight_decay", 0.0)
-    number("optim.gamma", 0.0, 1.0)
-    number("optim.tau", 0.0, 1.0, open_low=True)
-    if cfg.optim.reward_scale_rate is not None:
-        number("optim.reward_scale_rate", 0.0, 1.0, open_low=True)
-        positive_int("optim.reward_scale_every_batches")
-    for name in ("rldt.rl_coef", "rldt.consistency_coef", "rldt.reference_coef", "rldt.temperature_coef"):
-        number(name, 0.0)
-    need(cfg.rldt.kernel in ("rbf", "delta"), f"rldt.kernel must be rbf or delta, got {cfg.rldt.kernel!r}")
-    check.one_of("rldt.field_normalization", ("particles", "kernel_mass"))
-    if cfg.rldt.bandwidth is not None:
-        number("rldt.bandwidth", 0.0, open_low=True)
-    if cfg.rldt.temperature != "adaptive":
-        number("rldt.temperature", 0.0)
-    check.one_of("method", ("rldt", "qam"))
-    if cfg.method == "qam":
-        for name in ("qam.inverse_temperature", "qam.base_constraint_coef"):
-            number(name, 0.0)
-        number("qam.base_ema", 0.0, 1.0)
-        positive_int("qam.base_update_every")
-        if cfg.qam.max_grad_norm is not None:
-            number("qam.max_grad_norm", 0.0, open_low=True)
-        check.one_of("qam.clamp_final_action", (False, True))
-    check.one_of("critic.value_estimator", ("td0", "td_lambda"))
-    number("critic.lmbda", 0.0, 1.0)
-    clip = cfg.critic.target_clip
-    need(clip is None or (len(clip) == 2 and all(isinstance(v, (int, float)) for v in clip)
-                          and clip[0] <= clip[1]),
-         f"critic.target_clip must be null or [low, high] with low <= high, got {clip}")
-    positive_int("buffer.slice_len")
-    positive_int("schedule.target_action_reuse")
-    check.one_of("learner_precision", ("fp32", "bf16"))
-    check_collector_config(check)
-    check.one_of("critic.bootstrap", (False, True))
-    if cfg.critic.bootstrap and isinstance(cfg.critic.num_qvalue_nets, int):
-        need(cfg.env.num_envs >= cfg.critic.num_qvalue_nets,
-             f"critic.bootstrap gives each ensemble member the trajectories of its own envs: "
-             f"env.num_envs ({cfg.env.num_envs}) must be >= critic.num_qvalue_nets "
-             f"({cfg.critic.num_qvalue_nets})")
-    reuse, steps = cfg.schedule.target_action_reuse, cfg.schedule.critic_steps
-    if all(isinstance(v, int) and v >= 1 for v in (reuse, steps)) and reuse > 1:
-        need(reuse <= steps and (steps * cfg.buffer.batch_size) % reuse == 0,
-             f"schedule.target_action_reuse ({reuse}) must divide schedule.critic_steps x "
-             f"buffer.batch_size ({steps} x {cfg.buffer.batch_size}) and be <= critic_steps")
-        if cfg.critic.value_estimator == "td_lambda" and isinstance(cfg.buffer.slice_len, int):
-            need((steps * cfg.buffer.batch_size // reuse) % cfg.buffer.slice_len == 0,
-                 f"the round batch (critic_steps x batch_size / target_action_reuse = "
-                 f"{steps * cfg.buffer.batch_size // reuse}) must be a multiple of buffer.slice_len "
-                 f"({cfg.buffer.slice_len}): TD(lambda) samples whole slices")
-    if cfg.critic.value_estimator == "td_lambda" and isinstance(cfg.buffer.slice_len, int):
-        for name in ("buffer.batch_size", "schedule.actor_batch_size"):
-            value = check.get(name)
-            need(isinstance(value, int) and value % cfg.buffer.slice_len == 0,
-                 f"{name} ({value}) must be a multiple of buffer.slice_len ({cfg.buffer.slice_len}): "
-                 f"TD(lambda) samples whole slices")
-    need(cfg.rldt.rl_objective in ("inner_product", "regression"),
-         f"rldt.rl_objective must be inner_product or regression, got {cfg.rldt.rl_objective!r}")
-    positive_int("rldt.min_step", minimum=0)
-    if isinstance(cfg.rldt.min_step, int) and isinstance(cfg.rldt.num_steps, int):
-        need(cfg.rldt.min_step < cfg.rldt.num_steps,
-             f"rldt.min_step ({cfg.rldt.min_step}) must be < rldt.num_steps ({cfg.rldt.num_steps})")
-    check.common()
-    check.done()
 
 
 def check_collector_config(check: ConfigCheck) -> None:
@@ -398,138 +197,6 @@ def returns_by_sampling_mode(env: EnvBase, policy: FlowPolicy, cfg: DictConfig, 
     return returns
 
 
-def make_rldt_critic(policy: FlowPolicy, cfg: DictConfig, device: torch.device) -> ValueOperator:
-    """One Q(observation, chunk) network; RLDTLoss makes the ensemble and its targets."""
-    model = policy.actor.model
-    network = ChunkQValueMLP(
-        model.velocity_network.config["observation_dim"], model.action_dim,
-        chunk_len=model.chunk_len, hidden_dim=cfg.critic.hidden_dim, num_layers=cfg.critic.num_layers,
-    )
-    return ValueOperator(network, in_keys=["observation", "action"]).to(device)
-
-
-def make_offpolicy_loss(
-    actor: FlowActor, critic: ValueOperator, cfg: DictConfig,
-) -> tuple[ChunkQEnsembleLoss, SoftUpdate, ReferenceUpdater | BaseEMAUpdater | None]:
-    """The loss of ``cfg.method`` (RLDT or QAM) with its critic's value estimator (TD(0) or
-    TD(lambda)), the Polyak updater of the critic's targets, and the updater of the policy that
-    the actor terms are anchored to (RLDT's reference, QAM's base; ``None`` when it stays the
-    pretrained one), to step after each actor update."""
-    target_clip = None if cfg.critic.target_clip is None else tuple(cfg.critic.target_clip)
-    if cfg.method == "qam":
-        loss = QAMLoss(
-            actor,
-            critic,
-            num_qvalue_nets=cfg.critic.num_qvalue_nets,
-            num_target_samples=cfg.critic.num_target_samples,
-            inverse_temperature=cfg.qam.inverse_temperature,
-            base_constraint_coef=cfg.qam.base_constraint_coef,
-            clamp_final_action=cfg.qam.clamp_final_action,
-            target_clip=target_clip,
-        )
-        policy_updater = (None if cfg.qam.base_ema == 1 else
-                          BaseEMAUpdater(loss, decay=cfg.qam.base_ema, every=cfg.qam.base_update_every))
-    else:
-        loss = make_rldt_loss(actor, critic, cfg, target_clip)
-        every = cfg.schedule.reanchor_every
-        policy_updater = None if every is None else ReferenceUpdater(loss, every=every)
-    if cfg.critic.value_estimator == "td_lambda":
-        loss.make_value_estimator(ValueEstimators.TDLambda, gamma=cfg.optim.gamma,
-                                  lmbda=cfg.critic.lmbda)
-    else:
-        loss.make_value_estimator(ValueEstimators.TD0, gamma=cfg.optim.gamma)
-    return loss, SoftUpdate(loss, tau=cfg.optim.tau), policy_updater
-
-
-def make_rldt_loss(actor: FlowActor, critic: ValueOperator, cfg: DictConfig,
-                   target_clip: tuple[float, float] | None) -> RLDTLoss:
-    """RLDTLoss with its SVGD transport (the value estimator is :func:`make_offpolicy_loss`'s)."""
-    transport = SVGDTransport(
-        cfg.rldt.kernel,
-        bandwidth=cfg.rldt.bandwidth,
-        temperature=cfg.rldt.temperature,
-        temperature_coef=cfg.rldt.temperature_coef,
-        normalization=cfg.rldt.field_normalization,
-    )
-    return RLDTLoss(
-        actor,
-        critic,
-        num_qvalue_nets=cfg.critic.num_qvalue_nets,
-        num_particles=cfg.rldt.num_particles,
-        num_target_samples=cfg.critic.num_target_samples,
-        transport=transport,
-        rl_coef=cfg.rldt.rl_coef,
-        consistency_coef=cfg.rldt.consistency_coef,
-        reference_coef=cfg.rldt.reference_coef,
-        rl_objective=cfg.rldt.rl_objective,
-        target_clip=target_clip,
-        stop_at_bounds=cfg.rldt.stop_at_bounds,
-    )
-
-
-@torch.no_grad()
-def collected_calibration(loss: ChunkQEnsembleLoss, batches, gamma: float, reward_scale: float | None) -> dict:
-    """The critic's ensemble-mean ``Q(s, a)`` against the discounted returns of the episodes that
-    end within ``batches``: consecutive collector batches ``[envs, chunks]``, oldest first.
-
-    Rewards are divided by ``reward_scale`` (what the critic learns); an episode cut by the time
-    limit continues with the critic's value of the state it was cut at (the mean over the TD
-    target's policy samples there), as the TD target does. Returns
-    :func:`~torchrl_rldt.objectives.calibration.critic_calibration`'s report.
-    """
-    transitions = torch.cat(list(batches), dim=1)
-    value = loss.critic_values(transitions).mean(0)
-    next_td = transitions.get("next")
-    truncated = next_td.get("truncated") & ~next_td.get("terminated")
-    next_value = torch.zeros_like(value)
-    cut = truncated.squeeze(-1)
-    if cut.any():
-        at_cut = loss.sample_target_actions(transitions[cut].clone())
-        actions = at_cut.get(("next", loss.tensor_keys.target_action)).movedim(-3, 0)  # [M, n, H, A]
-        state = at_cut.get("next").expand(actions.shape[0], *at_cut.batch_size)
-        next_value[cut] = loss.critic_values(state, actions).mean((0, 1))
-    reward = next_td.get("reward")
-    if reward_scale:
-        reward = reward / reward_scale
-    return critic_calibration(value.unsqueeze(-1), reward, next_td.get("done"), gamma,
-                              truncated=truncated, next_value=next_value.unsqueeze(-1))
-
-
-def load_rldt_run(path: str | Path, device: torch.device) -> tuple[DictConfig, FlowPolicy, FlowPolicy,
-                                                                  ChunkQEnsembleLoss, dict]:
-    """An ``examples/rldt_gym.py`` checkpoint: its config, the base and the fine-tuned policy, the loss.
-
-    Args:
-        path: the run's ``checkpoint.pt``.
-        device: where the modules go.
-
-    Returns:
-        ``(cfg, base, fine_tuned, loss, checkpoint)``: ``base`` is the run's starting policy, as
-        shipped; ``fine_tuned`` has the same normalisation and the run's actor weights (the loss's
-        actor); ``loss`` holds the run's critic.
-    """
-    checkpoint = read_checkpoint(path, "rldt_gym")
-    # checkpoints written before a config value existed take its current default
-    cfg = OmegaConf.merge(OmegaConf.load(Path(__file__).parent / "config" / "rldt_gym.yaml"),
-                          checkpoint["config"])
-    base = load_base_policy(cfg, device, cfg.rldt.num_steps)
-    fine_tuned = load_base_policy(cfg, device, cfg.rldt.num_steps)
-    loss, _, _ = make_offpolicy_loss(fine_tuned.actor, make_rldt_critic(fine_tuned, cfg, device), cfg)
-    loss.load_state_dict(checkpoint["loss"])
-    return cfg, base, fine_tuned, loss, checkpoint
-
-
-def make_rldt_optimizers(loss: ChunkQEnsembleLoss, cfg: DictConfig):
-    """Adam for the actor with its linear lr warm-up, AdamW for the Q ensemble."""
-    actor_optim = torch.optim.Adam(loss.actor_network_params.values(True, True), lr=cfg.optim.actor_lr)
-    actor_warmup = torch.optim.lr_scheduler.LambdaLR(
-        actor_optim, lambda step: min(1.0, (step + 1) / max(cfg.optim.actor_warmup_steps, 1))
-    )
-    critic_optim = torch.optim.AdamW(loss.qvalue_network_params.values(True, True),
-                                     lr=cfg.optim.critic_lr, weight_decay=cfg.optim.critic_weight_decay)
-    return actor_optim, actor_warmup, critic_optim
-
-
 # a worker's envs are seeded apart from the others' (and from the evaluation envs)
 WORKER_SEED_STRIDE = 100_003
 
@@ -604,18 +271,6 @@ def frames_covering(env_steps: int, frames_per_batch: int) -> int:
     finite budget rather than TorchRL's ``-1`` (no limit), which ``RayCollector`` does not run.
     """
     return max(1, math.ceil(max(env_steps, 1) / frames_per_batch)) * frames_per_batch
-
-
-def make_rldt_collector(base: FlowPolicy, cfg: DictConfig, seed: int, total_chunks: int):
-    """:func:`make_collector` running the actor with RLDT's landing-point exploration, for at least
-    ``total_chunks`` chunk transitions, rounded up to whole batches (:func:`frames_covering`: an
-    env-step budget, given as ``total_chunks``, is always covered)."""
-    frames_per_batch = cfg.env.num_envs * cfg.collector.chunks_per_env
-    return make_collector(
-        cfg, LandingPointExploration(base.actor, min_step=cfg.rldt.min_step),
-        policy_env_maker(base, cfg, torch.device(cfg.device)), seed,
-        frames_per_batch=frames_per_batch, total_frames=frames_covering(total_chunks, frames_per_batch),
-    )
 
 
 def collected_chunks(batch: TensorDictBase) -> TensorDictBase:

@@ -15,11 +15,14 @@ MODULES = [
     "torchrl_rldt.envs.custom.peaks_bandit",
     "torchrl_rldt.envs.factory",
     "torchrl_rldt.envs.metaworld",
-    "torchrl_rldt.harness",
+    "torchrl_rldt.envs.evaluation",
+    "torchrl_rldt.trainers.run",
+    "torchrl_rldt.trainers.config",
+    "torchrl_rldt.trainers.reporting",
     "torchrl_rldt.data.datasets",
     "torchrl_rldt.checkpoint.atomic",
     "torchrl_rldt.checkpoint.training",
-    "torchrl_rldt.checkpoint.flow_policy",
+    "torchrl_rldt.checkpoint.policy_files",
     "torchrl_rldt.modules.flow",
     "torchrl_rldt.modules.critic",
     "torchrl_rldt.modules.transport",
@@ -35,6 +38,8 @@ MODULES = [
     "torchrl_rldt.objectives.rldt",
     "torchrl_rldt.objectives.qam",
     "torchrl_rldt.objectives.dppo",
+    "torchrl_rldt.objectives.updaters",
+    "torchrl_rldt.objectives.diagnostics",
 ]
 
 

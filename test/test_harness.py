@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from torchrl_rldt.checkpoint import save_checkpoint
-from torchrl_rldt.harness import TrainingRun, apply_task_config, env_seed
+from torchrl_rldt.trainers import TrainingRun, apply_task_config, env_seed
 
 
 def config(task="Hopper-v5"):
@@ -199,7 +199,7 @@ def test_sigterm_stops_after_the_batch_as_ctrl_c(tmp_path):
 
 def test_one_episode_has_no_spread():
     from torchrl_rldt.envs import PeaksBanditEnv
-    from torchrl_rldt.harness import episode_returns
+    from torchrl_rldt.envs import episode_returns
 
     class Origin(torch.nn.Module):
         def forward(self, tensordict):

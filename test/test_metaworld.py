@@ -12,7 +12,7 @@ from torchrl.collectors import Collector
 from torchrl.envs import Compose, InitTracker, RewardSum, TransformedEnv
 
 from torchrl_rldt.envs import ActionChunkEnv, EnvPoolEnv, MetaWorldExpert, make_metaworld_env
-from torchrl_rldt.harness import evaluate_policy
+from torchrl_rldt.envs import evaluate_policy
 
 TASK = "MetaWorld/PickPlace-v3"
 

@@ -345,12 +345,12 @@ def test_reward_scale_is_updated_once_every_so_many_batches(tmp_path, base):
 def test_multi_process_collectors_gather_real_transitions_with_the_learners_weights(base, kind):
     from omegaconf import OmegaConf
 
-    utils = load_script("examples/utils.py")
+    utils, rldt_utils = load_script("examples/utils.py"), load_script("examples/rldt_utils.py")
     cfg = OmegaConf.load(ROOT / "examples" / "config" / "rldt_gym.yaml")
     cfg.base_checkpoint, cfg.env.num_envs, cfg.env.max_episode_steps = str(base), 4, 60
     cfg.collector.chunks_per_env, cfg.collector.kind, cfg.collector.num_workers = 4, kind, 2
     policy = utils.load_base_policy(cfg, torch.device("cpu"), 8)
-    collector = utils.make_rldt_collector(policy, cfg, seed=0, total_chunks=1_000)
+    collector = rldt_utils.make_rldt_collector(policy, cfg, seed=0, total_chunks=1_000)
     batches = []
     try:
         for batch in map(utils.collected_chunks, collector):
@@ -387,12 +387,12 @@ def test_qam_takes_the_critic_gradient_where_the_reference_of_its_setting_does(c
 
     from torchrl_rldt.objectives import QAMLoss
 
-    utils = load_script("examples/utils.py")
+    rldt_utils = load_script("examples/rldt_utils.py")
     with initialize_config_dir(config_dir=str(ROOT / "examples" / "config"), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=["method=qam"])
     model = FlowModel(VelocityMLP(3, 2, chunk_len=2, hidden_dim=8), 2, 4, chunk_len=2, low=-1.0, high=1.0)
     critic = ValueOperator(ChunkQValueMLP(3, 2, chunk_len=2, hidden_dim=8), in_keys=["observation", "action"])
-    loss, _, _ = utils.make_offpolicy_loss(FlowActor(model), critic, cfg)
+    loss, _, _ = rldt_utils.make_offpolicy_loss(FlowActor(model), critic, cfg)
     assert isinstance(loss, QAMLoss) and loss.clamp_final_action is clamps
 
 
@@ -408,7 +408,7 @@ def test_one_config_value_moves_training_to_several_processes(tmp_path, base, ki
 def test_collected_calibration_bootstraps_time_outs_with_the_critic():
     # a critic that says 2 everywhere, against two envs' batches: env 0 ends (terminated) at its
     # third chunk, env 1 is cut by the time limit at its fourth
-    utils = load_script("examples/utils.py")
+    rldt_utils = load_script("examples/rldt_utils.py")
     model = FlowModel(VelocityMLP(3, 2, chunk_len=2, hidden_dim=8), 2, 4, chunk_len=2, low=-1.0, high=1.0)
     critic = ValueOperator(ChunkQValueMLP(3, 2, chunk_len=2, hidden_dim=8), in_keys=["observation", "action"])
     loss = RLDTLoss(FlowActor(model), critic, num_particles=2)
@@ -427,7 +427,7 @@ def test_collected_calibration_bootstraps_time_outs_with_the_critic():
                  "terminated": terminated, "truncated": truncated, "done": terminated | truncated},
     }, batch_size=[2, 4])
     gamma = 0.5
-    report = utils.collected_calibration(loss, [transitions[:, :2], transitions[:, 2:]], gamma,
+    report = rldt_utils.collected_calibration(loss, [transitions[:, :2], transitions[:, 2:]], gamma,
                                          reward_scale=2.0)
     # returns of rewards 1 / 2: env 0 (3 chunks, terminated), env 1 (4 chunks, then gamma x 2)
     env0 = [0.5 * (1 + gamma + gamma**2), 0.5 * (1 + gamma), 0.5]

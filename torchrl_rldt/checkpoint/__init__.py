@@ -3,7 +3,7 @@ policy files (flow and DDPM)."""
 from __future__ import annotations
 
 from torchrl_rldt.checkpoint.atomic import atomic_save, atomic_write, atomic_write_text, fsync_directory
-from torchrl_rldt.checkpoint.flow_policy import (
+from torchrl_rldt.checkpoint.policy_files import (
     DDPMPolicy,
     FlowPolicy,
     load_ddpm_policy,
@@ -11,9 +11,17 @@ from torchrl_rldt.checkpoint.flow_policy import (
     save_ddpm_policy,
     save_flow_policy,
 )
-from torchrl_rldt.checkpoint.training import load_checkpoint_buffer, save_checkpoint
+from torchrl_rldt.checkpoint.training import (
+    CHECKPOINT_VERSION,
+    load_checkpoint_buffer,
+    read_checkpoint,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+)
 
 __all__ = [
+    "CHECKPOINT_VERSION",
     "DDPMPolicy",
     "FlowPolicy",
     "atomic_save",
@@ -23,6 +31,9 @@ __all__ = [
     "load_checkpoint_buffer",
     "load_ddpm_policy",
     "load_flow_policy",
+    "read_checkpoint",
+    "restore_rng_state",
+    "rng_state",
     "save_checkpoint",
     "save_ddpm_policy",
     "save_flow_policy",

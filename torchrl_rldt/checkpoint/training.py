@@ -7,9 +7,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from torchrl_rldt.checkpoint.atomic import atomic_save, fsync_directory
 
-__all__ = ["load_checkpoint_buffer", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "load_checkpoint_buffer",
+    "read_checkpoint",
+    "restore_rng_state",
+    "rng_state",
+    "save_checkpoint",
+]
 
 
 def save_checkpoint(state: dict, path: str | Path, replay_buffer: Any = None) -> Path:
@@ -102,3 +111,65 @@ def load_checkpoint_buffer(state: dict, path: str | Path, replay_buffer: Any) ->
         )
     replay_buffer.loads(directory)
     return True
+
+
+# version 2: the run-harness layout (modules by name, "extra", "wall_seconds"), FlowActor.model;
+# version 3: the losses without their actor-update count (ReferenceUpdater, BaseEMAUpdater)
+CHECKPOINT_VERSION = 3
+
+
+def read_checkpoint(path: str | Path, name: str, *, map_location: Any = "cpu") -> dict:
+    """Reads a training checkpoint of ``examples/<name>.py`` and checks that this code can use it.
+
+    Args:
+        path (str or Path): the ``checkpoint.pt`` file.
+        name (str): the example that must have written it, e.g. ``"rldt_gym"``.
+
+    Keyword Args:
+        map_location: where tensors are loaded. Defaults to ``"cpu"``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: another example's checkpoint, or one of an older layout (written before
+            torchrl-rldt's run harness), which cannot be resumed.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a directory; resume= takes the checkpoint file, "
+                                f"e.g. {path / 'checkpoint.pt'}.")
+    if not path.is_file():
+        raise FileNotFoundError(f"no such checkpoint: {path}.")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # a torn copy, another file type: say which file
+        raise ValueError(f"{path} cannot be read as a checkpoint ({type(error).__name__}: "
+                         f"{error}).") from error
+    found = state.get("format") if isinstance(state, dict) else type(state).__name__
+    if found != f"torchrl_rldt.{name}":
+        writer = (f", written by examples/{found.split('.', 1)[1]}.py"
+                  if isinstance(found, str) and found.startswith("torchrl_rldt.") else "")
+        raise ValueError(f"{path} is not a torchrl_rldt.{name} checkpoint (found {found!r}"
+                         f"{writer}); resume it with the script that wrote it.")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{path} has checkpoint layout version {state.get('version', 1)}; this torchrl-rldt "
+            f"reads version {CHECKPOINT_VERSION} (its modules and keys changed since). Start a new "
+            f"run, or use the torchrl-rldt release that wrote it."
+        )
+    return state
+
+
+def rng_state(device: torch.device | str) -> dict:
+    """The torch (and, on CUDA, that device's) random state, for a checkpoint."""
+    device = torch.device(device)
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def restore_rng_state(rng: dict, device: torch.device | str) -> None:
+    """Restores what :func:`rng_state` saved (also from a checkpoint loaded onto a GPU)."""
+    device = torch.device(device)
+    # torch's setters take CPU byte tensors, whatever map_location the checkpoint was read with
+    torch.set_rng_state(rng["torch"].cpu())
+    if device.type == "cuda" and rng.get("cuda") is not None:
+        torch.cuda.set_rng_state(rng["cuda"].cpu(), device)

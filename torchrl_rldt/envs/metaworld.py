@@ -139,7 +139,7 @@ class MetaWorldExpert(TensorDictModuleBase):
 
     Examples:
         >>> from torchrl_rldt.envs import MetaWorldExpert, make_metaworld_env
-        >>> from torchrl_rldt.harness import evaluate_policy
+        >>> from torchrl_rldt.envs import evaluate_policy
         >>> env = make_metaworld_env("MetaWorld/PickPlace-v3", num_envs=2, seed=0)
         >>> result = evaluate_policy(env, MetaWorldExpert("MetaWorld/PickPlace-v3"), max_steps=500)
         >>> result["return"].tolist()  # the success of each episode

@@ -1,6 +1,6 @@
 # This source code is licensed under the MIT license found in the
 # LICENSE file in the root directory of this source tree.
-"""examples/flow_ppo_gym.py (ReinFlow, FPO++) end to end at a tiny size."""
+"""examples/ppo_gym.py (ReinFlow, FPO++) end to end at a tiny size."""
 from __future__ import annotations
 
 import json
@@ -17,7 +17,7 @@ from torchrl_rldt.modules import DDPMChunkModel, VelocityMLP
 
 from test_rldt_gym import make_base
 
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "flow_ppo_gym.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "ppo_gym.py"
 TINY = [
     "env.num_envs=2", "env.max_episode_steps=40", "collector.chunks_per_env=8",
     "collector.total_env_steps=200", "ppo.epochs=1", "ppo.minibatch_size=8",

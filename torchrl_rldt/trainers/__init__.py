@@ -1,0 +1,8 @@
+"""The run harness of the training examples: :class:`TrainingRun` (checkpoints, resume,
+evaluation, stops, summaries), its config checks and its reporting."""
+from __future__ import annotations
+
+from torchrl_rldt.trainers.config import ConfigCheck, apply_task_config
+from torchrl_rldt.trainers.run import NonFiniteError, TrainingRun, env_seed
+
+__all__ = ["ConfigCheck", "NonFiniteError", "TrainingRun", "apply_task_config", "env_seed"]
