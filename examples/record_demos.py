@@ -3,8 +3,10 @@
 The ``metaworld`` package's scripted policy of the task (:class:`~torchrl_rldt.envs.MetaWorldExpert`)
 runs in EnvPool's Meta-World with the sparse success reward (:func:`~torchrl_rldt.envs.make_metaworld_env`:
 reward 1 at the first success, which ends the episode; time-out at 500 steps), with Gaussian noise on
-every action. Each round runs one episode per env; ``num_episodes`` episodes are kept (the successful
-ones, or all with ``keep=all``). The executed (noisy) actions are what is recorded.
+every action: i.i.d. by default, or with ``noise_correlation`` in (0, 1) an autoregressive process
+that holds the demonstrator off its path for about ``1 / (1 - noise_correlation)`` steps. Each round
+runs one episode per env; ``num_episodes`` episodes are kept (the successful ones, or all with
+``keep=all``). The executed (noisy) actions are what is recorded.
 
     python examples/record_demos.py task=MetaWorld/PickPlace-v3
 
@@ -41,6 +43,8 @@ def check_config(cfg: DictConfig) -> None:
     for name in ("num_envs", "num_episodes", "max_attempts"):
         check.positive_int(name)
     check.number("noise_std", 0.0)
+    check.number("noise_correlation", 0.0, 1.0)
+    check.need(cfg.noise_correlation != 1, "noise_correlation must be < 1 (1 is a constant offset)")
     check.one_of("keep", ("success", "all"))
     check.done()
 
@@ -49,7 +53,8 @@ def check_config(cfg: DictConfig) -> None:
 def main(cfg: DictConfig) -> None:
     check_config(cfg)
     torch.set_num_threads(1)
-    expert = MetaWorldExpert(cfg.task, noise_std=cfg.noise_std, seed=cfg.seed)
+    expert = MetaWorldExpert(cfg.task, noise_std=cfg.noise_std,
+                             noise_correlation=cfg.noise_correlation, seed=cfg.seed)
     env = make_metaworld_env(cfg.task, cfg.num_envs, seed=cfg.seed)
 
     episodes, attempted, successes, lengths = [], 0, 0, []
@@ -87,6 +92,7 @@ def main(cfg: DictConfig) -> None:
                            "max": max(lengths)},
         "kept_success_rate": kept_success,
         "expert": {"policy": type(expert.policy).__name__, "noise_std": cfg.noise_std,
+                   "noise_correlation": cfg.noise_correlation,
                    "attempted_episodes": attempted, "successful_episodes": successes,
                    "success_rate": successes / attempted},
         "seed": cfg.seed,

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
 import pytest
 import torch
+from tensordict import TensorDict
 from torchrl.collectors import Collector
 from torchrl.envs import Compose, InitTracker, RewardSum, TransformedEnv
 
@@ -83,6 +85,54 @@ def test_info_keys_are_checked_against_the_task():
         MetaWorldExpert("MetaWorld/NoSuchTask-v3")
 
 
+def _expert_noise(expert, observation, steps):
+    """The noise ``expert`` adds over ``steps`` calls at the fixed ``observation`` ``[B, 39]``, on
+    the action components the noiseless expert keeps well inside the bounds (no clipping)."""
+    clean = MetaWorldExpert(TASK)(TensorDict(observation=observation, batch_size=[len(observation)]))
+    clean = clean["action"]
+    noise = torch.stack([
+        expert(TensorDict(observation=observation, batch_size=[len(observation)]))["action"] - clean
+        for _ in range(steps)
+    ])  # [steps, B, 4]
+    return noise[:, clean.abs() < 0.9]  # [steps, components]
+
+
+@pytest.fixture(scope="module")
+def observation():
+    return make_metaworld_env(TASK, num_envs=4, seed=0).reset()["observation"]
+
+
+def test_expert_noise_defaults_to_the_same_iid_draws(observation):
+    noise = _expert_noise(MetaWorldExpert(TASK, noise_std=0.01, seed=3), observation, 400)
+    default = _expert_noise(MetaWorldExpert(TASK, noise_std=0.01, noise_correlation=0.0, seed=3),
+                            observation, 400)
+    assert torch.equal(noise, default)
+    # today's draws: noise_std times the generator's standard normals, one [B, 4] block per step
+    draws = 0.01 * np.random.default_rng(3).standard_normal((400, 4, 4))
+    clean = MetaWorldExpert(TASK)(TensorDict(observation=observation, batch_size=[4]))["action"]
+    expected = torch.as_tensor(draws, dtype=torch.float32)[:, clean.abs() < 0.9]
+    torch.testing.assert_close(noise, expected, atol=1e-6, rtol=0)
+    lag_one = torch.corrcoef(torch.stack([noise[:-1].flatten(), noise[1:].flatten()]))[0, 1]
+    assert abs(lag_one) < 0.1
+
+
+def test_expert_noise_correlation_is_an_ar1_process_of_the_same_spread(observation):
+    noise = _expert_noise(MetaWorldExpert(TASK, noise_std=0.01, noise_correlation=0.9, seed=0),
+                          observation, 1500)
+    lag_one = torch.corrcoef(torch.stack([noise[:-1].flatten(), noise[1:].flatten()]))[0, 1]
+    lag_ten = torch.corrcoef(torch.stack([noise[:-10].flatten(), noise[10:].flatten()]))[0, 1]
+    assert 0.85 < lag_one < 0.95 and 0.2 < lag_ten < 0.5  # 0.9 and 0.9 ** 10 = 0.35
+    assert 0.008 < noise.std().item() < 0.012  # stationary: each component keeps noise_std
+    # each env has a process of its own
+    assert abs(torch.corrcoef(noise.T).fill_diagonal_(0).abs().max()) < 0.35
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0, 1.5])
+def test_expert_refuses_a_noise_correlation_outside_zero_one(value):
+    with pytest.raises(ValueError, match="noise_correlation must be in \\[0, 1\\)"):
+        MetaWorldExpert(TASK, noise_std=0.1, noise_correlation=value)
+
+
 if __name__ == "__main__":
     args, unknown = argparse.ArgumentParser().parse_known_args()
     pytest.main([__file__, "--capture", "no", "--exitfirst"] + unknown)
@@ -112,3 +162,19 @@ def test_record_demos_writes_a_loadable_data_set_and_its_manifest(tmp_path):
     assert torch.equal(data["next", "reward"].squeeze(-1) == 1, terminated.squeeze(-1))
     assert manifest["kept_success_rate"] == pytest.approx(terminated.float().sum().item() / 6)
     assert manifest["command"].startswith("python examples/record_demos.py ")
+    assert manifest["expert"]["noise_correlation"] == 0.0
+
+
+def test_record_demos_refuses_a_noise_correlation_of_one(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "record_demos.py"
+    result = subprocess.run(
+        [sys.executable, str(script), f"hydra.run.dir={tmp_path / 'run'}", f"out_dir={tmp_path}",
+         "noise_correlation=1.0"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0 and "noise_correlation must be < 1" in result.stderr
+    assert not list(tmp_path.glob("*.npz"))

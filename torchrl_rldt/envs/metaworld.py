@@ -117,7 +117,14 @@ class MetaWorldExpert(TensorDictModuleBase):
     (``metaworld.policies``); it reads the full 39-D state (with the goal, as
     :func:`make_metaworld_env` exposes it) and returns a 4-D action. This module runs it on each
     env of a batch and adds Gaussian noise of standard deviation ``noise_std`` to every action
-    (clipped to [-1, 1]): a deliberately imperfect demonstrator. The scripted policies are
+    (clipped to [-1, 1]): a deliberately imperfect demonstrator. The noise is i.i.d. by default;
+    with ``noise_correlation`` it is a stationary first-order autoregressive (discretised
+    Ornstein-Uhlenbeck) process per env, ``e_t = rho e_{t-1} + sqrt(1 - rho^2) noise_std z_t``, so
+    each action component keeps the standard deviation ``noise_std`` but the demonstrator drifts
+    off its path for about ``1 / (1 - rho)`` steps at a time: an error that a policy fitted to the
+    mean of the data averages out much less than i.i.d. noise. The process runs on across the
+    episodes of an env (it is stationary, so a new episode starts from a noise of the same
+    distribution); a call with another batch size starts it afresh. The scripted policies are
     Python functions of one observation, so the batch is a loop; they are meant for recording
     demonstrations, not for training.
 
@@ -132,6 +139,9 @@ class MetaWorldExpert(TensorDictModuleBase):
         noise_std (float, optional): the action noise, a property of the demonstrator: it is
             added under every exploration type, also where none is set (``env.rollout``
             sets none). Defaults to ``0.0``.
+        noise_correlation (float, optional): ``rho`` in ``[0, 1)``, the correlation of the noise
+            between consecutive steps of an env; ``0`` draws i.i.d. noise (the same draws as
+            without the argument). Defaults to ``0.0``.
         seed (int, optional): seed of the noise generator, a numpy generator of its own
             (``torch.manual_seed`` does not reach it). Defaults to ``0``.
         observation_key (NestedKey, optional): defaults to ``"observation"``.
@@ -151,6 +161,7 @@ class MetaWorldExpert(TensorDictModuleBase):
         task: str,
         *,
         noise_std: float = 0.0,
+        noise_correlation: float = 0.0,
         seed: int = 0,
         observation_key: NestedKey = "observation",
         action_key: NestedKey = "action",
@@ -160,6 +171,8 @@ class MetaWorldExpert(TensorDictModuleBase):
             raise ValueError(f"expected a 'MetaWorld/<Task>-v3' id, got {task!r}.")
         if noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {noise_std}.")
+        if not 0.0 <= noise_correlation < 1.0:
+            raise ValueError(f"noise_correlation must be in [0, 1), got {noise_correlation}.")
         try:
             policies = importlib.import_module("metaworld.policies")
         except ImportError as err:
@@ -171,7 +184,8 @@ class MetaWorldExpert(TensorDictModuleBase):
         class_name = _EXPERT_NAMES.get(name, f"Sawyer{name}V3Policy")
         if not hasattr(policies, class_name):
             raise ValueError(f"metaworld.policies has no scripted policy {class_name} for {task}.")
-        self.task, self.noise_std = task, noise_std
+        self.task, self.noise_std, self.noise_correlation = task, noise_std, noise_correlation
+        self.noise = None  # the current noise of each env, with noise_correlation > 0
         self.policy = getattr(policies, class_name)()
         self.generator = np.random.default_rng(seed)
         self.in_keys, self.out_keys = [observation_key], [action_key]
@@ -181,8 +195,20 @@ class MetaWorldExpert(TensorDictModuleBase):
         flat = observation.reshape(-1, observation.shape[-1]).cpu().double().numpy()
         action = np.stack([self.policy.get_action(row) for row in flat])
         if self.noise_std:
-            action = action + self.noise_std * self.generator.standard_normal(action.shape)
+            action = action + self._next_noise(action.shape)
         action = torch.as_tensor(np.clip(action, -1.0, 1.0), dtype=torch.float32)
         tensordict.set(self.out_keys[0],
                        action.reshape(*observation.shape[:-1], -1).to(observation.device))
         return tensordict
+
+    def _next_noise(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The noise of this step: i.i.d., or the next step of each env's AR(1) process."""
+        draw = self.noise_std * self.generator.standard_normal(shape)
+        rho = self.noise_correlation
+        if not rho:
+            return draw
+        if self.noise is None or self.noise.shape != shape:
+            self.noise = draw  # a draw from the stationary distribution
+        else:
+            self.noise = rho * self.noise + np.sqrt(1.0 - rho * rho) * draw
+        return self.noise
