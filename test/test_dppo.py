@@ -333,7 +333,7 @@ class TestDPPOLoss:
         data["advantage"] = torch.tensor([[1.0], [-1.0], [2.0], [-0.5], [0.3], [-3.0]])
         data["value_target"] = torch.zeros(6, 1)
         # move the behaviour log-likelihoods so that some ratios leave the clip range
-        shift = torch.linspace(-0.2, 0.2, 6 * K).reshape(6, K)
+        shift = torch.linspace(-0.15, 0.25, 6 * K).reshape(6, K)  # asymmetric: mean log-ratio != 0
         data["sample_log_prob"] = data["sample_log_prob"] + shift
         out = loss(data)
         ratio = (-shift).exp()
@@ -344,6 +344,10 @@ class TestDPPOLoss:
         torch.testing.assert_close(out["loss_objective"], -gain.mean(-1), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(out["clip_fraction"],
                                    ((ratio - 1).abs() > epsilon).float().mean())
+        # the k3 estimator of KL(old || new) that DPPO's target_kl reads, and the ratio statistics
+        torch.testing.assert_close(out["kl_approx"], (ratio - 1 + shift).mean())
+        torch.testing.assert_close(out["mean_ratio"], ratio.mean())
+        torch.testing.assert_close(out["max_ratio"], ratio.max())
 
     @pytest.mark.parametrize("sign", [1.0, -1.0])
     def test_a_step_moves_the_chain_likelihood_with_the_advantage(self, sign):

@@ -112,44 +112,83 @@ def make_ddpm_bc():
 
 LOSSES = {"bc": make_bc, "rldt": make_rldt, "fpo": make_fpo, "reinflow": make_reinflow, "qam": make_qam,
           "dppo": make_dppo, "ddpm_bc": make_ddpm_bc}
+# parameter sets a loss holds beside its networks' and their targets: buffers no optimiser sees
+EXTRA_PARAMETER_SETS = {"rldt": "reference_actor_network_params", "qam": "base_actor_network_params"}
+
+
+def move_every_weight(loss):
+    """Moves every weight of every parameter set of ``loss`` in place, each by its own noise: the
+    actor, the critic, their targets and the extra sets (RLDT's reference policy, QAM's base
+    policy, DPPO's frozen base network), so that a round trip that drops or mixes up one of them
+    shows in the restored state."""
+    with torch.no_grad():
+        for name, value in loss.state_dict(keep_vars=True).items():
+            if name.endswith((".weight", ".bias")):
+                value.add_(0.05 * torch.randn_like(value))
+
+
+def batch_on(loss, make_batch, device):
+    """A batch on ``device``, sampled with the loss's copy of the actor.
+
+    ``.to()`` moves the loss's functional copy of the actor (its buffers, such as the action
+    bounds, stay where the module was built): batches are sampled with that copy.
+    """
+    with torch.device(device), loss.actor_network_params.to_module(loss.actor_network):
+        return make_batch(loss).to(device)
 
 
 @pytest.mark.parametrize("name", LOSSES)
 class TestLossConventions:
-    def test_state_dict_round_trip(self, name):
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_state_dict_round_trip(self, name, device):
+        """Every entry of the state dict, the extra parameter sets included, comes back, and the
+        restored loss gives the same outputs from the same random state."""
         torch.manual_seed(0)
         loss, make_batch, _ = LOSSES[name]()
-        batch = make_batch(loss)
+        loss = loss.to(device)
+        move_every_weight(loss)
+        batch = batch_on(loss, make_batch, device)
+        state = loss.state_dict()
+        if name in EXTRA_PARAMETER_SETS:
+            extra = [key for key in state if key.startswith(EXTRA_PARAMETER_SETS[name] + ".")]
+            assert extra
+            # moved apart from the actor: a load that copied the actor into them would show
+            assert not all(torch.equal(state[key], state[key.replace(EXTRA_PARAMETER_SETS[name],
+                                                                     "actor_network_params")])
+                           for key in extra)
         torch.manual_seed(1)
         restored, _, _ = LOSSES[name]()
-        restored.load_state_dict(loss.state_dict())
+        restored = restored.to(device)
+        restored.load_state_dict(state)
         for key, value in restored.state_dict().items():
-            torch.testing.assert_close(value, loss.state_dict()[key], msg=key)
+            torch.testing.assert_close(value, state[key], msg=key)
         torch.manual_seed(2)
         expected = loss(batch.clone())
         torch.manual_seed(2)
         got = restored(batch.clone())
+        assert set(got.keys()) == set(expected.keys())
         for key in expected.keys():
             torch.testing.assert_close(got[key], expected[key], msg=key)
 
     @pytest.mark.parametrize("device", DEVICES)
     def test_runs_on_device(self, name, device):
+        """Every output on ``device``, finite, and a gradient for the actor."""
         loss, make_batch, main_key = LOSSES[name]()
         loss = loss.to(device)
-        # .to() moves the loss's functional copy of the actor (its buffers, such as the action
-        # bounds, stay where the module was built): batches are sampled with that copy
-        with torch.device(device), loss.actor_network_params.to_module(loss.actor_network):
-            batch = make_batch(loss)
-        out = loss(batch.to(device))
-        assert out[main_key].device.type == device and torch.isfinite(out[main_key])
+        out = loss(batch_on(loss, make_batch, device))
+        assert all(value.device.type == device for value in out.values())
+        assert torch.isfinite(out[main_key])
         out[main_key].backward()
         assert any(p.grad is not None for p in loss.actor_network_params.values(True, True))
 
     def test_select_out_keys(self, name):
+        """The loss's main term and another of its outputs, when it has one, and nothing else."""
         loss, make_batch, main_key = LOSSES[name]()
         batch = make_batch(loss)
-        loss.select_out_keys(main_key)
-        assert list(loss(batch).keys()) == [main_key]
+        keys = [main_key] + [key for key in loss.out_keys if key != main_key][:1]
+        loss.select_out_keys(*keys)
+        assert set(loss.out_keys) == set(keys)
+        assert set(loss(batch).keys()) == set(keys)
 
 
 if __name__ == "__main__":
