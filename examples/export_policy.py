@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from torchrl_rldt.checkpoint import atomic_write_text, save_flow_policy
+from torchrl_rldt.envs import returns_by_sampling_mode
 
 import rldt_utils
 import utils
@@ -52,7 +53,8 @@ def main() -> None:
     cfg, base, fine_tuned, _, checkpoint = rldt_utils.load_rldt_run(args.checkpoint, device)
     seed = cfg.seed + EXPORT_EVAL_SEED_OFFSET
     env = utils.make_policy_chunk_env(base, cfg, args.episodes, seed, device)
-    returns = {name: utils.returns_by_sampling_mode(env, policy, cfg, seed)
+    returns = {name: returns_by_sampling_mode(env, policy.actor, seed=seed, max_env_steps=cfg.env.max_episode_steps,
+                                              chunk_len=policy.actor.model.chunk_len)
                for name, policy in (("base", base), ("fine_tuned", fine_tuned))}
     command = "python examples/export_policy.py " + " ".join(sys.argv[1:])
     metadata = {

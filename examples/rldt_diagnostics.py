@@ -24,6 +24,7 @@ import torch
 from tensordict import TensorDict
 
 from torchrl_rldt.data import load_offline_dataset
+from torchrl_rldt.envs import returns_by_sampling_mode
 from torchrl_rldt.checkpoint.training import load_checkpoint_buffer
 from torchrl_rldt.objectives.calibration import critic_calibration
 
@@ -193,7 +194,9 @@ def main() -> None:
     for name, policy in (("base", base), ("fine_tuned", fine_tuned)):
         report["flow"][name] = flow_statistics(policy.actor.model, observation, args.samples)
         if env is not None:
-            report["returns"][name] = utils.returns_by_sampling_mode(env, policy, cfg, args.seed)
+            report["returns"][name] = returns_by_sampling_mode(
+                env, policy.actor, seed=args.seed, max_env_steps=cfg.env.max_episode_steps,
+                chunk_len=policy.actor.model.chunk_len)
     # the same noise through both flows: how far fine-tuning moved each sampled action
     report["flow"]["fine_tuned"]["displacement_rms"] = (
         (report["flow"]["fine_tuned"]["actions"] - report["flow"]["base"]["actions"]).pow(2).mean().sqrt().item()

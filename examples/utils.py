@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDictBase
 from torchrl.collectors import Collector, MultiAsyncCollector, MultiSyncCollector
 from torchrl.data import LazyTensorStorage, SliceSampler, TensorDictReplayBuffer
-from torchrl.envs import EnvBase, ExplorationType, TransformedEnv
+from torchrl.envs import TransformedEnv
 
 from torchrl_rldt.checkpoint import (
     DDPMPolicy,
@@ -23,7 +23,6 @@ from torchrl_rldt.checkpoint import (
 )
 from torchrl_rldt.envs import (
     EnvPoolEnv,
-    episode_returns,
     is_metaworld_task,
     make_chunk_env,
 )
@@ -180,21 +179,6 @@ def make_policy_chunk_env(policy: FlowPolicy | DDPMPolicy, cfg: DictConfig, num_
                           device: torch.device) -> TransformedEnv:
     """A chunk env of ``cfg.task`` in ``policy``'s normalised spaces, with its chunk length."""
     return policy_env_maker(policy, cfg, device)(num_envs, seed)
-
-
-def returns_by_sampling_mode(env: EnvBase, policy: FlowPolicy, cfg: DictConfig, seed: int) -> dict:
-    """One episode per env of ``env`` in each sampling mode: deterministic (x0 = 0) and stochastic.
-
-    ``env`` is reseeded with ``seed`` before each mode, so that two policies measured with the
-    same seed start from the same initial states (paired episodes).
-    """
-    modes = {"deterministic": ExplorationType.DETERMINISTIC, "stochastic": ExplorationType.RANDOM}
-    returns = {}
-    for mode, exploration in modes.items():
-        env.set_seed(seed)
-        returns[mode] = episode_returns(env, policy.actor, max_env_steps=cfg.env.max_episode_steps,
-                                        chunk_len=policy.actor.model.chunk_len, exploration_type=exploration)
-    return returns
 
 
 # a worker's envs are seeded apart from the others' (and from the evaluation envs)

@@ -17,7 +17,7 @@ from tensordict import TensorDict
 from torchrl.modules import ValueOperator
 
 from torchrl_rldt.checkpoint import load_flow_policy, save_flow_policy
-from torchrl_rldt.envs import NormalizationStats
+from torchrl_rldt.envs import NormalizationStats, episode_returns, returns_by_sampling_mode
 from torchrl_rldt.modules import ChunkQValueMLP, FlowActor, FlowModel, VelocityMLP
 from torchrl_rldt.objectives import RLDTLoss
 
@@ -127,9 +127,10 @@ def test_policies_are_compared_on_paired_episodes(base):
     cfg = OmegaConf.create({"task": "Hopper-v5", "env": {"max_episode_steps": 30}})
     policy = load_flow_policy(base)
     env = utils.make_policy_chunk_env(policy, cfg, 3, 123, torch.device("cpu"))
-    first, second = (utils.returns_by_sampling_mode(env, policy, cfg, 123) for _ in range(2))
+    first, second = (returns_by_sampling_mode(env, policy.actor, seed=123, max_env_steps=30, chunk_len=4)
+                     for _ in range(2))
     assert first["deterministic"] == second["deterministic"]
-    unpaired = utils.episode_returns(env, policy.actor, max_env_steps=30, chunk_len=4)
+    unpaired = episode_returns(env, policy.actor, max_env_steps=30, chunk_len=4)
     assert unpaired["mean"] != first["deterministic"]["mean"]  # the next episodes differ
 
 

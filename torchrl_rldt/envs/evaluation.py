@@ -3,14 +3,19 @@
 """Evaluation of a policy on a batched env: one episode per env, returns and lengths."""
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Collection
 
 import torch
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModuleBase
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 
-__all__ = ["episode_returns", "evaluate_policy"]
+__all__ = ["SAMPLING_MODES", "episode_returns", "evaluate_policy", "returns_by_sampling_mode"]
+
+# a flow actor starts its chain from x0 = 0 under DETERMINISTIC and from x0 ~ N(0, I) under RANDOM
+SAMPLING_MODES = {"deterministic": ExplorationType.DETERMINISTIC, "stochastic": ExplorationType.RANDOM}
 
 
 @torch.no_grad()
@@ -122,3 +127,58 @@ def episode_returns(
         "episodes": returns.numel(),
         "mean_length": result["length"].float().mean().item(),
     }
+
+
+def returns_by_sampling_mode(
+    env: EnvBase,
+    policy: TensorDictModuleBase,
+    *,
+    seed: int,
+    max_env_steps: int,
+    chunk_len: int,
+    own_random_state: Collection[str] = (),
+) -> dict[str, dict]:
+    """:func:`episode_returns` in each sampling mode, on paired episodes.
+
+    ``env`` is reseeded with ``seed`` before each mode, so that every mode, and every policy
+    measured with the same seed, starts from the same initial states.
+
+    Args:
+        env (EnvBase): a batched env, one episode per env; it must support ``set_seed``.
+        policy (TensorDictModuleBase): the policy.
+
+    Keyword Args:
+        seed (int): the env's seed before each mode.
+        max_env_steps (int): the time limit of an episode, in env steps.
+        chunk_len (int): env actions per step of ``env``.
+        own_random_state (collection of str, optional): modes evaluated on a forked torch random
+            state, so that they draw nothing from the caller's stream (a run evaluating beside
+            its training). Defaults to none.
+
+    Returns:
+        ``{"deterministic": ..., "stochastic": ...}``, each as :func:`episode_returns`'s.
+
+    Examples:
+        >>> from torchrl_rldt.envs import ActionChunkEnv, EnvPoolEnv, returns_by_sampling_mode
+        >>> from torchrl_rldt.modules import FlowActor, FlowModel, VelocityMLP
+        >>> env = ActionChunkEnv(EnvPoolEnv("Hopper-v5", num_envs=2), chunk_len=2)
+        >>> actor = FlowActor(FlowModel(VelocityMLP(11, 3, chunk_len=2, hidden_dim=16), 3,
+        ...                             num_steps=2, chunk_len=2, low=-1.0, high=1.0))
+        >>> first = returns_by_sampling_mode(env, actor, seed=5, max_env_steps=20, chunk_len=2)
+        >>> second = returns_by_sampling_mode(env, actor, seed=5, max_env_steps=20, chunk_len=2)
+        >>> first["deterministic"] == second["deterministic"]  # the same initial states
+        True
+    """
+    unknown = set(own_random_state) - set(SAMPLING_MODES)
+    if unknown:
+        raise ValueError(f"own_random_state names no sampling mode: {sorted(unknown)} "
+                         f"(modes: {list(SAMPLING_MODES)}).")
+    devices = [env.device] if env.device is not None and env.device.type == "cuda" else []
+    returns = {}
+    for mode, exploration in SAMPLING_MODES.items():
+        env.set_seed(seed)
+        forked = torch.random.fork_rng(devices=devices) if mode in own_random_state else contextlib.nullcontext()
+        with forked:
+            returns[mode] = episode_returns(env, policy, max_env_steps=max_env_steps, chunk_len=chunk_len,
+                                            exploration_type=exploration)
+    return returns

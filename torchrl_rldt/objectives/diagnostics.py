@@ -13,7 +13,7 @@ __all__ = ["policy_term_gradients"]
 
 def _flat_gradient(value: torch.Tensor, params: list[torch.Tensor], retain_graph: bool) -> torch.Tensor:
     if not value.requires_grad:  # a term of weight 0, or one that does not reach the actor
-        return torch.cat([param.detach().flatten() * 0 for param in params])
+        return params[0].new_zeros(sum(param.numel() for param in params))
     gradients = torch.autograd.grad(value, params, retain_graph=retain_graph, allow_unused=True)
     return torch.cat([(torch.zeros_like(param) if gradient is None else gradient).flatten()
                       for gradient, param in zip(gradients, params)])

@@ -10,26 +10,19 @@ anchor when the training loop calls :meth:`step` after each actor update. A diag
 """
 from __future__ import annotations
 
-from typing import Any
-
 from torchrl_rldt.objectives.qam import QAMLoss
 from torchrl_rldt.objectives.rldt import RLDTLoss
 
 __all__ = ["BaseEMAUpdater", "ReferenceUpdater"]
 
 
-def _check_period(every: Any) -> int:
-    if type(every) is not int or every < 1:  # bool is an int too
-        raise ValueError(f"every must be an integer >= 1 (actor updates), got {every!r}.")
-    return every
-
-
 class _PeriodicUpdater:
     """Counts actor updates and acts after every ``every`` of them; the count is checkpointed."""
 
     def __init__(self, every: int) -> None:
-        self.every = _check_period(every)
-        self.steps = 0
+        if type(every) is not int or every < 1:  # bool is an int too
+            raise ValueError(f"every must be an integer >= 1 (actor updates), got {every!r}.")
+        self.every, self.steps = every, 0
 
     def _update(self) -> None:
         raise NotImplementedError

@@ -26,11 +26,11 @@ from typing import Any, Iterator, Mapping
 
 import torch
 from tensordict.nn import TensorDictModuleBase
-from torchrl.envs import EnvBase, ExplorationType
+from torchrl.envs import EnvBase
 
 from torchrl_rldt.checkpoint import atomic_write_text, load_checkpoint_buffer, save_checkpoint
 from torchrl_rldt.checkpoint.training import CHECKPOINT_VERSION, read_checkpoint, restore_rng_state, rng_state
-from torchrl_rldt.envs.evaluation import episode_returns
+from torchrl_rldt.envs.evaluation import SAMPLING_MODES, episode_returns, returns_by_sampling_mode
 from torchrl_rldt.trainers.config import flat_items
 from torchrl_rldt.trainers.reporting import plot_learning_curve, progress_bar
 
@@ -454,11 +454,12 @@ class TrainingRun:
         Keyword Args:
             chunk_len (int): env actions per step of ``env``.
         """
-        exploration = (ExplorationType.RANDOM if self.evaluation_mode == "random"
-                       else ExplorationType.DETERMINISTIC)
         with self.timed("evaluation"):
             returns = episode_returns(env, policy, max_env_steps=self.config.env.max_episode_steps,
-                                      chunk_len=chunk_len, exploration_type=exploration)
+                                      chunk_len=chunk_len, exploration_type=SAMPLING_MODES[self.configured_mode])
+        return self._on_learning_curve(returns)
+
+    def _on_learning_curve(self, returns: dict) -> dict:
         self.history.append({"env_steps": self.counters["env_steps"],
                              "wall_seconds": self.wall_seconds, **returns})
         return returns
@@ -476,18 +477,12 @@ class TrainingRun:
         Returns:
             ``{"deterministic": ..., "stochastic": ...}``, each as :func:`episode_returns`'s.
         """
-        configured = self.configured_mode
-        by_mode = {}
-        for mode, exploration in (("deterministic", ExplorationType.DETERMINISTIC),
-                                  ("stochastic", ExplorationType.RANDOM)):
-            env.set_seed(self.env_seed("final"))
-            if mode == configured:
-                by_mode[mode] = self.evaluate(env, policy, chunk_len=chunk_len)
-                continue
-            devices = [self.device] if self.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices), self.timed("evaluation"):
-                by_mode[mode] = episode_returns(env, policy, max_env_steps=self.config.env.max_episode_steps,
-                                                chunk_len=chunk_len, exploration_type=exploration)
+        others = [mode for mode in SAMPLING_MODES if mode != self.configured_mode]
+        with self.timed("evaluation"):
+            by_mode = returns_by_sampling_mode(env, policy, seed=self.env_seed("final"),
+                                               max_env_steps=self.config.env.max_episode_steps,
+                                               chunk_len=chunk_len, own_random_state=others)
+        self._on_learning_curve(by_mode[self.configured_mode])
         return by_mode
 
     def evaluate_base(self, env: EnvBase, policy: TensorDictModuleBase, *, chunk_len: int) -> dict:
