@@ -54,19 +54,22 @@ class LinearStateCritic(nn.Module):
         return (action.flatten(-2) * (observation @ self.weight.T)).sum(-1, keepdim=True)
 
 
-def make_loss(actor, observations: torch.Tensor, gradient_norm: float, inverse_temperature: float) -> QAMLoss:
+def make_loss(actor, observations: torch.Tensor, gradient_norm: float, inverse_temperature: float,
+              full_precision_actor_loss: bool = True) -> QAMLoss:
     """A QAMLoss whose critic's action-gradient has mean norm ``gradient_norm`` on ``observations``."""
     model = actor.model
     weight = torch.randn(model.chunk_len * model.action_dim, observations.shape[-1])
     weight *= gradient_norm / (observations @ weight.T).norm(dim=-1).mean()
     critic = TensorDictModule(LinearStateCritic(weight), ["observation", "action"], ["state_action_value"])
     return QAMLoss(actor, critic, inverse_temperature=inverse_temperature,
-                   clamp_final_action=False)
+                   clamp_final_action=False, full_precision_actor_loss=full_precision_actor_loss)
 
 
 def precision(policy, observations, gradient_norm, shifts) -> list[dict]:
     """The bfloat16 rounding of ``v - v_base`` against its size, after shifting every weight."""
-    loss = make_loss(policy.actor, observations, gradient_norm, inverse_temperature=0.3)
+    # the actor loss follows the autocast context below (the loss's default runs it in fp32)
+    loss = make_loss(policy.actor, observations, gradient_norm, inverse_temperature=0.3,
+                     full_precision_actor_loss=False)
     params = [param for param in loss.actor_network_params.values(True, True) if param.requires_grad]
     start = [param.detach().clone() for param in params]
     batch = TensorDict({"observation": observations}, [observations.shape[0]])
@@ -84,7 +87,7 @@ def precision(policy, observations, gradient_norm, shifts) -> list[dict]:
                               - loss._velocity(loss.base_actor_network_params, observations, noise, 0.5).float())
             torch.manual_seed(5)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
-                terms = loss._actor_loss(batch)  # the body, without actor_loss's fp32 guard
+                terms = loss.actor_loss(batch)
             gradients[name] = torch.cat([g.flatten() for g in torch.autograd.grad(terms["loss_adjoint"], params)])
         correlation = (torch.corrcoef(torch.stack([gaps["fp32"].flatten(), gaps["bf16"].flatten()]))[0, 1].item()
                        if shift else None)

@@ -4,9 +4,9 @@ The base of ``examples/bandit_2d.py`` (a flow policy pretrained on a wide Gaussi
 by ``RLDTLoss`` actor steps only, with the bandit's true reward as the critic (a parameter-free
 ``Q(s, a) = r(a)``, so that no critic error enters), a frozen reference, and for every kernel
 (RBF normalised by ``K`` as the reference, RBF normalised by the kernel mass, delta) a range of
-transport weights ``rl_coef``. Each run reports the mean reward of the fine-tuned policy's
+transport weights ``rl_coeff``. Each run reports the mean reward of the fine-tuned policy's
 stochastic samples, the share of them near each peak, and its effective step: the mean transport
-norm over the mean critic-gradient norm, times ``rl_coef`` (1 for the delta kernel at weight 1).
+norm over the mean critic-gradient norm, times ``rl_coeff`` (1 for the delta kernel at weight 1).
 Comparing kernels at matched effective step separates what the kernel does from how far a step
 goes.
 
@@ -75,8 +75,8 @@ def finetune(base, env, kernel: str, weight: float, args) -> tuple[object, dict]
     critic = TensorDictModule(TrueReward(env), in_keys=["observation", "action"],
                               out_keys=["state_action_value"])
     loss = RLDTLoss(actor, critic, num_qvalue_nets=1, num_particles=args.particles,
-                    transport=SVGDTransport(**KERNELS[kernel]), rl_coef=weight,
-                    consistency_coef=args.consistency_coef, reference_coef=args.reference_coef)
+                    transport=SVGDTransport(**KERNELS[kernel]), rl_coeff=weight,
+                    consistency_coeff=args.consistency_coefff, reference_coeff=args.reference_coefff)
     optim = torch.optim.Adam(loss.actor_network_params.values(True, True), lr=args.actor_lr)
     states = TensorDict(observation=torch.zeros(args.states, 1), batch_size=[args.states])
     ratios = []
@@ -99,8 +99,8 @@ def main() -> None:
     parser.add_argument("--actor-lr", type=float, default=1e-3)
     parser.add_argument("--states", type=int, default=128)
     parser.add_argument("--particles", type=int, default=8)
-    parser.add_argument("--consistency-coef", type=float, default=0.5)
-    parser.add_argument("--reference-coef", type=float, default=0.2)
+    parser.add_argument("--consistency-coeff", type=float, default=0.5)
+    parser.add_argument("--reference-coeff", type=float, default=0.2)
     parser.add_argument("--name", default="transport_tradeoff")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
@@ -139,13 +139,13 @@ def main() -> None:
              for kernel in args.kernels}
     command = "python benchmarks/transport_tradeoff.py " + " ".join(sys.argv[1:])
     lines = [
-        f"Two-peak bandit, true reward as the critic, frozen reference (weight {args.reference_coef}), "
-        f"consistency {args.consistency_coef}, {args.actor_steps} actor steps at lr {args.actor_lr:g} on "
+        f"Two-peak bandit, true reward as the critic, frozen reference (weight {args.reference_coeff}), "
+        f"consistency {args.consistency_coeff}, {args.actor_steps} actor steps at lr {args.actor_lr:g} on "
         f"{args.states} states x {args.particles} particles; seeds {args.seeds} (means over seeds). "
         f"Weaker peak: the smaller of the two shares of samples within {cfg.eval.near_radius} of a peak "
         f"(0.5 each when both modes are kept equally, 0 when one is lost).",
         "",
-        "| kernel | rl_coef | effective step | reward | weaker peak | near any peak |",
+        "| kernel | rl_coeff | effective step | reward | weaker peak | near any peak |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for kernel, by_weight in table.items():
@@ -166,7 +166,7 @@ def main() -> None:
         axes[1].plot(steps, [row["weaker_peak_share"] for row in by_weight.values()], marker="o", label=kernel)
     for ax, label in zip(axes, ("mean reward", "share near the weaker peak")):
         ax.set_xscale("log")
-        ax.set_xlabel("effective step (rl_coef x transport norm / critic-gradient norm)")
+        ax.set_xlabel("effective step (rl_coeff x transport norm / critic-gradient norm)")
         ax.set_ylabel(label)
     axes[0].legend()
     fig.tight_layout()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -39,6 +40,7 @@ from torchrl_rldt.modules import (  # noqa: E402
     VelocityMLP,
 )
 from torchrl_rldt.objectives import FlowMatchingBCLoss, ReferenceUpdater, RLDTLoss  # noqa: E402
+from torchrl_rldt.trainers import refuse_renamed_keys  # noqa: E402
 
 
 log = logging.getLogger("bandit_2d")
@@ -89,8 +91,8 @@ def finetune(base: FlowActor, kernel: str, cfg: DictConfig, device: torch.device
         critic,
         num_particles=cfg.rldt.num_particles,
         transport=SVGDTransport(kernel),
-        consistency_coef=cfg.rldt.consistency_coef,
-        reference_coef=cfg.rldt.reference_coef,
+        consistency_coeff=cfg.rldt.consistency_coeff,
+        reference_coeff=cfg.rldt.reference_coeff,
     )
     loss.make_value_estimator(gamma=0.99)  # every pull terminates: the target is the reward
     target_updater = SoftUpdate(loss, tau=cfg.rldt.tau)
@@ -177,4 +179,5 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
+    refuse_renamed_keys(sys.argv[1:])
     main()

@@ -183,7 +183,7 @@ def main(cfg: DictConfig) -> None:
     data_cfg = cfg.dataset
     num_envs = data_cfg.num_envs
     steps_per_env = math.ceil(data_cfg.num_transitions / num_envs)
-    record_env = make_env(cfg.task, num_envs, seed=cfg.seed + 20_000)
+    record_env = make_env(cfg.task, num_envs, seed=env_seed(cfg.seed, "record"))
     recorder = Collector(
         record_env,
         actor,

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from torchrl.modules import MLP, ValueOperator
 from torchrl.objectives import ValueEstimators
 
-from torchrl_rldt.trainers import ConfigCheck, TrainingRun
+from torchrl_rldt.trainers import ConfigCheck, RewardScale, TrainingRun
 from torchrl_rldt.modules import DPPOActor, FlowNoiseMLP, NoisyFlowActor
 from torchrl_rldt.objectives import DPPOLoss, FPOLoss, ReinFlowLoss
 from utils import (
@@ -49,7 +49,7 @@ def check_config(cfg: DictConfig) -> None:
     for name in ("collector.chunks_per_env", "ppo.epochs", "ppo.minibatch_size", "reinflow.num_steps",
                  "fpo.num_steps", "fpo.num_cfm_samples", "dppo.finetuned_steps"):
         check.positive_int(name)
-    check.positive_int("ppo.critic_warmup_iterations", minimum=0)
+    check.integer("ppo.critic_warmup_iterations", minimum=0)
     for name in ("ppo.actor_lr", "ppo.critic_lr", "reinflow.min_std", "reinflow.clip_epsilon",
                  "fpo.clip_epsilon", "dppo.clip_epsilon", "dppo.min_sampling_std",
                  "dppo.min_log_prob_std", "dppo.noise_clip"):
@@ -123,6 +123,8 @@ def main(cfg: DictConfig) -> None:
     actor_optim = torch.optim.Adam(loss.actor_network_params.values(True, True), lr=cfg.ppo.actor_lr)
     critic_optim = torch.optim.Adam(loss.critic_network_params.values(True, True), lr=cfg.ppo.critic_lr)
     run.track(loss=loss, actor_optim=actor_optim, critic_optim=critic_optim)
+    # kept in run.extra, so that a resumed run goes on with the same scale
+    reward_scale = RewardScale(cfg.ppo.reward_scale_rate, state=run.extra)
 
     counters = run.counters
     eval_env = make_policy_chunk_env(base, cfg, cfg.eval.episodes, run.env_seed("eval"), device)
@@ -143,12 +145,8 @@ def main(cfg: DictConfig) -> None:
                 counters["iterations"] += 1
                 reward = batch["next", "reward"]
                 run.check_finite("the collected reward", reward)
-                if cfg.ppo.reward_scale_rate is not None:
-                    rate, batch_abs = cfg.ppo.reward_scale_rate, reward.abs().mean().item()
-                    previous = run.extra.get("reward_abs_mean")
-                    run.extra["reward_abs_mean"] = scale = batch_abs if previous is None else (
-                        (1 - rate) * previous + rate * batch_abs)
-                    batch["next", "reward"] = reward / max(scale, 1e-8)
+                reward_scale.update(reward)
+                batch["next", "reward"] = reward_scale(reward)
                 with torch.no_grad():
                     loss.value_estimator(batch, params=loss.critic_network_params,
                                          target_params=loss.target_critic_network_params)
@@ -181,8 +179,6 @@ def main(cfg: DictConfig) -> None:
                 run.save()  # every iteration: a kill loses at most the iteration under way
                 if run.stop_requested:
                     return run.interrupted()
-                if counters["env_steps"] >= cfg.collector.total_env_steps:
-                    break
     finally:
         collector.shutdown()
 

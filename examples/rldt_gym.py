@@ -20,12 +20,13 @@ batches, on Ctrl-C and at the end), the logger's files, ``learning_curve.png`` a
 from __future__ import annotations
 
 import collections
+import sys
 
 import hydra
 import torch
 from omegaconf import DictConfig
 
-from torchrl_rldt.trainers import TrainingRun
+from torchrl_rldt.trainers import RewardScale, TrainingRun, refuse_renamed_keys
 from torchrl_rldt.objectives.diagnostics import policy_term_gradients
 from rldt_utils import (
     check_rldt_config,
@@ -80,6 +81,9 @@ def main(cfg: DictConfig) -> None:
         end_slices_at_the_last_write(replay_buffer)
     run.evaluate_base(final_env, actor, chunk_len=chunk_len)
     saved_buffer = replay_buffer if cfg.checkpoint.save_replay_buffer else None
+    # kept in run.extra, so that a resumed run goes on with the same scale
+    reward_scale = RewardScale(cfg.optim.reward_scale_rate, cfg.optim.reward_scale_every_batches,
+                               state=run.extra)
     round_size = cfg.buffer.batch_size * cfg.schedule.critic_steps // cfg.schedule.target_action_reuse
     # the learner's forward passes in bfloat16 (its backward follows); weights and optimisers stay fp32
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.learner_precision == "bf16")
@@ -105,18 +109,7 @@ def main(cfg: DictConfig) -> None:
                     member = torch.arange(batch.shape[0], device=batch.device) % cfg.critic.num_qvalue_nets
                     batch["critic_member"] = member.unsqueeze(-1).expand(batch.shape)
                 replay_buffer.extend(batch if slices else batch.reshape(-1))
-                # rewards are divided by an EMA of mean |r| (the reference's reward scale), updated
-                # with the mean over the batches since its last update
-                if cfg.optim.reward_scale_rate is not None:
-                    pending = run.extra.setdefault("reward_abs_pending", [])  # batch means
-                    pending.append(reward.abs().mean().item())
-                    previous = run.extra.get("reward_abs_mean")
-                    if previous is None or counters["batches"] % cfg.optim.reward_scale_every_batches == 0:
-                        batch_abs, rate = sum(pending) / len(pending), cfg.optim.reward_scale_rate
-                        run.extra["reward_abs_mean"] = batch_abs if previous is None else (
-                            (1 - rate) * previous + rate * batch_abs)
-                        pending.clear()
-                reward_scale = run.extra.get("reward_abs_mean")
+                reward_scale.update(reward)  # the reference's: an EMA of mean |r| (dense rewards)
 
                 metrics = {}
                 # the actor is fixed during the critic steps: with target_action_reuse > 1 its
@@ -132,8 +125,7 @@ def main(cfg: DictConfig) -> None:
                         else:
                             start = int(torch.randint(round_size - cfg.buffer.batch_size + 1, ()))
                             sample = round_batch[start:start + cfg.buffer.batch_size]
-                        if reward_scale:
-                            sample["next", "reward"] = sample["next", "reward"] / max(reward_scale, 1e-8)
+                        sample["next", "reward"] = reward_scale(sample["next", "reward"])
                         with autocast:
                             critic_loss, critic_info = loss.qvalue_loss(sample)
                         run.check_finite("the critic loss", critic_loss)
@@ -183,7 +175,7 @@ def main(cfg: DictConfig) -> None:
                     if calibrate:
                         with autocast:
                             calibration = collected_calibration(loss, recent_batches, cfg.optim.gamma,
-                                                                reward_scale)
+                                                                reward_scale.value)
                         metrics.update({f"critic_{key}": calibration[key] for key in
                                         ("correlation", "bias", "value_mean", "return_mean")})
                 run.log(metrics, steps, batch)
@@ -191,8 +183,6 @@ def main(cfg: DictConfig) -> None:
                     run.save(saved_buffer)
                 if run.stop_requested:
                     return run.interrupted(saved_buffer)
-                if counters["env_steps"] >= cfg.collector.total_env_steps:
-                    break
     finally:
         collector.shutdown()
 
@@ -202,4 +192,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    refuse_renamed_keys(sys.argv[1:])
     main()

@@ -43,7 +43,7 @@ def check_rldt_config(cfg: DictConfig) -> None:
         positive_int(name)
     for name in ("schedule.critic_warmup_batches", "schedule.critic_steps", "schedule.actor_steps",
                  "optim.actor_warmup_steps", "eval.calibration_batches"):
-        positive_int(name, minimum=0)
+        check.integer(name, minimum=0)
     if cfg.schedule.reanchor_every is not None:
         positive_int("schedule.reanchor_every")
     for name in ("optim.actor_lr", "optim.critic_lr"):
@@ -54,7 +54,7 @@ def check_rldt_config(cfg: DictConfig) -> None:
     if cfg.optim.reward_scale_rate is not None:
         number("optim.reward_scale_rate", 0.0, 1.0, open_low=True)
         positive_int("optim.reward_scale_every_batches")
-    for name in ("rldt.rl_coef", "rldt.consistency_coef", "rldt.reference_coef", "rldt.temperature_coef"):
+    for name in ("rldt.rl_coeff", "rldt.consistency_coeff", "rldt.reference_coeff", "rldt.temperature_coef"):
         number(name, 0.0)
     need(cfg.rldt.kernel in ("rbf", "delta"), f"rldt.kernel must be rbf or delta, got {cfg.rldt.kernel!r}")
     check.one_of("rldt.field_normalization", ("particles", "kernel_mass"))
@@ -64,7 +64,7 @@ def check_rldt_config(cfg: DictConfig) -> None:
         number("rldt.temperature", 0.0)
     check.one_of("method", ("rldt", "qam"))
     if cfg.method == "qam":
-        for name in ("qam.inverse_temperature", "qam.base_constraint_coef"):
+        for name in ("qam.inverse_temperature", "qam.base_constraint_coeff"):
             number(name, 0.0)
         number("qam.base_ema", 0.0, 1.0)
         positive_int("qam.base_update_every")
@@ -105,7 +105,7 @@ def check_rldt_config(cfg: DictConfig) -> None:
                  f"TD(lambda) samples whole slices")
     need(cfg.rldt.rl_objective in ("inner_product", "regression"),
          f"rldt.rl_objective must be inner_product or regression, got {cfg.rldt.rl_objective!r}")
-    positive_int("rldt.min_step", minimum=0)
+    check.integer("rldt.min_step", minimum=0)
     if isinstance(cfg.rldt.min_step, int) and isinstance(cfg.rldt.num_steps, int):
         need(cfg.rldt.min_step < cfg.rldt.num_steps,
              f"rldt.min_step ({cfg.rldt.min_step}) must be < rldt.num_steps ({cfg.rldt.num_steps})")
@@ -138,7 +138,7 @@ def make_offpolicy_loss(
             num_qvalue_nets=cfg.critic.num_qvalue_nets,
             num_target_samples=cfg.critic.num_target_samples,
             inverse_temperature=cfg.qam.inverse_temperature,
-            base_constraint_coef=cfg.qam.base_constraint_coef,
+            base_constraint_coeff=cfg.qam.base_constraint_coeff,
             clamp_final_action=cfg.qam.clamp_final_action,
             target_clip=target_clip,
         )
@@ -173,9 +173,9 @@ def make_rldt_loss(actor: FlowActor, critic: ValueOperator, cfg: DictConfig,
         num_particles=cfg.rldt.num_particles,
         num_target_samples=cfg.critic.num_target_samples,
         transport=transport,
-        rl_coef=cfg.rldt.rl_coef,
-        consistency_coef=cfg.rldt.consistency_coef,
-        reference_coef=cfg.rldt.reference_coef,
+        rl_coeff=cfg.rldt.rl_coeff,
+        consistency_coeff=cfg.rldt.consistency_coeff,
+        reference_coeff=cfg.rldt.reference_coeff,
         rl_objective=cfg.rldt.rl_objective,
         target_clip=target_clip,
         stop_at_bounds=cfg.rldt.stop_at_bounds,

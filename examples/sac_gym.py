@@ -42,7 +42,7 @@ def check_config(cfg: DictConfig) -> None:
     for name in ("env.chunk_len", "collector.frames_per_batch", "sac.batch_size", "sac.buffer_size",
                  "checkpoint.every_env_steps"):
         check.positive_int(name)
-    check.positive_int("collector.init_random_env_steps", minimum=0)
+    check.integer("collector.init_random_env_steps", minimum=0)
     for name in ("sac.utd_ratio", "sac.lr", "sac.alpha_init"):
         check.number(name, 0.0, open_low=True)
     check.number("sac.gamma", 0.0, 1.0)
@@ -77,10 +77,10 @@ def main(cfg: DictConfig) -> None:
 
     # --- environments, agent, loss, optimisers, buffer ----------------------------------------
     counters = run.counters
-    train_env = make_env(cfg.env.num_envs, run.env_seed("train"))
     eval_env = make_env(cfg.eval.episodes, run.env_seed("eval"))
     final_env = make_env(cfg.eval.final_episodes, run.env_seed("final"))
-    actor, qvalue = make_sac_agent(train_env, cfg.sac.hidden_sizes, device)
+    # the specs of one env (the collector makes the training envs in its own processes)
+    actor, qvalue = make_sac_agent(eval_env, cfg.sac.hidden_sizes, device)
     loss, target_updater = make_sac_loss(actor, qvalue, gamma=cfg.sac.gamma, tau=cfg.sac.tau,
                                          alpha_init=cfg.sac.alpha_init)
     optimizers = make_sac_optimizers(loss, cfg.sac.lr)
@@ -124,8 +124,6 @@ def main(cfg: DictConfig) -> None:
                     run.save(replay_buffer)
                 if run.stop_requested:
                     return run.interrupted(replay_buffer)
-                if counters["env_steps"] >= cfg.collector.total_env_steps:
-                    break
     finally:
         collector.shutdown()
 

@@ -25,7 +25,7 @@ def tiny_config(*overrides):
             # A small budget: fewer pulls and iterations, a larger actor step and a looser
             # trust region than the example's defaults.
             overrides=["num_envs=128", "base.steps=400", "rldt.iterations=20", "rldt.batch_size=128",
-                       "rldt.actor_lr=1e-2", "rldt.reference_coef=0.05", "eval.samples=2000",
+                       "rldt.actor_lr=1e-2", "rldt.reference_coeff=0.05", "eval.samples=2000",
                        *overrides],
         )
 

@@ -10,7 +10,15 @@ from tensordict import TensorDict
 from torchrl.data import Bounded, Composite, Unbounded
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from torchrl_rldt.modules import FlowActor, FlowModel, VelocityMLP
+from torchrl_rldt.modules import (
+    DDPMChunkModel,
+    DPPOActor,
+    FlowActor,
+    FlowModel,
+    FlowNoiseMLP,
+    NoisyFlowActor,
+    VelocityMLP,
+)
 
 OBS, ACT, H = 5, 2, 3
 
@@ -165,6 +173,42 @@ class TestFlowActor:
             action = FlowActor(make_model(low=-0.1, high=0.1))(
                 TensorDict(observation=torch.randn(50, OBS), batch_size=[50]))["action"]
         assert FlowActor(make_model(low=-0.1, high=0.1)).action_spec.is_in(action)
+
+
+ACTORS = {
+    "flow": lambda: make_actor(),
+    "noisy_flow": lambda: NoisyFlowActor(make_actor(), FlowNoiseMLP(OBS, ACT, chunk_len=H, hidden_dims=(8,))),
+    "dppo": lambda: DPPOActor(DDPMChunkModel(VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=16), ACT, 6,
+                                             chunk_len=H, low=-1.0, high=1.0), finetuned_steps=3),
+}
+
+
+@pytest.mark.parametrize("name", ACTORS)
+@pytest.mark.parametrize("mode", [ExplorationType.RANDOM, ExplorationType.DETERMINISTIC])
+class TestActorConventions:
+    """What TorchRL's actors offer: a call with keyword tensors (``@dispatch``), and the dtype of
+    the module's parameters carried to its noise and actions."""
+
+    def test_keyword_call_equals_the_tensordict_call(self, name, mode):
+        actor, observation = ACTORS[name](), torch.randn(4, OBS)
+        with set_exploration_type(mode):
+            torch.manual_seed(0)
+            expected = actor(TensorDict(observation=observation, batch_size=[4]))
+            torch.manual_seed(0)
+            got = actor(observation=observation)
+        action = got[0] if isinstance(got, tuple) else got
+        torch.testing.assert_close(action, expected["action"], rtol=0, atol=0)
+
+    def test_a_float64_actor_samples_in_float64(self, name, mode):
+        actor = ACTORS[name]().double()
+        with set_exploration_type(mode):
+            td = actor(TensorDict(observation=torch.randn(4, OBS, dtype=torch.float64), batch_size=[4]))
+        assert all(value.dtype == torch.float64 for key, value in td.items() if key != "observation"
+                   and value.is_floating_point()), {key: value.dtype for key, value in td.items()}
+        flow_actor = getattr(actor, "flow_actor", actor)
+        if isinstance(flow_actor, FlowActor):
+            noise = flow_actor.initial_noise(td)
+            assert noise.dtype == torch.float64  # the noise itself, not only what it is mixed into
 
 
 class TestVelocityMLP:

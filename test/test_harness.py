@@ -9,8 +9,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from torchrl_rldt.checkpoint.training import CHECKPOINT_VERSION
 from torchrl_rldt.checkpoint import save_checkpoint
-from torchrl_rldt.trainers import TrainingRun, apply_task_config, env_seed
+from torchrl_rldt.trainers import RewardScale, TrainingRun, apply_task_config, env_seed
 
 
 def config(task="Hopper-v5"):
@@ -51,7 +52,7 @@ def test_refuses_another_example_another_task_and_older_layouts(tmp_path):
         TrainingRun("demo", config("Walker2d-v5"), output_dir=tmp_path, resume=path)
     old = tmp_path / "old.pt"
     save_checkpoint({"format": "torchrl_rldt.demo", "task": "Hopper-v5", "counters": {}}, old)
-    with pytest.raises(ValueError, match="layout version 1; this torchrl-rldt reads version 3"):
+    with pytest.raises(ValueError, match=f"layout version 1; this torchrl-rldt reads version {CHECKPOINT_VERSION}"):
         TrainingRun("demo", config(), output_dir=tmp_path, resume=old)
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         TrainingRun("demo", config(), output_dir=tmp_path, resume=tmp_path / "missing.pt")
@@ -209,11 +210,6 @@ def test_one_episode_has_no_spread():
     assert returns["episodes"] == 1 and returns["std"] == 0.0
 
 
-if __name__ == "__main__":
-    args, unknown = argparse.ArgumentParser().parse_known_args()
-    pytest.main([__file__, "--capture", "no", "--exitfirst"] + unknown)
-
-
 def test_resumed_training_envs_never_start_from_an_evaluation_s_states(tmp_path):
     # pools of n envs seeded s use the seeds s, ..., s + n - 1
     seed, train_envs, eval_envs, final_envs = 1, 64, 20, 100
@@ -257,3 +253,40 @@ def test_collected_stops_at_the_budget_and_a_finished_run_collects_nothing(tmp_p
         for _ in resumed.collected(collector()):
             resumed.counters["env_steps"] += 10
     assert resumed.counters["env_steps"] == 50
+
+
+def test_recorded_data_never_starts_from_a_run_s_evaluation_states():
+    """make_dataset.py's recording envs (data seed 0, up to 64 envs) share no seed with the
+    evaluation envs of a run at any of the tuning or held-out seeds (the data were once recorded
+    on seed + 20000, the final evaluation's seeds)."""
+    recorded = set(range(env_seed(0, "record"), env_seed(0, "record") + 64))
+    for seed in (0, 1, 1000, 2000, 3000, 4000, 5000):
+        for role, envs in (("eval", 50), ("final", 100), ("train", 64)):
+            assert recorded.isdisjoint(range(env_seed(seed, role), env_seed(seed, role) + envs)), (seed, role)
+
+
+def test_periodic_evaluation_outside_the_loop(tmp_path):
+    """The schedule of evaluations exists from construction (it was set only by loop())."""
+    run = TrainingRun("demo", config(), output_dir=tmp_path)
+    assert run.evaluate_periodically(None, None, chunk_len=1) is None  # before the first due point
+
+
+def test_reward_scale_updates_on_its_period_and_resumes_from_its_state():
+    state = {}
+    scale = RewardScale(0.5, every_batches=2, state=state)
+    assert scale(torch.tensor([3.0])).item() == 3.0  # nothing collected: unscaled
+    assert scale.update(torch.tensor([2.0, -2.0])) == 2.0  # the first batch sets it
+    assert scale.update(torch.tensor([4.0])) == 0.5 * 2.0 + 0.5 * 4.0  # batch 2: the pending mean
+    assert scale.update(torch.tensor([8.0])) == 3.0  # batch 3: pending, not yet applied
+    resumed = RewardScale(0.5, every_batches=2, state=dict(state))  # e.g. run.extra after a resume
+    assert resumed.update(torch.tensor([0.0])) == 0.5 * 3.0 + 0.5 * (8.0 + 0.0) / 2
+    assert RewardScale(None).update(torch.tensor([5.0])) is None
+    with pytest.raises(ValueError, match="rate must be in"):
+        RewardScale(0.0)
+    with pytest.raises(ValueError, match="every_batches must be an integer >= 1"):
+        RewardScale(0.1, every_batches=0)
+
+
+if __name__ == "__main__":
+    args, unknown = argparse.ArgumentParser().parse_known_args()
+    pytest.main([__file__, "--capture", "no", "--exitfirst"] + unknown)

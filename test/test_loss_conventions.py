@@ -191,6 +191,72 @@ class TestLossConventions:
         assert set(loss(batch).keys()) == set(keys)
 
 
+# each loss's weights -> the output each one scales (TorchRL's *_coeff buffers)
+COEFFICIENTS = {
+    "rldt": {"rl_coeff": "loss_rl", "consistency_coeff": "loss_consistency",
+             "reference_coeff": "loss_reference"},
+    "qam": {"base_constraint_coeff": "loss_base_constraint"},
+    "reinflow": {"critic_coeff": "loss_critic", "entropy_coeff": "loss_entropy"},
+    "fpo": {"critic_coeff": "loss_critic"},
+    "dppo": {"critic_coeff": "loss_critic"},
+}
+
+
+@pytest.mark.parametrize("name", COEFFICIENTS)
+class TestCoefficients:
+    def test_buffers_scheduled_saved_and_moved(self, name):
+        """Each weight is a buffer: assigning a number copies into it in place and scales its term by
+        that factor, from the same random state; the state dict carries it to a new loss."""
+        torch.manual_seed(0)
+        loss, make_batch, _ = LOSSES[name]()
+        batch = make_batch(loss)
+        for coeff, term in COEFFICIENTS[name].items():
+            buffer = getattr(loss, coeff)
+            assert coeff in dict(loss.named_buffers()) and buffer.ndim == 0
+            old = buffer.item()
+            torch.manual_seed(1)
+            before = loss(batch.clone())[term]
+            setattr(loss, coeff, 2.5 * old)
+            assert getattr(loss, coeff) is buffer  # scheduled in place: optimisers and devices keep it
+            torch.manual_seed(1)
+            after = loss(batch.clone())[term]
+            torch.testing.assert_close(after, 2.5 * before)
+            restored, _, _ = LOSSES[name]()
+            restored.load_state_dict(loss.state_dict())
+            assert getattr(restored, coeff).item() == pytest.approx(2.5 * old)
+            moved = restored.to(torch.float64)
+            assert getattr(moved, coeff).dtype == torch.float64
+
+
+class TestRenamedCoefficients:
+    """The former ``*_coef`` names: a warning, and the same loss; never silently ignored."""
+
+    def test_deprecated_keyword_arguments(self):
+        with pytest.warns(DeprecationWarning, match="rl_coef=.... is deprecated: pass rl_coeff="):
+            loss = RLDTLoss(flow_actor(), q_critic(), num_particles=3, rl_coef=3.0, reference_coef=0.1)
+        assert loss.rl_coeff.item() == 3.0 and loss.reference_coeff.item() == pytest.approx(0.1)
+        assert loss.consistency_coeff.item() == 0.5
+        with pytest.warns(DeprecationWarning, match="base_constraint_coef"):
+            qam = QAMLoss(flow_actor(), q_critic(), base_constraint_coef=0.7)
+        assert qam.base_constraint_coeff.item() == pytest.approx(0.7)
+
+    def test_deprecated_attributes_forward_reads_and_writes(self):
+        loss = RLDTLoss(flow_actor(), q_critic(), num_particles=3)
+        buffer = loss.rl_coeff
+        with pytest.warns(DeprecationWarning, match="RLDTLoss.rl_coef is deprecated: use RLDTLoss.rl_coeff"):
+            loss.rl_coef = 4.0
+        assert loss.rl_coeff is buffer and buffer.item() == 4.0
+        with pytest.warns(DeprecationWarning):
+            assert loss.rl_coef.item() == 4.0
+        assert "rl_coef" not in loss.__dict__
+
+    def test_refused_when_ambiguous_or_unknown(self):
+        with pytest.raises(TypeError, match="both rl_coef= .deprecated. and rl_coeff="):
+            RLDTLoss(flow_actor(), q_critic(), rl_coeff=2.0, rl_coef=3.0)
+        with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['rl_coefff'\]"):
+            RLDTLoss(flow_actor(), q_critic(), rl_coefff=2.0)
+
+
 if __name__ == "__main__":
     args, unknown = argparse.ArgumentParser().parse_known_args()
     pytest.main([__file__, "--capture", "no", "--exitfirst"] + unknown)

@@ -156,7 +156,7 @@ def rldt_setup(kernel, **kwargs):
     actor = flow_actor()
     reference = copy.deepcopy(actor.model.velocity_network)
     loss = RLDTLoss(actor, quadratic_critic(), num_particles=K, transport=SVGDTransport(kernel),
-                    reduction="none", rl_coef=1.5, consistency_coef=0.7, reference_coef=0.3, **kwargs)
+                    reduction="none", rl_coeff=1.5, consistency_coeff=0.7, reference_coeff=0.3, **kwargs)
     set_members(loss.qvalue_network_params, weight=torch.tensor([1.0, 3.0]))
     perturb(actor.model.velocity_network)
     return loss, reference
@@ -289,7 +289,7 @@ def qam_setup(**kwargs):
     actor = flow_actor()
     base = copy.deepcopy(actor.model.velocity_network)
     loss = QAMLoss(actor, quadratic_critic(), num_qvalue_nets=E, inverse_temperature=0.7,
-                   base_constraint_coef=0.4, reduction="none", **kwargs)
+                   base_constraint_coeff=0.4, reduction="none", **kwargs)
     set_members(loss.qvalue_network_params, weight=torch.tensor([1.0, 3.0]))
     perturb(actor.model.velocity_network)
     return loss, base

@@ -42,7 +42,7 @@ def report_at_seed(loss, seed=0):
 
 def test_norms_are_those_of_the_weighted_terms():
     """Twice the transport weight: twice its gradient and twice the ratio, the anchor's unchanged."""
-    one, two = report_at_seed(make_loss(num_particles=4)), report_at_seed(make_loss(num_particles=4, rl_coef=2.0))
+    one, two = report_at_seed(make_loss(num_particles=4)), report_at_seed(make_loss(num_particles=4, rl_coeff=2.0))
     assert one["gradient_norm_loss_rl"] > 0 and one["gradient_norm_loss_reference"] > 0
     torch.testing.assert_close(two["gradient_norm_loss_rl"], 2 * one["gradient_norm_loss_rl"])
     torch.testing.assert_close(two["gradient_norm_loss_reference"], one["gradient_norm_loss_reference"])
@@ -64,7 +64,7 @@ def test_matches_autograd_and_leaves_no_gradient():
 
 
 def test_a_term_of_weight_zero_has_no_gradient():
-    report = report_at_seed(make_loss(num_particles=4, consistency_coef=0.0))
+    report = report_at_seed(make_loss(num_particles=4, consistency_coeff=0.0))
     assert report["gradient_norm_loss_consistency"] == 0
 
 

@@ -368,6 +368,19 @@ class TestQAMLoss:
         for gradient, expected in zip(autocast_gradients, fp32_gradients):
             torch.testing.assert_close(gradient, expected, rtol=0, atol=0)
 
+    def test_actor_loss_follows_autocast_when_asked(self):
+        """``full_precision_actor_loss=False`` (a diagnostic) lets the bfloat16 autocast reach the
+        actor loss: its value is no longer the fp32 one."""
+        loss = make_loss()
+        loss.full_precision_actor_loss = False
+        batch = make_batch(16)
+        values = []
+        for enabled in (False, True):
+            torch.manual_seed(7)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+                values.append(loss.actor_loss(batch)["loss_adjoint"])
+        assert not torch.equal(values[0], values[1].float())
+
     def test_set_keys_with_nested_keys(self):
         actor = make_actor(("agent", "obs"))
         loss = QAMLoss(actor, make_critic(("agent", "obs"), ("agent", "chunk")))
@@ -538,8 +551,8 @@ class TestQAMLoss:
     def test_bad_arguments(self):
         with pytest.raises(ValueError, match="inverse_temperature must be >= 0"):
             QAMLoss(make_actor(), make_critic(), inverse_temperature=-1.0)
-        with pytest.raises(ValueError, match="base_constraint_coef must be >= 0"):
-            QAMLoss(make_actor(), make_critic(), base_constraint_coef=-0.1)
+        with pytest.raises(ValueError, match="base_constraint_coeff must be >= 0"):
+            QAMLoss(make_actor(), make_critic(), base_constraint_coeff=-0.1)
         with pytest.raises(ValueError, match="action_gradient_critic"):
             QAMLoss(make_actor(), make_critic(), action_gradient_critic="mean")
         with pytest.raises(ValueError, match="target_std_penalty needs num_qvalue_nets >= 2"):

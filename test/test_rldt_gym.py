@@ -200,7 +200,10 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_cleanly(tmp_path, base):
     [
         (["optim.actor_lr=-1e-4"], "optim.actor_lr must be a finite number > 0.0"),
         (["rldt.num_particles=0"], "rldt.num_particles must be an integer >= 1"),
-        (["rldt.rl_coef=-1"], "rldt.rl_coef must be a finite number >= 0.0"),
+        (["rldt.rl_coeff=-1"], "rldt.rl_coeff must be a finite number >= 0.0"),
+        (["rldt.rl_coef=6"], "rldt.rl_coef was renamed rldt.rl_coeff (TorchRL's name for a loss weight): "
+                             "use rldt.rl_coeff=6"),
+        (["rldt.min_step=true"], "rldt.min_step must be an integer >= 0, got True"),
         (["env.max_episode_steps=2"], "longer than an episode"),
         (["task=Hoper-v5"], "Close matches: Hopper-v5"),
         (["base_checkpoint=/nonexistent/base.pt"], "/nonexistent/base.pt"),

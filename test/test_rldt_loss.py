@@ -145,9 +145,9 @@ class TestRLDTLoss:
     def test_rl_gradient_equals_its_regression_form(self):
         """grad of -<v, sg(phi)>/(N(1-t)) == grad of 0.5 ||v - sg(v + phi/(N(1-t)))||^2."""
         torch.manual_seed(0)
-        inner = make_loss(consistency_coef=0.0, reference_coef=0.0)
+        inner = make_loss(consistency_coeff=0.0, reference_coeff=0.0)
         torch.manual_seed(0)
-        regression = make_loss(consistency_coef=0.0, reference_coef=0.0, rl_objective="regression")
+        regression = make_loss(consistency_coeff=0.0, reference_coeff=0.0, rl_objective="regression")
         batch = make_batch(8)
         grads = []
         for loss in (inner, regression):
@@ -336,7 +336,7 @@ class TestRLDTLoss:
         goal = torch.full((H, ACT), 0.8)
         critic = TensorDictModule(QuadraticCritic(goal), ["observation", "action"],
                                   ["state_action_value"])
-        loss = RLDTLoss(make_actor(), critic, num_particles=8, reference_coef=0.0,
+        loss = RLDTLoss(make_actor(), critic, num_particles=8, reference_coeff=0.0,
                         transport=SVGDTransport(kernel))
         optim = torch.optim.Adam(loss.actor_network.parameters(), lr=3e-3)
         batch = make_batch(32)
@@ -419,8 +419,8 @@ class TestRLDTLoss:
             RLDTLoss(make_actor(), make_critic(), reduction="average")
         with pytest.raises(ValueError, match="loss_function must be one of"):
             RLDTLoss(make_actor(), make_critic(), loss_function="huber")
-        with pytest.raises(ValueError, match="reference_coef must be >= 0"):
-            RLDTLoss(make_actor(), make_critic(), reference_coef=-1.0)
+        with pytest.raises(ValueError, match="reference_coeff must be >= 0"):
+            RLDTLoss(make_actor(), make_critic(), reference_coeff=-1.0)
         with pytest.raises(TypeError, match="FlowActor"):
             RLDTLoss(make_critic(), make_critic())
         unbounded = FlowActor(FlowModel(VelocityMLP(OBS, ACT, chunk_len=H), ACT, N, chunk_len=H))

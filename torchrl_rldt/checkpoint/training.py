@@ -115,7 +115,9 @@ def load_checkpoint_buffer(state: dict, path: str | Path, replay_buffer: Any) ->
 
 # version 2: the run-harness layout (modules by name, "extra", "wall_seconds"), FlowActor.model;
 # version 3: the losses without their actor-update count (ReferenceUpdater, BaseEMAUpdater)
-CHECKPOINT_VERSION = 3
+# version 4: the loss weights as buffers (rl_coeff, consistency_coeff, reference_coeff,
+# base_constraint_coeff) in the losses' state dicts
+CHECKPOINT_VERSION = 4
 
 
 def read_checkpoint(path: str | Path, name: str, *, map_location: Any = "cpu") -> dict:

@@ -37,7 +37,7 @@ from typing import Sequence
 
 import torch
 from tensordict import TensorDictBase
-from tensordict.nn import TensorDictModuleBase
+from tensordict.nn import TensorDictModuleBase, dispatch
 from tensordict.utils import NestedKey, unravel_key
 from torch import nn
 from torchrl.data import Composite, TensorSpec
@@ -539,9 +539,9 @@ class DPPOActor(TensorDictModuleBase):
         model, num_finetuned = self.model, self.finetuned_steps
         shape = (*observation.shape[:-1], *model.action_shape)
         if evaluation and self.noiseless_evaluation:
-            latent = torch.zeros(shape, device=observation.device, dtype=observation.dtype)
+            latent = torch.zeros(shape, device=observation.device, dtype=self.model.dtype)
         else:
-            latent = torch.randn(shape, device=observation.device, dtype=observation.dtype)
+            latent = torch.randn(shape, device=observation.device, dtype=self.model.dtype)
         chain = [latent] if num_finetuned == model.num_steps else []
         means = []
         for timestep in reversed(range(model.num_steps)):
@@ -564,6 +564,13 @@ class DPPOActor(TensorDictModuleBase):
                 chain.append(latent)
         return torch.stack(chain, -3), torch.stack(means, -3)
 
+    @property
+    def written_keys(self) -> list[NestedKey]:
+        """What a call writes: every out key under a random exploration type, the action alone
+        under a deterministic one (what a call with keyword tensors returns)."""
+        return self.out_keys[:1] if is_deterministic_exploration() else self.out_keys
+
+    @dispatch(auto_batch_size=False, dest="written_keys")
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         """Samples a chunk (and, when random, its chain and log-likelihoods) into ``tensordict``."""
         observation = tensordict.get(self.observation_key)

@@ -17,7 +17,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import torch
 from tensordict import TensorDictBase
-from tensordict.nn import TensorDictModuleBase
+from tensordict.nn import TensorDictModuleBase, dispatch
 from tensordict.utils import NestedKey, unravel_key
 from torch import nn
 from torchrl.data import Bounded, Composite, TensorSpec, Unbounded
@@ -195,6 +195,14 @@ class ChunkActionBounds:
         if low is not None and high is not None and (self.low > self.high).any():
             raise ValueError("low must not exceed high.")
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype of the model's parameters: that of its noise, chains and actions."""
+        for param in self.parameters():
+            if param.is_floating_point():
+                return param.dtype
+        return torch.get_default_dtype()
+
     def clamp(self, action: torch.Tensor) -> torch.Tensor:
         """``action`` clamped to the bounds (unchanged without bounds)."""
         if self.low is None and self.high is None:
@@ -344,8 +352,8 @@ class FlowModel(ChunkActionBounds, nn.Module):
         return self._velocity_and_landing(observation, state, time)
 
     def initial_noise(self, batch_shape: torch.Size, device: torch.device | None = None) -> torch.Tensor:
-        """``x_0 ~ N(0, I)`` of shape ``[*batch_shape, H, A]``."""
-        return torch.randn((*batch_shape, *self.action_shape), device=device)
+        """``x_0 ~ N(0, I)`` of shape ``[*batch_shape, H, A]``, in the model's :attr:`dtype`."""
+        return torch.randn((*batch_shape, *self.action_shape), device=device, dtype=self.dtype)
 
     def integrate(
         self,
@@ -452,6 +460,9 @@ class FlowActor(TensorDictModuleBase):
         (torch.Size([5, 4, 3]), torch.Size([5, 9, 4, 3]))
         >>> actor.action_spec.shape, bool(actor.action_spec.is_in(td["action"]))
         (torch.Size([4, 3]), True)
+        >>> action, chain = actor(observation=torch.randn(5, 11))  # keyword tensors in, tensors out
+        >>> action.shape
+        torch.Size([5, 4, 3])
     """
 
     def __init__(
@@ -538,9 +549,10 @@ class FlowActor(TensorDictModuleBase):
         observation = tensordict.get(self.observation_key)
         if is_deterministic_exploration():
             shape = (*observation.shape[:-1], *self.model.action_shape)
-            return torch.zeros(shape, device=observation.device)
+            return torch.zeros(shape, device=observation.device, dtype=self.model.dtype)
         return self.model.initial_noise(observation.shape[:-1], observation.device)
 
+    @dispatch(auto_batch_size=False)
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         """Samples an action chunk (and, with a chain key, the chain) into ``tensordict``."""
         observation = tensordict.get(self.observation_key)

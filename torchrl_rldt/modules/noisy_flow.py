@@ -8,7 +8,7 @@ from typing import Sequence
 
 import torch
 from tensordict import TensorDictBase
-from tensordict.nn import TensorDictModuleBase
+from tensordict.nn import TensorDictModuleBase, dispatch
 from tensordict.utils import NestedKey
 from torch import nn
 from torchrl_rldt.modules.flow import FlowActor, SinusoidalTimeEmbedding, is_deterministic_exploration
@@ -184,6 +184,13 @@ class NoisyFlowActor(TensorDictModuleBase):
             return per_dimension.mean((-3, -2, -1))
         return per_dimension.sum((-3, -2, -1))
 
+    @property
+    def written_keys(self) -> list[NestedKey]:
+        """What a call writes: every out key under a random exploration type, the action alone
+        under a deterministic one (what a call with keyword tensors returns)."""
+        return self.out_keys[:1] if is_deterministic_exploration() else self.out_keys
+
+    @dispatch(auto_batch_size=False, dest="written_keys")
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         """Samples a chunk (and, when random, its chain and log-likelihood) into ``tensordict``."""
         actor = self.flow_actor

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Literal, NamedTuple
 
 import torch
@@ -11,6 +12,7 @@ from tensordict import TensorDict, TensorDictBase, TensorDictParams
 from tensordict.nn import TensorDictModule
 from tensordict.utils import NestedKey
 
+from torchrl_rldt._deprecation import RenamedAttribute, renamed_keyword_arguments
 from torchrl_rldt.modules import FlowActor
 from torchrl_rldt.objectives.critic import ChunkQEnsembleLoss
 from torchrl_rldt.objectives.functional import flow_interpolant
@@ -86,7 +88,7 @@ class QAMLoss(ChunkQEnsembleLoss):
          velocity by ``-sigma^2 a / 2``, up the critic;
        * ``L_base = c E_s[ || v(x', t' | s) - v_base(x', t' | s) ||^2 ]`` at
          ``x' = (1 - t') z + t' x_N``, ``t' ~ U[0, 1]``, ``z ~ N(0, I)``: the constraint to the
-         base policy (``c = base_constraint_coef``).
+         base policy (``c = base_constraint_coeff``).
 
     Norms are sums over the chunk's ``H x A`` numbers; ``L_adj`` sums over the ``N`` steps.
 
@@ -119,8 +121,8 @@ class QAMLoss(ChunkQEnsembleLoss):
             Defaults to ``2``.
         inverse_temperature (float, optional): ``lambda``, the weight of ``Q`` against the base
             policy in the tilted target. Defaults to ``0.3``.
-        base_constraint_coef (float, optional): ``c``, the weight of ``L_base``. Defaults to
-            ``0.2``.
+        base_constraint_coeff (float, optional): ``c``, the weight of ``L_base``, a buffer (saved,
+            moved and schedulable as TorchRL's coefficients). Defaults to ``0.2``.
         clamp_final_action (bool, optional): take the critic's gradient at the final action
             clamped to the actor's bounds (what the environment executes). Defaults to ``True``.
         action_gradient_critic (str, optional): the members whose action-gradient starts the
@@ -139,6 +141,11 @@ class QAMLoss(ChunkQEnsembleLoss):
             (``False``). Defaults to ``"auto"``.
         deactivate_vmap (bool, optional): evaluate the ensemble members in a loop instead of
             ``torch.vmap``. Defaults to ``False``.
+        full_precision_actor_loss (bool, optional): run :meth:`actor_loss` in full precision under
+            any autocast context (see there why). ``False`` lets it follow an enclosing autocast,
+            to measure what that does (``benchmarks/qam_diagnostics.py``). Defaults to ``True``.
+        **deprecated: ``base_constraint_coef``, the former name of ``base_constraint_coeff`` (a
+            ``DeprecationWarning``).
 
     Examples:
         >>> import torch
@@ -152,7 +159,7 @@ class QAMLoss(ChunkQEnsembleLoss):
         ...                             act_dim, num_steps=8, chunk_len=chunk, low=-1.0, high=1.0))
         >>> critic = ValueOperator(ChunkQValueMLP(obs_dim, act_dim, chunk_len=chunk, hidden_dim=64),
         ...                        in_keys=["observation", "action"])
-        >>> loss = QAMLoss(actor, critic, inverse_temperature=0.3, base_constraint_coef=0.2)
+        >>> loss = QAMLoss(actor, critic, inverse_temperature=0.3, base_constraint_coeff=0.2)
         >>> loss.make_value_estimator(gamma=0.99)
         >>> target_updater = SoftUpdate(loss, eps=0.995)  # the critic's targets
         >>> batch = TensorDict({
@@ -173,6 +180,8 @@ class QAMLoss(ChunkQEnsembleLoss):
     """
 
     POLICY_TERMS = ("loss_adjoint", "loss_base_constraint")
+    _schedulable_buffers = frozenset({"base_constraint_coeff"})
+    base_constraint_coef = RenamedAttribute("base_constraint_coeff")
 
     base_actor_network_params: TensorDictParams
 
@@ -184,7 +193,7 @@ class QAMLoss(ChunkQEnsembleLoss):
         num_qvalue_nets: int = 2,
         num_target_samples: int = 2,
         inverse_temperature: float = 0.3,
-        base_constraint_coef: float = 0.2,
+        base_constraint_coeff: float = 0.2,
         clamp_final_action: bool = True,
         action_gradient_critic: Literal["online", "target"] = "online",
         target_std_penalty: float | None = None,
@@ -193,10 +202,16 @@ class QAMLoss(ChunkQEnsembleLoss):
         reduction: str | None = None,
         use_prioritized_weights: str | bool = "auto",
         deactivate_vmap: bool = False,
+        full_precision_actor_loss: bool = True,
+        **deprecated: float,
     ) -> None:
+        base_constraint_coeff = renamed_keyword_arguments(
+            "QAMLoss", deprecated, {"base_constraint_coef": "base_constraint_coeff"},
+            {"base_constraint_coeff": base_constraint_coeff}, {"base_constraint_coeff": 0.2},
+        )["base_constraint_coeff"]
         for name, value in (
             ("inverse_temperature", inverse_temperature),
-            ("base_constraint_coef", base_constraint_coef),
+            ("base_constraint_coeff", base_constraint_coeff),
         ):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}.")
@@ -217,8 +232,9 @@ class QAMLoss(ChunkQEnsembleLoss):
             deactivate_vmap=deactivate_vmap,
         )
         self.inverse_temperature = float(inverse_temperature)
-        self.base_constraint_coef = float(base_constraint_coef)
+        self.register_coeff_buffer("base_constraint_coeff", float(base_constraint_coeff))
         self.clamp_final_action = clamp_final_action
+        self.full_precision_actor_loss = full_precision_actor_loss
         self.action_gradient_critic = action_gradient_critic
         # A buffer: no optimiser sees it, and SoftUpdate (which moves every target_* set after
         # every critic step) leaves it to BaseEMAUpdater's schedule.
@@ -376,13 +392,14 @@ class QAMLoss(ChunkQEnsembleLoss):
             actions), ``adjoint_norm`` (of ``a_k``, mean over steps) and ``velocity_gap`` (of
             ``v - v_base`` along the SDE, mean over steps).
 
-        It runs in full precision under any autocast context: the regression target ``v -
+        It runs in full precision under any autocast context (unless built with
+        ``full_precision_actor_loss=False``): the regression target ``v -
         v_base`` is below bfloat16's rounding of the velocities for the first hundreds of actor
         steps (``benchmarks/qam_diagnostics.py``), so a bfloat16 forward pass would regress
         rounding noise.
         """
         device_type = tensordict.get(self.tensor_keys.observation).device.type
-        with torch.autocast(device_type, enabled=False):
+        with torch.autocast(device_type, enabled=False) if self.full_precision_actor_loss else nullcontext():
             return self._actor_loss(tensordict)
 
     def _actor_loss(self, tensordict: TensorDictBase) -> TensorDict:
@@ -425,7 +442,7 @@ class QAMLoss(ChunkQEnsembleLoss):
         out = TensorDict(
             {
                 "loss_adjoint": self._reduce_loss(adjoint_matching, tensordict),
-                "loss_base_constraint": self._reduce_loss(self.base_constraint_coef * base_gap,
+                "loss_base_constraint": self._reduce_loss(self.base_constraint_coeff * base_gap,
                                                           tensordict),
                 **{key: value.detach() for key, value in stats.items()},
             }

@@ -10,6 +10,7 @@ from tensordict import TensorDict, TensorDictBase, TensorDictParams
 from tensordict.nn import TensorDictModule
 from tensordict.utils import NestedKey
 
+from torchrl_rldt._deprecation import RenamedAttribute, renamed_keyword_arguments
 from torchrl_rldt.modules import FlowActor, SVGDTransport
 from torchrl_rldt.objectives.critic import ChunkQEnsembleLoss
 from torchrl_rldt.objectives.functional import flow_interpolant
@@ -67,9 +68,9 @@ class RLDTLoss(ChunkQEnsembleLoss):
         transport (SVGDTransport, optional): the transport (kernel, bandwidth, temperature).
             Defaults to ``SVGDTransport()`` (RBF, median rule, adaptive temperature with
             ``c = 1e-3``).
-        rl_coef (float, optional): weight of ``L_RL``. Defaults to ``1.0``.
-        consistency_coef (float, optional): weight of ``L_cons``. Defaults to ``0.5``.
-        reference_coef (float, optional): weight of ``L_ref``. Defaults to ``0.2``.
+        rl_coeff (float, optional): weight of ``L_RL``. Defaults to ``1.0``.
+        consistency_coeff (float, optional): weight of ``L_cons``. Defaults to ``0.5``.
+        reference_coeff (float, optional): weight of ``L_ref``. Defaults to ``0.2``.
         rl_objective (str, optional): ``"inner_product"`` (the formula above) or
             ``"regression"`` (the equivalent ``0.5 ||v - sg(v + phi / (N (1 - t)))||^2``: same
             gradient, other value). Defaults to ``"inner_product"``.
@@ -137,6 +138,11 @@ class RLDTLoss(ChunkQEnsembleLoss):
     """
 
     POLICY_TERMS = ("loss_rl", "loss_consistency", "loss_reference")
+    COEFFICIENTS = {"rl_coeff": 1.0, "consistency_coeff": 0.5, "reference_coeff": 0.2}
+    _schedulable_buffers = frozenset(COEFFICIENTS)
+    rl_coef = RenamedAttribute("rl_coeff")
+    consistency_coef = RenamedAttribute("consistency_coeff")
+    reference_coef = RenamedAttribute("reference_coeff")
 
     reference_actor_network_params: TensorDictParams
 
@@ -149,9 +155,9 @@ class RLDTLoss(ChunkQEnsembleLoss):
         num_particles: int = 8,
         num_target_samples: int = 2,
         transport: SVGDTransport | None = None,
-        rl_coef: float = 1.0,
-        consistency_coef: float = 0.5,
-        reference_coef: float = 0.2,
+        rl_coeff: float = 1.0,
+        consistency_coeff: float = 0.5,
+        reference_coeff: float = 0.2,
         rl_objective: Literal["inner_product", "regression"] = "inner_product",
         target_std_penalty: float | None = None,
         target_clip: tuple[float, float] | None = None,
@@ -160,14 +166,17 @@ class RLDTLoss(ChunkQEnsembleLoss):
         reduction: str | None = None,
         use_prioritized_weights: str | bool = "auto",
         deactivate_vmap: bool = False,
+        **deprecated: float,
     ) -> None:
         if type(num_particles) is not int or num_particles < 1:  # bool is an int too
             raise ValueError(f"num_particles must be an integer >= 1, got {num_particles!r}.")
-        for name, value in (
-            ("rl_coef", rl_coef),
-            ("consistency_coef", consistency_coef),
-            ("reference_coef", reference_coef),
-        ):
+        coefficients = renamed_keyword_arguments(
+            "RLDTLoss", deprecated, {name[:-1]: name for name in self.COEFFICIENTS},
+            {"rl_coeff": rl_coeff, "consistency_coeff": consistency_coeff,
+             "reference_coeff": reference_coeff},
+            self.COEFFICIENTS,
+        )
+        for name, value in coefficients.items():
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}.")
         if rl_objective not in ("inner_product", "regression"):
@@ -188,8 +197,8 @@ class RLDTLoss(ChunkQEnsembleLoss):
         )
         self.num_particles = num_particles
         self.transport = transport if transport is not None else SVGDTransport()
-        self.rl_coef, self.consistency_coef = rl_coef, consistency_coef
-        self.reference_coef = reference_coef
+        for name, value in coefficients.items():
+            self.register_coeff_buffer(name, float(value))
         self.rl_objective = rl_objective
         model = self.actor_network.model
         if stop_at_bounds and (model.low is None or model.high is None):
@@ -299,8 +308,8 @@ class RLDTLoss(ChunkQEnsembleLoss):
         consistency = (landing - particles).pow(2).sum((-2, -1)) / scale.pow(2)
         reference_gap = (velocity_at_ref - reference_velocity).pow(2).sum((-2, -1))
 
-        def reduce(per_particle: torch.Tensor, coef: float) -> torch.Tensor:
-            return self._reduce_loss(coef * per_particle.mean(-1), tensordict)
+        def reduce(per_particle: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
+            return self._reduce_loss(coeff * per_particle.mean(-1), tensordict)
 
         spread = (particles - particles.mean(-3, keepdim=True)).flatten(-2).norm(dim=-1)
         stats = {
@@ -313,9 +322,9 @@ class RLDTLoss(ChunkQEnsembleLoss):
             stats["transport_bandwidth"] = info["bandwidth"].mean()
         out = TensorDict(
             {
-                "loss_rl": reduce(rl, self.rl_coef),
-                "loss_consistency": reduce(consistency, self.consistency_coef),
-                "loss_reference": reduce(reference_gap, self.reference_coef),
+                "loss_rl": reduce(rl, self.rl_coeff),
+                "loss_consistency": reduce(consistency, self.consistency_coeff),
+                "loss_reference": reduce(reference_gap, self.reference_coeff),
                 **{key: value.detach() for key, value in stats.items()},
             }
         )

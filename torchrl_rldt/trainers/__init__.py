@@ -2,7 +2,9 @@
 evaluation, stops, summaries), its config checks and its reporting."""
 from __future__ import annotations
 
-from torchrl_rldt.trainers.config import ConfigCheck, apply_task_config
+from torchrl_rldt.trainers.config import ConfigCheck, apply_task_config, refuse_renamed_keys
+from torchrl_rldt.trainers.reward_scale import RewardScale
 from torchrl_rldt.trainers.run import NonFiniteError, TrainingRun, env_seed
 
-__all__ = ["ConfigCheck", "NonFiniteError", "TrainingRun", "apply_task_config", "env_seed"]
+__all__ = ["ConfigCheck", "NonFiniteError", "RewardScale", "TrainingRun", "apply_task_config", "env_seed",
+           "refuse_renamed_keys"]

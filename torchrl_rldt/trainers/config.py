@@ -17,9 +17,46 @@ import torch
 
 from torchrl_rldt.envs import check_task_id
 
-__all__ = ["ConfigCheck", "apply_task_config", "flat_items"]
+__all__ = ["RENAMED_KEYS", "ConfigCheck", "apply_task_config", "flat_items", "refuse_renamed_keys"]
 
 log = logging.getLogger(__name__)
+
+# Config keys renamed, old -> new: the loss weights took TorchRL's ``*_coeff`` names (buffers of the
+# losses). A command that still names an old key is refused with the new spelling.
+RENAMED_KEYS = {
+    "rldt.rl_coef": "rldt.rl_coeff",
+    "rldt.consistency_coef": "rldt.consistency_coeff",
+    "rldt.reference_coef": "rldt.reference_coeff",
+    "qam.base_constraint_coef": "qam.base_constraint_coeff",
+}
+
+
+def refuse_renamed_keys(command_line: Sequence[str], renamed: Mapping[str, str] = RENAMED_KEYS) -> None:
+    """Refuses command-line overrides that name a renamed config key, with the new spelling.
+
+    Hydra's own error for an unknown key says that the key is missing, not what it is called now;
+    the examples call this before Hydra parses their command line.
+
+    Args:
+        command_line: the overrides (``"key=value"``, ``"+key=value"``, ``"~key"``), e.g.
+            ``sys.argv[1:]``.
+        renamed: old key -> new key. Defaults to :data:`RENAMED_KEYS`.
+
+    Raises:
+        SystemExit: an override names an old key.
+
+    Examples:
+        >>> refuse_renamed_keys(["rldt.rl_coeff=6"])  # the current name: nothing happens
+        >>> refuse_renamed_keys(["rldt.rl_coef=6"])
+        Traceback (most recent call last):
+        ...
+        SystemExit: rldt.rl_coef was renamed rldt.rl_coeff (TorchRL's name for a loss weight): use rldt.rl_coeff=6
+    """
+    for token in command_line:
+        key = token.lstrip("+~").partition("=")[0]
+        if key in renamed:
+            fixed = token.replace(key, renamed[key], 1)
+            raise SystemExit(f"{key} was renamed {renamed[key]} (TorchRL's name for a loss weight): use {fixed}")
 
 
 def flat_items(values: Mapping, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -122,8 +159,12 @@ class ConfigCheck:
         if not condition:
             self.problems.append(message)
 
-    def positive_int(self, name: str, minimum: int = 1) -> None:
-        """``name`` must be an integer ``>= minimum``."""
+    def positive_int(self, name: str) -> None:
+        """``name`` must be an integer ``>= 1``."""
+        self.integer(name, minimum=1)
+
+    def integer(self, name: str, minimum: int) -> None:
+        """``name`` must be an integer ``>= minimum`` (``bool`` is not one)."""
         value = self.get(name)
         self.need(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
                   f"{name} must be an integer >= {minimum}, got {value!r}")

@@ -43,11 +43,14 @@ log = logging.getLogger(__name__)
 EVAL_SEED_OFFSET = 10_000
 FINAL_EVAL_SEED_OFFSET = 20_000
 RESUMED_TRAINING_SEED_OFFSET = 1_000_000
-_SEED_ROLES = ("train", "eval", "final")
+# the episodes a data set is recorded on (examples/make_dataset.py): never a run's evaluation states
+RECORD_SEED_OFFSET = 500_000
+_SEED_ROLES = ("train", "eval", "final", "record")
 
 
 def env_seed(seed: int, role: str, env_steps: int = 0) -> int:
-    """The seed of a run's env pool for ``role``: its training, evaluation or final-evaluation envs.
+    """The seed of a run's env pool for ``role``: its training, evaluation or final-evaluation envs,
+    or the envs a data set is recorded on.
 
     The evaluation envs keep their seeds for the whole run, so that every evaluation starts
     from the same states. The training envs start at ``seed``; a run resumed after
@@ -56,7 +59,7 @@ def env_seed(seed: int, role: str, env_steps: int = 0) -> int:
 
     Args:
         seed (int): the run's seed (``cfg.seed``).
-        role (str): ``"train"``, ``"eval"`` or ``"final"``.
+        role (str): ``"train"``, ``"eval"``, ``"final"`` or ``"record"``.
         env_steps (int, optional): env steps the run has taken; only the training seed depends
             on it. Defaults to ``0``.
 
@@ -71,6 +74,8 @@ def env_seed(seed: int, role: str, env_steps: int = 0) -> int:
         return seed + EVAL_SEED_OFFSET
     if role == "final":
         return seed + FINAL_EVAL_SEED_OFFSET
+    if role == "record":
+        return seed + RECORD_SEED_OFFSET
     return seed if env_steps == 0 else seed + RESUMED_TRAINING_SEED_OFFSET + env_steps
 
 
@@ -172,6 +177,10 @@ class TrainingRun:
         self._load_averages: list[float] = list(self.state.get("load_average", [])) if self.state else []
         self._start: float | None = None
         self._total_env_steps: int | None = None
+        # the env steps of the next periodic evaluation: the first multiple of the period after
+        # the steps already taken (a config without evaluations has none)
+        every = getattr(getattr(config, "eval", None), "every_env_steps", None)
+        self._next_evaluation = None if every is None else (self.counters["env_steps"] // every + 1) * every
         self.stop_requested = False
 
     def env_seed(self, role: str) -> int:
@@ -331,8 +340,6 @@ class TrainingRun:
                 self._drop_logged_after_checkpoint()
         self._progress = progress_bar(total_env_steps, initial=self.counters["env_steps"],
                                       description=description, enabled=cfg.logger.progress_bar)
-        every = cfg.eval.every_env_steps
-        self._next_evaluation = (self.counters["env_steps"] // every + 1) * every
         self._start = time.perf_counter()
         # the machine's load beside the run's timings (other jobs on the same cores slow it down)
         self._load_averages.append(round(os.getloadavg()[0], 2))
@@ -504,6 +511,9 @@ class TrainingRun:
     def evaluate_periodically(self, env: EnvBase, policy: TensorDictModuleBase, *,
                               chunk_len: int) -> dict | None:
         """:meth:`evaluate` once every ``config.eval.every_env_steps`` env steps (else ``None``)."""
+        if self._next_evaluation is None:
+            raise ValueError("periodic evaluations need config.eval.every_env_steps, which this run's "
+                             "config does not have.")
         if self.counters["env_steps"] < self._next_evaluation:
             return None
         self._next_evaluation += self.config.eval.every_env_steps
