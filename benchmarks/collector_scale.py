@@ -10,7 +10,10 @@ machine.
 
 Learner share: ``examples/rldt_gym.py`` run to ``--job-env-steps`` with ``--job-overrides`` (one
 run per entry), its ``summary.json``'s ``phase_seconds`` (collection, critic, actor, evaluation)
-as shares of the loop's wall-clock, and its env steps per second.
+as shares of the loop's wall-clock, and its env steps per second. The default entries name both
+learners explicitly (fp32 with fresh target samples, and the fast learner: bf16 with target
+samples reused 4x, the shipped default), so that a change of the config's defaults does not
+change what a row measures; each row also records the learner settings the run resolved.
 
     python benchmarks/collector_scale.py --out benchmarks/results/collector_scale.json
 
@@ -31,6 +34,7 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 # the job's own factories live beside the example scripts, which import them as their neighbours
@@ -84,11 +88,15 @@ def job_phases(task: str, env_steps: int, overrides: str) -> dict:
                    "logger.progress_bar=false", *overrides.split()]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         summary = json.loads((Path(run_dir) / "summary.json").read_text())
+        resolved = OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml")
     phases = summary["phase_seconds"]
     wall = sum(phases.values())  # the phases ("other" included) add up to the loop's wall-clock
     env_steps = summary["counters"]["env_steps"]
     return {
-        "overrides": overrides, "env_steps": env_steps, "wall_seconds": round(wall, 1),
+        "overrides": overrides,
+        "learner": {"learner_precision": resolved.learner_precision,
+                    "target_action_reuse": resolved.schedule.target_action_reuse},
+        "env_steps": env_steps, "wall_seconds": round(wall, 1),
         "env_steps_per_second": round(env_steps / wall, 1),
         "phase_seconds": {name: round(value, 1) for name, value in phases.items()},
         "phase_shares": {name: round(value / wall, 3) for name, value in phases.items()},
@@ -106,8 +114,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--job-env-steps", type=int, default=40_000)
     parser.add_argument("--job-overrides", nargs="*",
-                        default=["", "learner_precision=bf16 schedule.target_action_reuse=4"],
-                        help="one job run per entry ('' is the default job; none: no job run)")
+                        default=["learner_precision=fp32 schedule.target_action_reuse=1",
+                                 "learner_precision=bf16 schedule.target_action_reuse=4"],
+                        help="one job run per entry ('' is the config's defaults; none: no job run)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -22,6 +22,32 @@ def load_script(relative_path: str):
     return module
 
 
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+# Meta-World's scripted experts come from `pip install --no-deps metaworld==3.1.1` (its own pins
+# clash with ours), which scripts/setup.sh runs and `pip install -e ".[test]"` cannot: without
+# them the tests marked metaworld_experts are skipped, except in a venv made by scripts/setup.sh
+# (the README's commands, CI), which promises them, so that there they fail instead.
+METAWORLD_EXPERTS = _importable("metaworld.policies")
+MADE_BY_SETUP_SCRIPT = (Path(sys.prefix) / ".rldt-setup").exists()
+
+
+def pytest_collection_modifyitems(config, items):
+    if METAWORLD_EXPERTS or MADE_BY_SETUP_SCRIPT:
+        return
+    skip = pytest.mark.skip(reason="needs Meta-World's scripted experts: "
+                                   "pip install --no-deps metaworld==3.1.1 (scripts/setup.sh installs them)")
+    for item in items:
+        if item.get_closest_marker("metaworld_experts"):
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything():
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ MODULES = [
     "torchrl_rldt.envs.transforms",
     "torchrl_rldt.envs.custom.peaks_bandit",
     "torchrl_rldt.envs.factory",
-    "torchrl_rldt.envs.metaworld",
+    pytest.param("torchrl_rldt.envs.metaworld", marks=pytest.mark.metaworld_experts),
     "torchrl_rldt.envs.evaluation",
     "torchrl_rldt.trainers.run",
     "torchrl_rldt.trainers.config",

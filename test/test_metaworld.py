@@ -19,6 +19,7 @@ from torchrl_rldt.envs import evaluate_policy
 TASK = "MetaWorld/PickPlace-v3"
 
 
+@pytest.mark.metaworld_experts
 def test_scripted_success_ends_the_episode_with_reward_one_exactly_once():
     env = make_metaworld_env(TASK, num_envs=3, seed=0)
     rollout = env.rollout(500, MetaWorldExpert(TASK), break_when_any_done=False,
@@ -47,6 +48,7 @@ def test_time_out_truncates_without_terminating():
     assert (rollout["next", "reward"] == 0).all()  # a sparse reward: no success, nothing
 
 
+@pytest.mark.metaworld_experts
 def test_collector_resets_after_success_and_records_no_fake_transition():
     # chunks of 4 expert actions, 4 envs, long enough for several successes per env
     class ChunkExpert(MetaWorldExpert):
@@ -76,6 +78,7 @@ def test_collector_resets_after_success_and_records_no_fake_transition():
     assert (steps[~done] == 4).all() and (steps[done] <= 4).all()
 
 
+@pytest.mark.metaworld_experts
 def test_info_keys_are_checked_against_the_task():
     with pytest.raises(ValueError, match="reports no info entries \\['sucess'\\]; it reports"):
         EnvPoolEnv(TASK, 2, seed=0, info_keys=("sucess",))
@@ -102,6 +105,7 @@ def observation():
     return make_metaworld_env(TASK, num_envs=4, seed=0).reset()["observation"]
 
 
+@pytest.mark.metaworld_experts
 def test_expert_noise_defaults_to_the_same_iid_draws(observation):
     noise = _expert_noise(MetaWorldExpert(TASK, noise_std=0.01, seed=3), observation, 400)
     default = _expert_noise(MetaWorldExpert(TASK, noise_std=0.01, noise_correlation=0.0, seed=3),
@@ -116,6 +120,7 @@ def test_expert_noise_defaults_to_the_same_iid_draws(observation):
     assert abs(lag_one) < 0.1
 
 
+@pytest.mark.metaworld_experts
 def test_expert_noise_correlation_is_an_ar1_process_of_the_same_spread(observation):
     noise = _expert_noise(MetaWorldExpert(TASK, noise_std=0.01, noise_correlation=0.9, seed=0),
                           observation, 1500)
@@ -138,6 +143,7 @@ if __name__ == "__main__":
     pytest.main([__file__, "--capture", "no", "--exitfirst"] + unknown)
 
 
+@pytest.mark.metaworld_experts
 def test_record_demos_writes_a_loadable_data_set_and_its_manifest(tmp_path):
     import json
     import subprocess
