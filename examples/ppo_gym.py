@@ -144,7 +144,6 @@ def main(cfg: DictConfig) -> None:
                 counters["env_steps"] += steps
                 counters["iterations"] += 1
                 reward = batch["next", "reward"]
-                run.check_finite("the collected reward", reward)
                 reward_scale.update(reward)
                 batch["next", "reward"] = reward_scale(reward)
                 with torch.no_grad():
@@ -180,7 +179,7 @@ def main(cfg: DictConfig) -> None:
                 if run.stop_requested:
                     return run.interrupted()
     finally:
-        collector.shutdown()
+        run.shutdown_collector(collector)
 
     run.finish(final_env, actor, chunk_len=model.chunk_len, title=cfg.method,
                summary={"method": cfg.method})

@@ -97,11 +97,11 @@ def main(cfg: DictConfig) -> None:
     collector = make_rldt_collector(base, cfg, run.env_seed("train"),
                                     cfg.collector.total_env_steps - counters["env_steps"])
     try:
-        with run.loop(total_env_steps=cfg.collector.total_env_steps, description=f"{title} {cfg.task}"):
+        with run.loop(total_env_steps=cfg.collector.total_env_steps, description=f"{title} {cfg.task}",
+                      replay_buffer=saved_buffer):
             for batch in map(collected_chunks, run.collected(collector)):
                 steps = int(batch["next", "chunk_steps"].sum())
                 reward = batch["next", "reward"]
-                run.check_finite("the collected reward", reward)
                 counters["env_steps"] += steps
                 counters["chunks"] += batch.numel()
                 counters["batches"] += 1
@@ -184,7 +184,7 @@ def main(cfg: DictConfig) -> None:
                 if run.stop_requested:
                     return run.interrupted(saved_buffer)
     finally:
-        collector.shutdown()
+        run.shutdown_collector(collector)
 
     # --- final evaluation, checkpoint, curve and summary -------------------------------------
     run.finish(final_env, actor, chunk_len=chunk_len, title=title, replay_buffer=saved_buffer,

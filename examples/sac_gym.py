@@ -100,9 +100,9 @@ def main(cfg: DictConfig) -> None:
     )
     next_checkpoint = (counters["env_steps"] // cfg.checkpoint.every_env_steps + 1) * cfg.checkpoint.every_env_steps
     try:
-        with run.loop(total_env_steps=cfg.collector.total_env_steps, description=f"SAC {cfg.task}"):
+        with run.loop(total_env_steps=cfg.collector.total_env_steps, description=f"SAC {cfg.task}",
+                      replay_buffer=replay_buffer):
             for batch in map(collected_chunks, run.collected(collector)):
-                run.check_finite("the collected reward", batch["next", "reward"])
                 steps = int(batch["next", "chunk_steps"].sum())
                 counters["env_steps"] += steps
                 counters["frames"] += batch.numel()
@@ -125,7 +125,7 @@ def main(cfg: DictConfig) -> None:
                 if run.stop_requested:
                     return run.interrupted(replay_buffer)
     finally:
-        collector.shutdown()
+        run.shutdown_collector(collector)
 
     run.finish(final_env, actor, chunk_len=chunk_len, title=f"SAC from scratch, chunk_len {chunk_len}",
                replay_buffer=replay_buffer, summary={"method": "sac"})

@@ -119,9 +119,12 @@ def end_slices_at_the_last_write(replay_buffer: TensorDictReplayBuffer) -> None:
 
 
 def check_collector_config(check: ConfigCheck) -> None:
-    """``collector.kind`` and, for several workers, ``collector.num_workers`` against ``env.num_envs``."""
+    """``collector.kind``, its stall timeout and, for several workers, ``collector.num_workers``
+    against ``env.num_envs``."""
     cfg = check.cfg
     check.one_of("collector.kind", ("single", "multi_sync", "multi_async", "ray"))
+    if cfg.collector.stall_timeout_s is not None:
+        check.number("collector.stall_timeout_s", 0.0, open_low=True)
     if cfg.collector.kind == "single":
         return
     check.positive_int("collector.num_workers")

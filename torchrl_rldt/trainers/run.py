@@ -15,11 +15,15 @@ imported only when used.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
+import multiprocessing
 import os
 import signal
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -34,7 +38,7 @@ from torchrl_rldt.envs.evaluation import SAMPLING_MODES, episode_returns, return
 from torchrl_rldt.trainers.config import flat_items
 from torchrl_rldt.trainers.reporting import plot_learning_curve, progress_bar
 
-__all__ = ["NonFiniteError", "TrainingRun", "env_seed"]
+__all__ = ["CollectorFault", "NonFiniteError", "TrainingRun", "env_seed"]
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +84,45 @@ def env_seed(seed: int, role: str, env_steps: int = 0) -> int:
 
 
 class NonFiniteError(RuntimeError):
-    """A loss or a reward became NaN or infinite."""
+    """A loss, a reward or an observation became NaN or infinite."""
+
+
+class CollectorFault(RuntimeError):
+    """The collector stopped delivering batches: a worker died or raised, or none came in time."""
+
+
+class _CollectionDeadline(BaseException):
+    """Raised by the stall alarm inside the collector; a ``BaseException`` so that no ``except
+    Exception`` of the collector's own code swallows it."""
+
+
+class _StopWhileCollecting(BaseException):
+    """Raised by Ctrl-C or SIGTERM while the loop waits for a batch (see ``_CollectionDeadline``)."""
+
+
+def _collector_workers(collector: Any) -> str:
+    """The dead worker processes of a multi-process collector, for a message (empty if none)."""
+    dead = []
+    for index, process in enumerate(getattr(collector, "procs", None) or []):
+        try:
+            if not process.is_alive():
+                dead.append(f"worker {index} (pid {process.pid}, exit code {process.exitcode})")
+        except ValueError:  # closed by the collector's own clean-up
+            continue
+    return ("dead: " + ", ".join(dead) + "; ") if dead else ""
+
+
+def _exit_without_finalizing(code: int) -> None:
+    """Ends the process at interpreter exit, before finalisation: after a collector fault,
+    TorchRL's weight-sync objects can block forever in ``__del__`` (they start a queue thread,
+    which a finalising interpreter never runs). Workers are killed and logs flushed first."""
+    for child in multiprocessing.active_children():
+        child.kill()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 class TrainingRun:
@@ -182,6 +224,8 @@ class TrainingRun:
         every = getattr(getattr(config, "eval", None), "every_env_steps", None)
         self._next_evaluation = None if every is None else (self.counters["env_steps"] // every + 1) * every
         self.stop_requested = False
+        self.collector_failed = False
+        self._waiting_for_batch = False
 
     def env_seed(self, role: str) -> int:
         """The seed of this run's ``role`` env pool (see :func:`env_seed`), at its env steps now."""
@@ -321,13 +365,24 @@ class TrainingRun:
         return self._wall_offset + time.perf_counter() - self._start
 
     @contextlib.contextmanager
-    def loop(self, *, total_env_steps: int, description: str) -> Iterator[TrainingRun]:
-        """The context of the training loop: clock, logger, progress bar, Ctrl-C, non-finite stop.
+    def loop(self, *, total_env_steps: int, description: str,
+             replay_buffer: Any = None) -> Iterator[TrainingRun]:
+        """The context of the training loop: clock, logger, progress bar, stops and faults.
+
+        - Ctrl-C or SIGTERM stops after the current batch, which is saved; while the loop waits
+          for a batch (a stalled collector never delivers one), at once, without the partial
+          batch. The same signal again ends the process at once.
+        - A non-finite value (:meth:`check_finite`, :meth:`collected`) ends the run with exit code
+          1, naming the last good checkpoint; nothing of the bad batch was learnt.
+        - A :class:`CollectorFault` (:meth:`collected`) writes a checkpoint of every batch that
+          was learnt and ends the run with exit code 1, naming the fault and the resume command.
 
         Args:
             total_env_steps (int): the run's budget (the progress bar's total; :meth:`collected`
                 stops there).
             description (str): the progress bar's label.
+            replay_buffer (optional): saved with the checkpoint written at a stop or a fault.
+                Defaults to ``None`` (the checkpoint without the buffer).
         """
         cfg = self.config
         self._total_env_steps = total_env_steps
@@ -347,6 +402,10 @@ class TrainingRun:
         def request_stop(signum, frame):
             self.stop_requested = True
             signal.signal(signum, previous_handlers[signum])
+            if self._waiting_for_batch:
+                log.warning("%s while waiting for a batch: stopping and saving now, without it "
+                            "(send it again to stop at once)", signal.Signals(signum).name)
+                raise _StopWhileCollecting
             log.warning("%s: stopping and saving after this batch (send it again to stop at once)",
                         signal.Signals(signum).name)
 
@@ -361,6 +420,17 @@ class TrainingRun:
             last = self.checkpoint_path
             log.error("%s; stopping. The last good checkpoint is %s", error,
                       f"{last} (resume={last})" if last.exists() else "none yet")
+            raise SystemExit(1) from None
+        except _StopWhileCollecting:
+            self.interrupted(replay_buffer)
+            raise SystemExit(0) from None
+        except CollectorFault as error:
+            self.collector_failed = True
+            path = self.save(replay_buffer)
+            log.error("%s. Wrote %s at %d env steps (every batch learnt so far; none of the batch "
+                      "under way); resume=%s continues the run", str(error).rstrip("."), path,
+                      self.counters["env_steps"], path)
+            atexit.register(_exit_without_finalizing, 1)
             raise SystemExit(1) from None
         finally:
             for signum, handler in previous_handlers.items():
@@ -416,15 +486,90 @@ class TrainingRun:
         """Iterates over ``collector``'s batches, timing each as the ``"collection"`` phase.
 
         Inside :meth:`loop`, no batch is collected once the run has taken its ``total_env_steps``:
-        a finished run that is resumed collects nothing.
+        a finished run that is resumed collects nothing. A batch with a NaN or infinite entry
+        (observation, reward, action...) raises :class:`NonFiniteError` before the loop sees it.
+        A collector that raises (TorchRL's multi-process collectors raise within about a second
+        of a worker's death; Ray raises for a lost actor), or that delivers no batch within
+        ``config.collector.stall_timeout_s`` seconds (a hung worker or env; ``null``: no limit),
+        raises :class:`CollectorFault`; the partial batch is dropped.
         """
-        iterator = iter(collector)
+        timeout = self._stall_timeout
+        try:
+            iterator = iter(collector)
+        except Exception as error:
+            raise CollectorFault(f"the collector failed to start: {error}") from error
         while self._total_env_steps is None or self.counters["env_steps"] < self._total_env_steps:
             with self.timed("collection"):
-                batch = next(iterator, None)
+                try:
+                    with self._awaiting_batch(timeout):
+                        batch = next(iterator, None)
+                except _CollectionDeadline:
+                    raise CollectorFault(
+                        f"the collector delivered no batch within {timeout:g} s "
+                        f"(collector.stall_timeout_s): {_collector_workers(collector)}a worker or an "
+                        f"env hangs") from None
+                except Exception as error:
+                    raise CollectorFault(
+                        f"the collector failed: {_collector_workers(collector)}"
+                        f"{type(error).__name__}: {error}") from error
             if batch is None:
                 return
+            for key, value in batch.items(include_nested=True, leaves_only=True):
+                if value.is_floating_point():
+                    name = "/".join(key) if isinstance(key, tuple) else key
+                    self.check_finite(f"the collected {name!r}", value)
             yield batch
+
+    @property
+    def _stall_timeout(self) -> float | None:
+        collector = getattr(self.config, "collector", None)
+        return getattr(collector, "stall_timeout_s", None) if collector is not None else None
+
+    @contextlib.contextmanager
+    def _awaiting_batch(self, timeout: float | None) -> Iterator[None]:
+        """Marks the wait for a batch (a stop signal then acts at once) and, from the main thread,
+        arms the stall alarm."""
+        alarm = timeout is not None and threading.current_thread() is threading.main_thread()
+        if alarm:
+            def deadline(signum, frame):
+                raise _CollectionDeadline
+
+            previous = signal.signal(signal.SIGALRM, deadline)
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+        self._waiting_for_batch = True
+        try:
+            yield
+        finally:
+            self._waiting_for_batch = False
+            if alarm:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, previous)
+
+    def shutdown_collector(self, collector: Any, timeout: float = 60.0) -> None:
+        """``collector.shutdown()``; after a :class:`CollectorFault`, bounded by ``timeout``
+        seconds, then the worker processes killed (a collector with a dead worker can wait
+        forever on it).
+
+        Args:
+            collector: the run's collector.
+            timeout (float, optional): seconds the shutdown may take after a fault. Defaults to
+                ``60.0``.
+        """
+        if not self.collector_failed:
+            collector.shutdown()
+            return
+
+        def shutdown() -> None:
+            try:
+                collector.shutdown()
+            except Exception as error:  # its workers are half gone: say so, then kill them
+                log.warning("collector shutdown after the fault: %s: %s", type(error).__name__, error)
+
+        thread = threading.Thread(target=shutdown, daemon=True)
+        thread.start()
+        thread.join(timeout)
+        for child in multiprocessing.active_children():
+            child.kill()
 
     def phase_seconds(self) -> dict[str, float]:
         """Seconds per phase of :meth:`timed`, and ``"other"``: the rest of the loop's wall-clock."""
