@@ -299,6 +299,7 @@ class StepwiseFlowActor(FlowActor):
         def velocity(x):
             return network(observation, x, time)
 
+        action = action.contiguous()  # forward-mode AD refuses an expanded primal
         value, jacobian_probe = jvp(velocity, (action,), (probe,))
         _, pullback = vjp(velocity, action)
         (transposed_probe,) = pullback(probe)
