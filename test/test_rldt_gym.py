@@ -436,6 +436,37 @@ def test_multi_process_collectors_gather_real_transitions_with_the_learners_weig
     assert (batches[-1]["action"] == 0.5).all()  # the learner's bounds reached every worker
 
 
+def test_a_multi_process_collector_carries_swfps_blocks_and_stage(base):
+    """The workers run the cascade, and a weight update brings them its blocks and its active block."""
+    from omegaconf import OmegaConf
+
+    utils, rldt_utils = load_script("examples/utils.py"), load_script("examples/rldt_utils.py")
+    cfg = OmegaConf.load(ROOT / "examples" / "config" / "rldt_gym.yaml")
+    cfg.base_checkpoint, cfg.env.num_envs, cfg.env.max_episode_steps = str(base), 4, 60
+    cfg.collector.chunks_per_env, cfg.collector.kind, cfg.collector.num_workers = 4, "multi_sync", 2
+    cfg.method, cfg.swfp.num_blocks, cfg.swfp.block_hidden_dim = "swfp", 2, 8
+    policy = utils.load_base_policy(cfg, torch.device("cpu"), 8)
+    actor = rldt_utils.make_swfp_actor(policy.actor, cfg)
+    with pytest.raises(TypeError, match="StepwiseFlowActor"):
+        rldt_utils.make_rldt_collector(policy, cfg, seed=0, total_chunks=1_000)
+    collector = rldt_utils.make_rldt_collector(policy, cfg, seed=0, total_chunks=1_000, actor=actor)
+    batches = []
+    try:
+        for batch in map(utils.collected_chunks, collector):
+            batches.append(batch)
+            if len(batches) == 2:  # the second block pushes every action to the upper bound, once active
+                with torch.no_grad():
+                    actor.blocks[1].output_layer.bias.fill_(100.0)
+                actor.advance_block()
+                collector.update_policy_weights_()
+            if len(batches) == 5:
+                break
+    finally:
+        collector.shutdown()
+    assert not (batches[0]["action"] == 1.0).all()
+    assert (batches[-1]["action"] == 1.0).all()
+
+
 @pytest.mark.parametrize("config_name, clamps", [("rldt_gym", True), ("rldt_metaworld", False)])
 def test_qam_takes_the_critic_gradient_where_the_reference_of_its_setting_does(config_name, clamps):
     """The reference port clamps the final action before the critic's gradient on Gym, not on
