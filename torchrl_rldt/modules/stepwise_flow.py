@@ -175,6 +175,7 @@ class StepwiseFlowActor(FlowActor):
         if type(index) is not int or not 0 <= index < self.num_blocks:
             raise ValueError(f"index must be an integer in [0, {self.num_blocks}), got {index!r}.")
         self.active_block.fill_(index)
+        log.debug("StepwiseFlowActor: block %d of %d is active", index + 1, self.num_blocks)
 
     def advance_block(self) -> bool:
         """Activates the next block; after the last one the last block stays active.
