@@ -10,15 +10,11 @@ actor update. A diagnostic call of ``actor_loss`` therefore changes nothing.
 """
 from __future__ import annotations
 
-import logging
-
 from torchrl_rldt.objectives.qam import QAMLoss
 from torchrl_rldt.objectives.rldt import RLDTLoss
 from torchrl_rldt.objectives.swfp import SWFPLoss
 
 __all__ = ["BaseEMAUpdater", "ReferenceUpdater", "StageUpdater"]
-
-log = logging.getLogger(__name__)
 
 
 class _PeriodicUpdater:
