@@ -2,7 +2,8 @@
 
 Runs, for every method and seed, its example with its default config (``rldt``:
 ``examples/rldt_gym.py``, ``rldt_delta`` the same with the delta kernel, ``qam`` the same with
-``method=qam``, ``qam_n16`` QAM at inverse temperature 30 with 16 Euler steps; ``reinflow``,
+``method=qam``, ``qam_n16`` QAM at inverse temperature 30 with 16 Euler steps, ``swfp`` the same with
+``method=swfp``, SWFP as we read its abstract (``docs/swfp.md``); ``reinflow``,
 ``fpo`` (FPO++) and ``dppo``: ``examples/ppo_gym.py``;
 ``sac``, from scratch: ``examples/sac_gym.py``). For a ``MetaWorld/<Task>-v3`` task each example
 runs with its sparse-reward config (``--config-name rldt_metaworld``, ``ppo_metaworld``,
@@ -55,6 +56,8 @@ METHODS = {
     # tilt, and 16 Euler steps so that its adjoint keeps the critic's direction
     "qam_n16": ("rldt_gym.py", ["checkpoint.save_replay_buffer=true", "method=qam", "qam.inverse_temperature=30",
                                 "rldt.num_steps=16", "rldt.min_step=12"], "QAM (inverse temperature 30, 16 steps)"),
+    # our reading of the SWFP abstract (arXiv 2510.15388, docs/swfp.md), in the RLDT loop
+    "swfp": ("rldt_gym.py", ["checkpoint.save_replay_buffer=true", "method=swfp"], "SWFP (our reading)"),
     "reinflow": ("ppo_gym.py", ["method=reinflow"], "ReinFlow"),
     "fpo": ("ppo_gym.py", ["method=fpo"], "FPO++"),
     # from the task's DDPM base, pretrained on the same data as the flow base
@@ -83,7 +86,8 @@ def parse_overrides(settings: list[str], methods: list[str]) -> dict[str, list[s
 
 
 # the order in which runs start: the longest first, so that parallel jobs end together
-LONGEST_FIRST = ["sac", "qam_n16", "rldt", "rldt_delta", "qam", "dppo", "fpo", "reinflow"]
+# (SWFP's update costs about RLDT's: benchmarks/loss_cost.py)
+LONGEST_FIRST = ["sac", "qam_n16", "rldt", "swfp", "rldt_delta", "qam", "dppo", "fpo", "reinflow"]
 # the paper's Gym comparison (the default): RLDT and its five baselines; rldt_delta is its ablation
 GYM_METHODS = ["rldt", "reinflow", "fpo", "dppo", "qam", "sac"]
 # Meta-World tasks run each example with its sparse-reward config (a sibling of the Gym one)

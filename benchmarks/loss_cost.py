@@ -1,4 +1,5 @@
-"""Time per actor step and per critic step of ``RLDTLoss`` against TorchRL's ``SACLoss`` on CPU.
+"""Time per actor step and per critic step of ``RLDTLoss`` against TorchRL's ``SACLoss`` (and
+``SWFPLoss``, our reading of SWFP's abstract) on CPU.
 
 A step is the loss forward, the backward and the Adam step of the part it trains (for the
 critic also the Polyak update of the targets). Both losses use the same critic (an ensemble of
@@ -11,6 +12,11 @@ and Hopper-v5's sizes (11-D observation, 3-D action, chunks of H = 4; SAC acts o
 - ``reference``: the paper's policy step on ~6.3k states (docs/algorithm.md), here
   6272 states for both the actor and the critic step;
 - ``default``: our CPU default, 256 states per mini-batch.
+
+SWFP (``examples/rldt_gym.py method=swfp``, its config's defaults: the same base flow and critic,
+8 blocks of 2 x 64 with 2 Euler steps each, 8 draws per state, the exact block log-determinant) is
+measured at its first stage (``swfp_*``: the base, then the one active block) and its last
+(``swfp_*_last_stage``: the base, the 7 earlier blocks without gradient, then the active one).
 
 RLDT's steps are also measured in the learner's two cheaper forms (``examples/rldt_gym.py``):
 ``bf16`` (forward passes under bfloat16 autocast, ``learner_precision=bf16``) and, for the critic,
@@ -26,6 +32,7 @@ recorded beside the figures. Writes ``benchmarks/results/loss_cost.json`` and
 
     python benchmarks/loss_cost.py
     python benchmarks/loss_cost.py --sizes default --repeats 5 --profile
+    python benchmarks/loss_cost.py --sizes default --losses rldt swfp
 """
 from __future__ import annotations
 
@@ -48,8 +55,8 @@ from torchrl.data import Bounded
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import SACLoss, SoftUpdate
 
-from torchrl_rldt.modules import ChunkQValueMLP, FlowActor, FlowModel, VelocityMLP
-from torchrl_rldt.objectives import RLDTLoss
+from torchrl_rldt.modules import ChunkQValueMLP, FlowActor, FlowModel, StepwiseFlowActor, VelocityMLP
+from torchrl_rldt.objectives import RLDTLoss, SWFPLoss
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OBSERVATION_DIM, ACTION_DIM, CHUNK_LEN = 11, 3, 4
@@ -129,6 +136,55 @@ def make_rldt(reuse: int) -> tuple[RLDTLoss, dict]:
         "actor_bf16": in_bf16(actor_step), "critic_bf16": in_bf16(critic_step),
         f"critic_reuse{reuse}": reused_critic_round,
         f"critic_reuse{reuse}_bf16": in_bf16(reused_critic_round),
+    }
+
+
+def make_swfp(reuse: int) -> tuple[SWFPLoss, dict]:
+    """SWFP with examples/config/rldt_gym.yaml's swfp defaults, at its first and at its last stage."""
+    base = FlowActor(FlowModel(
+        VelocityMLP(OBSERVATION_DIM, ACTION_DIM, chunk_len=CHUNK_LEN), ACTION_DIM, num_steps=8,
+        chunk_len=CHUNK_LEN, low=-1.0, high=1.0,
+    ))
+    blocks = [VelocityMLP(OBSERVATION_DIM, ACTION_DIM, chunk_len=CHUNK_LEN, hidden_dim=64, num_layers=2,
+                          activation=nn.Mish) for _ in range(8)]
+    actor = StepwiseFlowActor(base, blocks, block_steps=2)
+    loss = SWFPLoss(actor, make_critic(), num_samples=8, entropy_coeff=1e-3, jko_step=0.1)
+    loss.make_value_estimator(gamma=0.99)
+    updater = SoftUpdate(loss, tau=0.005)
+    actor_optim = torch.optim.Adam(loss.block_parameters(), lr=1e-3)
+    critic_optim = torch.optim.AdamW(loss.qvalue_network_params.values(True, True), lr=1e-3)
+
+    def actor_step(batch):
+        terms = loss.actor_loss(batch)
+        total = sum(terms[key] for key in SWFPLoss.POLICY_TERMS)
+        actor_optim.zero_grad()
+        total.backward()
+        actor_optim.step()
+
+    def critic_step(batch):
+        value, _ = loss.qvalue_loss(batch)
+        critic_optim.zero_grad()
+        value.backward()
+        critic_optim.step()
+        updater.step()
+
+    def at_stage(step, index):
+        def run(batch):
+            actor.set_active_block(index)
+            step(batch)
+        return run
+
+    def in_bf16(step):
+        def run(batch):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                step(batch)
+        return run
+
+    last = actor.num_blocks - 1
+    return loss, {
+        "actor": at_stage(actor_step, 0), "critic": at_stage(critic_step, 0),
+        "critic_bf16": at_stage(in_bf16(critic_step), 0),
+        "actor_last_stage": at_stage(actor_step, last), "critic_last_stage": at_stage(critic_step, last),
     }
 
 
@@ -218,13 +274,18 @@ def count_flops(step, batch) -> int:
     return counter.flops
 
 
+LOSSES = {"rldt": make_rldt, "sac": lambda reuse: make_sac(), "swfp": make_swfp}
+
+
 def measure(size_name: str, batch_size: int, repeats: int, warmup: int, reuse: int,
-            peaks: dict[str, float]) -> dict:
+            peaks: dict[str, float], losses: list[str]) -> dict:
     torch.manual_seed(0)
     batch = make_batch(batch_size)
-    rldt_steps, sac_steps = make_rldt(reuse)[1], make_sac()[1]
-    steps = {f"rldt_{name}": (step, batch) for name, step in rldt_steps.items()}
-    steps.update({f"sac_{name}": (step, flat_chunks(batch)) for name, step in sac_steps.items()})
+    steps = {}
+    for name in losses:
+        step_batch = flat_chunks(batch) if name == "sac" else batch
+        steps.update({f"{name}_{step_name}": (step, step_batch)
+                      for step_name, step in LOSSES[name](reuse)[1].items()})
     times = {name: [] for name in steps}
     for repeat in range(warmup + repeats):
         for name, (step, step_batch) in steps.items():
@@ -246,8 +307,14 @@ def measure(size_name: str, batch_size: int, repeats: int, warmup: int, reuse: i
             "gflops_per_second": flops / seconds / 1e9,
             "fraction_of_peak": flops / seconds / 1e9 / peak,
         }
-    for part in ("actor", "critic"):
-        result[f"{part}_ratio"] = result["steps"][f"rldt_{part}"]["ms"] / result["steps"][f"sac_{part}"]["ms"]
+    # RLDT's steps against SAC's (actor_ratio, critic_ratio), SWFP's against SAC's and RLDT's
+    pairs = (("rldt", "sac", "{part}_ratio"), ("swfp", "sac", "swfp_{part}_vs_sac"),
+             ("swfp", "rldt", "swfp_{part}_vs_rldt"))
+    for name, reference, key in pairs:
+        if name in losses and reference in losses:
+            for part in ("actor", "critic"):
+                result[key.format(part=part)] = (result["steps"][f"{name}_{part}"]["ms"]
+                                                 / result["steps"][f"{reference}_{part}"]["ms"])
     return result
 
 
@@ -271,6 +338,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--reuse", type=int, default=4, help="target_action_reuse of the reused-critic row")
+    parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=list(LOSSES),
+                        help="the losses to measure (the RLDT/SAC ratios need both)")
     parser.add_argument("--profile", action="store_true", help="profile RLDT's actor step (default size)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -281,7 +350,7 @@ def main() -> None:
 
     load_before = os.getloadavg()
     peaks = {"fp32": gemm_peak(torch.float32, args.repeats), "bf16": gemm_peak(torch.bfloat16, args.repeats)}
-    rows = {name: measure(name, SIZES[name], args.repeats, args.warmup, args.reuse, peaks)
+    rows = {name: measure(name, SIZES[name], args.repeats, args.warmup, args.reuse, peaks, args.losses)
             for name in args.sizes}
     peaks_after = {"fp32": gemm_peak(torch.float32, args.repeats), "bf16": gemm_peak(torch.bfloat16, args.repeats)}
     report = {
@@ -290,6 +359,9 @@ def main() -> None:
         "setup": {
             "observation_dim": OBSERVATION_DIM, "action_dim": ACTION_DIM, "chunk_len": CHUNK_LEN,
             "rldt_actor": "VelocityMLP 3 x 512, N = 8, K = 8", "sac_actor": "TanhNormal MLP 3 x 256",
+            "swfp_actor": "the RLDT actor frozen + 8 blocks VelocityMLP 2 x 64 (Mish), 2 Euler steps each, "
+                          "8 draws per state, exact log-determinant",
+            "losses": args.losses,
             "critic": f"2 x MLP {CRITIC_LAYERS} x {CRITIC_WIDTH} SiLU",
             "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
             "critic_steps_per_round": CRITIC_STEPS, "target_action_reuse": args.reuse,

@@ -51,6 +51,10 @@ def main() -> None:
 
     device = torch.device("cpu")
     cfg, base, fine_tuned, _, checkpoint = rldt_utils.load_rldt_run(args.checkpoint, device)
+    if cfg.method == "swfp":
+        raise SystemExit(f"{args.checkpoint} is an SWFP run: its policy is the base with a cascade of flow "
+                         "blocks, which a flow-policy file cannot hold (docs/swfp.md); load it with "
+                         "rldt_utils.load_rldt_run instead")
     seed = cfg.seed + EXPORT_EVAL_SEED_OFFSET
     env = utils.make_policy_chunk_env(base, cfg, args.episodes, seed, device)
     returns = {name: returns_by_sampling_mode(env, policy.actor, seed=seed, max_env_steps=cfg.env.max_episode_steps,

@@ -183,6 +183,9 @@ def main() -> None:
     if args.episodes < 0 or args.samples < 2:
         raise SystemExit("--episodes must be >= 0 and --samples >= 2")
     cfg, base, fine_tuned, loss, checkpoint = rldt_utils.load_rldt_run(args.checkpoint, torch.device("cpu"))
+    if cfg.method == "swfp":
+        raise SystemExit(f"{args.checkpoint} is an SWFP run: these diagnostics read one flow's Euler chain "
+                         "(landing points, transport), which SWFP's cascade of blocks does not have")
     env = (utils.make_policy_chunk_env(base, cfg, args.episodes, args.seed, torch.device("cpu"))
            if args.episodes else None)
     report = {"checkpoint": str(args.checkpoint), "counters": checkpoint["counters"], "returns": {}}

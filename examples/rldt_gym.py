@@ -6,11 +6,15 @@ chunks with the landing-point exploration, a replay buffer of chunk transitions,
 (SVGD-transported policy loss, a Q ensemble with Polyak targets). Starts from the shipped base
 policy of the task, evaluates it, fine-tunes, and ends with base against fine-tuned return.
 ``method=qam`` runs QAM (``QAMLoss``, arXiv 2601.14234) in the same loop: the same critic,
-collection and schedule, the actor trained by adjoint matching.
+collection and schedule, the actor trained by adjoint matching. ``method=swfp`` runs SWFP as we
+read its abstract (``SWFPLoss``, arXiv 2510.15388; ``docs/swfp.md``): the same critic and schedule,
+a cascade of small flow blocks on the frozen base trained one per stage (``StageUpdater``), which
+collects without landing-point noise (the base's x0 ~ N(0, I) is its exploration).
 
     python examples/rldt_gym.py
     python examples/rldt_gym.py task=Walker2d-v5 collector.total_env_steps=300_000
     python examples/rldt_gym.py method=qam
+    python examples/rldt_gym.py method=swfp
     python examples/rldt_gym.py resume=outputs/rldt_gym/Hopper-v5/<run>/checkpoint.pt
 
 Writes into the run directory: ``checkpoint.pt`` (atomically, every ``checkpoint.every_batches``
@@ -65,9 +69,10 @@ def main(cfg: DictConfig) -> None:
     counters = run.counters
     eval_env = make_policy_chunk_env(base, cfg, cfg.eval.episodes, run.env_seed("eval"), device)
     final_env = make_policy_chunk_env(base, cfg, cfg.eval.final_episodes, run.env_seed("final"), device)
-    actor, chunk_len = base.actor, base.actor.model.chunk_len
-    loss, target_updater, policy_updater = make_offpolicy_loss(actor, make_rldt_critic(base, cfg, device), cfg)
-    title = {"rldt": "RLDT", "qam": "QAM"}[cfg.method]
+    chunk_len = base.actor.model.chunk_len
+    loss, target_updater, policy_updater = make_offpolicy_loss(base.actor, make_rldt_critic(base, cfg, device), cfg)
+    actor = loss.actor_network  # the base actor itself for RLDT and QAM, SWFP's cascade on it
+    title = {"rldt": "RLDT", "qam": "QAM", "swfp": "SWFP"}[cfg.method]
     max_grad_norm = cfg.qam.max_grad_norm if cfg.method == "qam" else None
     actor_optim, actor_warmup, critic_optim = make_rldt_optimizers(loss, cfg)
     # no default batch size: the critic and the actor sample batches of their own sizes;
@@ -79,7 +84,7 @@ def main(cfg: DictConfig) -> None:
               **({"policy_updater": policy_updater} if policy_updater is not None else {}))
     if run.restore_buffer(replay_buffer) and slices:
         end_slices_at_the_last_write(replay_buffer)
-    run.evaluate_base(final_env, actor, chunk_len=chunk_len)
+    run.evaluate_base(final_env, base.actor, chunk_len=chunk_len)
     saved_buffer = replay_buffer if cfg.checkpoint.save_replay_buffer else None
     # kept in run.extra, so that a resumed run goes on with the same scale
     reward_scale = RewardScale(cfg.optim.reward_scale_rate, cfg.optim.reward_scale_every_batches,
@@ -95,7 +100,7 @@ def main(cfg: DictConfig) -> None:
     # --- training loop ------------------------------------------------------------------------
     # as many chunks as env steps remain: every chunk holds at least one, so the budget is reached
     collector = make_rldt_collector(base, cfg, run.env_seed("train"),
-                                    cfg.collector.total_env_steps - counters["env_steps"])
+                                    cfg.collector.total_env_steps - counters["env_steps"], actor=actor)
     try:
         with run.loop(total_env_steps=cfg.collector.total_env_steps, description=f"{title} {cfg.task}",
                       replay_buffer=saved_buffer):
@@ -154,7 +159,7 @@ def main(cfg: DictConfig) -> None:
                                                                max_grad_norm)
                             actor_optim.step()
                             actor_warmup.step()
-                            if policy_updater is not None:  # RLDT's reference, QAM's base
+                            if policy_updater is not None:  # RLDT's reference, QAM's base, SWFP's stage
                                 policy_updater.step()
                             counters["actor_updates"] += 1
                             metrics.update({key: value.item() for key, value in terms.items()})

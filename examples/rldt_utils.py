@@ -1,12 +1,14 @@
-"""RLDT's and QAM's factories, for ``rldt_gym.py`` (and the tools that read its runs): the config
-check, the replay buffer, the critic, the loss with its updaters, the optimisers and the collector
-with landing-point exploration."""
+"""RLDT's, QAM's and SWFP's factories, for ``rldt_gym.py`` (and the tools that read its runs): the
+config check, the replay buffer, the critic, the loss with its updaters (and, for SWFP, its cascade
+actor), the optimisers and the collector (with landing-point exploration for RLDT and QAM)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from torchrl.modules import ValueOperator
 from torchrl.objectives import SoftUpdate, ValueEstimators
 
@@ -15,7 +17,9 @@ from torchrl_rldt.modules import (
     ChunkQValueMLP,
     FlowActor,
     LandingPointExploration,
+    StepwiseFlowActor,
     SVGDTransport,
+    VelocityMLP,
 )
 from torchrl_rldt.objectives import (
     BaseEMAUpdater,
@@ -23,6 +27,8 @@ from torchrl_rldt.objectives import (
     QAMLoss,
     ReferenceUpdater,
     RLDTLoss,
+    StageUpdater,
+    SWFPLoss,
 )
 from torchrl_rldt.objectives.calibration import critic_calibration
 
@@ -62,7 +68,7 @@ def check_rldt_config(cfg: DictConfig) -> None:
         number("rldt.bandwidth", 0.0, open_low=True)
     if cfg.rldt.temperature != "adaptive":
         number("rldt.temperature", 0.0)
-    check.one_of("method", ("rldt", "qam"))
+    check.one_of("method", ("rldt", "qam", "swfp"))
     if cfg.method == "qam":
         for name in ("qam.inverse_temperature", "qam.base_constraint_coeff"):
             number(name, 0.0)
@@ -71,6 +77,13 @@ def check_rldt_config(cfg: DictConfig) -> None:
         if cfg.qam.max_grad_norm is not None:
             number("qam.max_grad_norm", 0.0, open_low=True)
         check.one_of("qam.clamp_final_action", (False, True))
+    if cfg.method == "swfp":
+        for name in ("swfp.num_blocks", "swfp.updates_per_stage", "swfp.block_steps",
+                     "swfp.block_hidden_dim", "swfp.block_num_layers", "swfp.num_samples"):
+            positive_int(name)
+        number("swfp.entropy_coeff", 0.0)
+        for name in ("swfp.jko_step", "swfp.block_lr"):
+            number(name, 0.0, open_low=True)
     check.one_of("critic.value_estimator", ("td0", "td_lambda"))
     number("critic.lmbda", 0.0, 1.0)
     clip = cfg.critic.target_clip
@@ -125,13 +138,29 @@ def make_rldt_critic(policy: FlowPolicy, cfg: DictConfig, device: torch.device) 
 
 def make_offpolicy_loss(
     actor: FlowActor, critic: ValueOperator, cfg: DictConfig,
-) -> tuple[ChunkQEnsembleLoss, SoftUpdate, ReferenceUpdater | BaseEMAUpdater | None]:
-    """The loss of ``cfg.method`` (RLDT or QAM) with its critic's value estimator (TD(0) or
+) -> tuple[ChunkQEnsembleLoss, SoftUpdate, ReferenceUpdater | BaseEMAUpdater | StageUpdater | None]:
+    """The loss of ``cfg.method`` (RLDT, QAM or SWFP) with its critic's value estimator (TD(0) or
     TD(lambda)), the Polyak updater of the critic's targets, and the updater of the policy that
-    the actor terms are anchored to (RLDT's reference, QAM's base; ``None`` when it stays the
-    pretrained one), to step after each actor update."""
+    the actor terms are anchored to (RLDT's reference, QAM's base, SWFP's stage; ``None`` when it
+    stays the pretrained one), to step after each actor update.
+
+    ``actor`` is the pretrained flow actor. The policy the loss trains is ``loss.actor_network``:
+    ``actor`` itself for RLDT and QAM, for SWFP a :class:`StepwiseFlowActor` built on it
+    (:func:`make_swfp_actor`), which collection and evaluation then run."""
     target_clip = None if cfg.critic.target_clip is None else tuple(cfg.critic.target_clip)
-    if cfg.method == "qam":
+    if cfg.method == "swfp":
+        loss = SWFPLoss(
+            make_swfp_actor(actor, cfg),
+            critic,
+            num_qvalue_nets=cfg.critic.num_qvalue_nets,
+            num_samples=cfg.swfp.num_samples,
+            num_target_samples=cfg.critic.num_target_samples,
+            entropy_coeff=cfg.swfp.entropy_coeff,
+            jko_step=cfg.swfp.jko_step,
+            target_clip=target_clip,
+        )
+        policy_updater = StageUpdater(loss, every=cfg.swfp.updates_per_stage)
+    elif cfg.method == "qam":
         loss = QAMLoss(
             actor,
             critic,
@@ -154,6 +183,21 @@ def make_offpolicy_loss(
     else:
         loss.make_value_estimator(ValueEstimators.TD0, gamma=cfg.optim.gamma)
     return loss, SoftUpdate(loss, tau=cfg.optim.tau), policy_updater
+
+
+def make_swfp_actor(actor: FlowActor, cfg: DictConfig) -> StepwiseFlowActor:
+    """SWFP's cascade on the pretrained ``actor`` (frozen): ``swfp.num_blocks`` blocks, each a
+    :class:`VelocityMLP` of ``swfp.block_num_layers x swfp.block_hidden_dim`` (Mish) integrated with
+    ``swfp.block_steps`` Euler steps, on the actor's device."""
+    model = actor.model
+    blocks = [
+        VelocityMLP(model.velocity_network.config["observation_dim"], model.action_dim,
+                    chunk_len=model.chunk_len, hidden_dim=cfg.swfp.block_hidden_dim,
+                    num_layers=cfg.swfp.block_num_layers, activation=nn.Mish)
+        for _ in range(cfg.swfp.num_blocks)
+    ]
+    device = next(model.parameters()).device
+    return StepwiseFlowActor(actor, blocks, block_steps=cfg.swfp.block_steps).to(device)
 
 
 def make_rldt_loss(actor: FlowActor, critic: ValueOperator, cfg: DictConfig,
@@ -221,7 +265,8 @@ def load_rldt_run(path: str | Path, device: torch.device) -> tuple[DictConfig, F
     Returns:
         ``(cfg, base, fine_tuned, loss, checkpoint)``: ``base`` is the run's starting policy, as
         shipped; ``fine_tuned`` has the same normalisation and the run's actor weights (the loss's
-        actor); ``loss`` holds the run's critic.
+        actor: for SWFP the :class:`StepwiseFlowActor`, base and blocks); ``loss`` holds the run's
+        critic.
     """
     checkpoint = read_checkpoint(path, "rldt_gym")
     # checkpoints written before a config value existed take its current default
@@ -231,12 +276,18 @@ def load_rldt_run(path: str | Path, device: torch.device) -> tuple[DictConfig, F
     fine_tuned = load_base_policy(cfg, device, cfg.rldt.num_steps)
     loss, _, _ = make_offpolicy_loss(fine_tuned.actor, make_rldt_critic(fine_tuned, cfg, device), cfg)
     loss.load_state_dict(checkpoint["loss"])
+    if loss.actor_network is not fine_tuned.actor:  # SWFP: the cascade on the base
+        fine_tuned = dataclasses.replace(fine_tuned, actor=loss.actor_network)
     return cfg, base, fine_tuned, loss, checkpoint
 
 
 def make_rldt_optimizers(loss: ChunkQEnsembleLoss, cfg: DictConfig):
-    """Adam for the actor with its linear lr warm-up, AdamW for the Q ensemble."""
-    actor_optim = torch.optim.Adam(loss.actor_network_params.values(True, True), lr=cfg.optim.actor_lr)
+    """Adam for the actor with its linear lr warm-up, AdamW for the Q ensemble. SWFP's actor
+    optimiser holds only the blocks' parameters (the base is frozen), at ``swfp.block_lr``."""
+    if isinstance(loss, SWFPLoss):
+        actor_optim = torch.optim.Adam(loss.block_parameters(), lr=cfg.swfp.block_lr)
+    else:
+        actor_optim = torch.optim.Adam(loss.actor_network_params.values(True, True), lr=cfg.optim.actor_lr)
     actor_warmup = torch.optim.lr_scheduler.LambdaLR(
         actor_optim, lambda step: min(1.0, (step + 1) / max(cfg.optim.actor_warmup_steps, 1))
     )
@@ -245,13 +296,24 @@ def make_rldt_optimizers(loss: ChunkQEnsembleLoss, cfg: DictConfig):
     return actor_optim, actor_warmup, critic_optim
 
 
-def make_rldt_collector(base: FlowPolicy, cfg: DictConfig, seed: int, total_chunks: int):
+def make_rldt_collector(base: FlowPolicy, cfg: DictConfig, seed: int, total_chunks: int,
+                        actor: FlowActor | None = None):
     """:func:`make_collector` running the actor with RLDT's landing-point exploration, for at least
     ``total_chunks`` chunk transitions, rounded up to whole batches (:func:`frames_covering`: an
-    env-step budget, given as ``total_chunks``, is always covered)."""
+    env-step budget, given as ``total_chunks``, is always covered).
+
+    For SWFP, ``actor`` is the loss's :class:`StepwiseFlowActor` and collects alone: the base's
+    ``x0 ~ N(0, I)`` through the cascade is its exploration (landing-point noise lives on the base's
+    chain, which the blocks come after)."""
     frames_per_batch = cfg.env.num_envs * cfg.collector.chunks_per_env
+    if cfg.get("method") == "swfp":
+        if not isinstance(actor, StepwiseFlowActor):
+            raise TypeError("method=swfp collects with the loss's StepwiseFlowActor: pass actor=loss.actor_network.")
+        policy = actor
+    else:
+        policy = LandingPointExploration(base.actor, min_step=cfg.rldt.min_step)
     return make_collector(
-        cfg, LandingPointExploration(base.actor, min_step=cfg.rldt.min_step),
+        cfg, policy,
         policy_env_maker(base, cfg, torch.device(cfg.device)), seed,
         frames_per_batch=frames_per_batch, total_frames=frames_covering(total_chunks, frames_per_batch),
     )

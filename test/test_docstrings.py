@@ -29,6 +29,7 @@ MODULES = [
     "torchrl_rldt.modules.exploration",
     "torchrl_rldt.modules.noisy_flow",
     "torchrl_rldt.modules.diffusion",
+    "torchrl_rldt.modules.stepwise_flow",
     "torchrl_rldt.objectives.reinflow",
     "torchrl_rldt.objectives.fpo",
     "torchrl_rldt.objectives.flow_bc",
@@ -38,6 +39,7 @@ MODULES = [
     "torchrl_rldt.objectives.rldt",
     "torchrl_rldt.objectives.qam",
     "torchrl_rldt.objectives.dppo",
+    "torchrl_rldt.objectives.swfp",
     "torchrl_rldt.objectives.updaters",
     "torchrl_rldt.objectives.diagnostics",
 ]

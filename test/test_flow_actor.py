@@ -17,6 +17,7 @@ from torchrl_rldt.modules import (
     FlowModel,
     FlowNoiseMLP,
     NoisyFlowActor,
+    StepwiseFlowActor,
     VelocityMLP,
 )
 
@@ -175,8 +176,18 @@ class TestFlowActor:
         assert FlowActor(make_model(low=-0.1, high=0.1)).action_spec.is_in(action)
 
 
+def make_stepwise_actor():
+    actor = StepwiseFlowActor(make_actor(), [VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=8) for _ in range(2)])
+    with torch.no_grad():  # blocks that move the action
+        for block in actor.blocks:
+            block.output_layer.bias.normal_()
+    actor.set_active_block(1)
+    return actor
+
+
 ACTORS = {
     "flow": lambda: make_actor(),
+    "stepwise_flow": make_stepwise_actor,
     "noisy_flow": lambda: NoisyFlowActor(make_actor(), FlowNoiseMLP(OBS, ACT, chunk_len=H, hidden_dims=(8,))),
     "dppo": lambda: DPPOActor(DDPMChunkModel(VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=16), ACT, 6,
                                              chunk_len=H, low=-1.0, high=1.0), finetuned_steps=3),

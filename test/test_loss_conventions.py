@@ -19,6 +19,7 @@ from torchrl_rldt.modules import (
     FlowModel,
     FlowNoiseMLP,
     NoisyFlowActor,
+    StepwiseFlowActor,
     VelocityMLP,
 )
 from torchrl_rldt.objectives import (
@@ -29,6 +30,7 @@ from torchrl_rldt.objectives import (
     QAMLoss,
     ReinFlowLoss,
     RLDTLoss,
+    SWFPLoss,
 )
 
 from ppo_batches import add_transition
@@ -94,6 +96,18 @@ def make_qam():
     return loss, lambda loss: transitions(), "loss_adjoint"
 
 
+def make_swfp():
+    blocks = [VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=8) for _ in range(2)]
+    actor = StepwiseFlowActor(flow_actor(), blocks, block_steps=2)
+    with torch.no_grad():  # off the identity, so that the entropy and transport terms are not 0
+        for block in actor.blocks:
+            block.output_layer.weight.normal_(0.0, 0.1)
+    actor.set_active_block(1)
+    loss = SWFPLoss(actor, q_critic(), num_samples=2)
+    loss.make_value_estimator(gamma=0.9)
+    return loss, lambda loss: transitions(), "loss_value"
+
+
 def ddpm_model():
     return DDPMChunkModel(VelocityMLP(OBS, ACT, chunk_len=H, hidden_dim=16), ACT, 6, chunk_len=H,
                           low=-1.0, high=1.0)
@@ -111,8 +125,9 @@ def make_ddpm_bc():
 
 
 LOSSES = {"bc": make_bc, "rldt": make_rldt, "fpo": make_fpo, "reinflow": make_reinflow, "qam": make_qam,
-          "dppo": make_dppo, "ddpm_bc": make_ddpm_bc}
+          "dppo": make_dppo, "ddpm_bc": make_ddpm_bc, "swfp": make_swfp}
 # parameter sets a loss holds beside its networks' and their targets: buffers no optimiser sees
+# (SWFP has none: its frozen base and its active-block index are part of the actor's own parameters)
 EXTRA_PARAMETER_SETS = {"rldt": "reference_actor_network_params", "qam": "base_actor_network_params"}
 
 
@@ -199,6 +214,7 @@ COEFFICIENTS = {
     "reinflow": {"critic_coeff": "loss_critic", "entropy_coeff": "loss_entropy"},
     "fpo": {"critic_coeff": "loss_critic"},
     "dppo": {"critic_coeff": "loss_critic"},
+    "swfp": {"entropy_coeff": "loss_entropy", "transport_coeff": "loss_transport"},
 }
 
 

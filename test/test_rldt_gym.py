@@ -178,6 +178,57 @@ def test_qam_trains_in_the_same_loop_and_resumes_only_as_qam(tmp_path, base):
     assert refused.returncode != 0 and "method=qam" in refused.stderr, refused.stderr[-3000:]
 
 
+SWFP_TINY = ["method=swfp", "swfp.num_blocks=3", "swfp.updates_per_stage=2", "swfp.block_hidden_dim=16"]
+
+
+def test_swfp_trains_in_the_same_loop_resumes_and_summarises(tmp_path, base):
+    """SWFP (our reading of its abstract): the cascade collects, is evaluated and checkpointed; a
+    resumed run reaches the straight run's counters and stage; its export is refused."""
+    straight = run(tmp_path / "straight", base, *SWFP_TINY, "collector.total_env_steps=400")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    summary = json.loads((tmp_path / "straight" / "summary.json").read_text())
+    assert summary["method"] == "swfp" and summary["counters"]["actor_updates"] > 0
+    assert summary["history"][0]["env_steps"] == 0 and len(summary["history"]) >= 3
+    assert set(summary["final_by_mode"]) == {"deterministic", "stochastic"}
+    assert "SWFP" in straight.stderr + straight.stdout
+    scalars = tmp_path / "straight" / "rldt_gym" / "scalars"
+    for scalar in ("loss_value", "loss_entropy", "loss_transport", "loss_qvalue", "active_block",
+                   "transport_distance", "gradient_norm_loss_value", "critic_correlation"):
+        assert (scalars / f"{scalar}.csv").is_file(), scalar
+    assert not (scalars / "loss_rl.csv").exists()
+
+    checkpoint = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    updates = checkpoint["counters"]["actor_updates"]
+    assert checkpoint["method"] == "swfp" and checkpoint["policy_updater"] == {"steps": updates}
+    loss_state = checkpoint["loss"]
+    assert int(loss_state["actor_network_params.active_block"]) == min(updates // 2, 2)
+    # the base is frozen: its weights are the shipped ones; the first block has moved off the identity
+    prefix = "actor_network_params.model.velocity_network."
+    for name, value in load_flow_policy(base).actor.model.velocity_network.state_dict().items():
+        torch.testing.assert_close(loss_state[prefix + name], value, rtol=0, atol=0)
+    assert loss_state["actor_network_params.blocks.0.output_layer.weight"].abs().sum() > 0
+
+    first = run(tmp_path / "split", base, *SWFP_TINY, "collector.total_env_steps=200",
+                "checkpoint.save_replay_buffer=true")
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = run(tmp_path / "elsewhere", base, *SWFP_TINY, "collector.total_env_steps=400",
+                  f"resume={tmp_path / 'split' / 'checkpoint.pt'}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed" in resumed.stderr + resumed.stdout
+    after = load_checkpoint(tmp_path / "split" / "checkpoint.pt")
+    for key in ("batches", "critic_updates", "actor_updates", "chunks"):
+        assert after["counters"][key] == checkpoint["counters"][key], key
+    assert after["policy_updater"] == checkpoint["policy_updater"]
+    assert torch.equal(after["loss"]["actor_network_params.active_block"], loss_state["actor_network_params.active_block"])
+
+    export = subprocess.run(
+        [sys.executable, str(SCRIPT.parent / "export_policy.py"), str(tmp_path / "straight" / "checkpoint.pt"),
+         "--out", str(tmp_path / "swfp.pt"), "--episodes", "1", "--manifest", "none"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert export.returncode != 0 and "SWFP run" in export.stderr, export.stderr[-3000:]
+
+
 def test_ctrl_c_writes_a_checkpoint_and_exits_cleanly(tmp_path, base):
     run_dir = tmp_path / "run"
     process = subprocess.Popen(
@@ -212,7 +263,9 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_cleanly(tmp_path, base):
         (["critic.value_estimator=td3"], "critic.value_estimator must be one of td0, td_lambda"),
         (["schedule.target_action_reuse=3"], "schedule.target_action_reuse (3) must divide"),
         (["learner_precision=fp16"], "learner_precision must be one of fp32, bf16"),
-        (["method=sac"], "method must be one of rldt, qam"),
+        (["method=sac"], "method must be one of rldt, qam, swfp"),
+        (["method=swfp", "swfp.jko_step=0"], "swfp.jko_step must be a finite number > 0.0"),
+        (["method=swfp", "swfp.num_blocks=0"], "swfp.num_blocks must be an integer >= 1"),
         (["method=qam", "qam.base_ema=1.5"], "qam.base_ema must be a finite number"),
         (["method=qam", "qam.clamp_final_action=1"], "qam.clamp_final_action must be one of"),
         (["collector.kind=multi_sync", "collector.num_workers=3"],
@@ -381,6 +434,37 @@ def test_multi_process_collectors_gather_real_transitions_with_the_learners_weig
         assert ((batch["next", "chunk_steps"] == 4) | batch["next", "done"]).all()
     assert not (batches[0]["action"] == 0.5).all()  # the base's own actions
     assert (batches[-1]["action"] == 0.5).all()  # the learner's bounds reached every worker
+
+
+def test_a_multi_process_collector_carries_swfps_blocks_and_stage(base):
+    """The workers run the cascade, and a weight update brings them its blocks and its active block."""
+    from omegaconf import OmegaConf
+
+    utils, rldt_utils = load_script("examples/utils.py"), load_script("examples/rldt_utils.py")
+    cfg = OmegaConf.load(ROOT / "examples" / "config" / "rldt_gym.yaml")
+    cfg.base_checkpoint, cfg.env.num_envs, cfg.env.max_episode_steps = str(base), 4, 60
+    cfg.collector.chunks_per_env, cfg.collector.kind, cfg.collector.num_workers = 4, "multi_sync", 2
+    cfg.method, cfg.swfp.num_blocks, cfg.swfp.block_hidden_dim = "swfp", 2, 8
+    policy = utils.load_base_policy(cfg, torch.device("cpu"), 8)
+    actor = rldt_utils.make_swfp_actor(policy.actor, cfg)
+    with pytest.raises(TypeError, match="StepwiseFlowActor"):
+        rldt_utils.make_rldt_collector(policy, cfg, seed=0, total_chunks=1_000)
+    collector = rldt_utils.make_rldt_collector(policy, cfg, seed=0, total_chunks=1_000, actor=actor)
+    batches = []
+    try:
+        for batch in map(utils.collected_chunks, collector):
+            batches.append(batch)
+            if len(batches) == 2:  # the second block pushes every action to the upper bound, once active
+                with torch.no_grad():
+                    actor.blocks[1].output_layer.bias.fill_(100.0)
+                actor.advance_block()
+                collector.update_policy_weights_()
+            if len(batches) == 5:
+                break
+    finally:
+        collector.shutdown()
+    assert not (batches[0]["action"] == 1.0).all()
+    assert (batches[-1]["action"] == 1.0).all()
 
 
 @pytest.mark.parametrize("config_name, clamps", [("rldt_gym", True), ("rldt_metaworld", False)])

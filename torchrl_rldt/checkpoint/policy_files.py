@@ -21,6 +21,7 @@ from torchrl_rldt.checkpoint.atomic import atomic_save
 from torchrl_rldt.envs.transforms import NormalizationStats, normalization_transforms
 from torchrl_rldt.modules.diffusion import DDPMChunkModel
 from torchrl_rldt.modules.flow import FlowActor, FlowModel, VelocityMLP
+from torchrl_rldt.modules.stepwise_flow import StepwiseFlowActor
 
 __all__ = ["DDPMPolicy", "FlowPolicy", "load_ddpm_policy", "load_flow_policy",
            "save_ddpm_policy", "save_flow_policy"]
@@ -212,6 +213,9 @@ def save_flow_policy(
     Returns:
         The path written.
     """
+    if isinstance(actor, StepwiseFlowActor):
+        raise TypeError("a StepwiseFlowActor (a base and SWFP's flow blocks) cannot be written as a flow "
+                        "policy, which holds one velocity network; save its state_dict instead.")
     model = actor.model
     network = model.velocity_network
     state = _common_state(FLOW_POLICY_FORMAT, FLOW_POLICY_VERSION, task, network,

@@ -1,5 +1,5 @@
 """Policy modules: the flow model and actor, its velocity network, the SVGD transport, RLDT's
-exploration, ReinFlow's noisy chain and DPPO's DDPM chunk policy."""
+exploration, ReinFlow's noisy chain, DPPO's DDPM chunk policy and SWFP's cascade of flow blocks."""
 from __future__ import annotations
 
 from torchrl_rldt.modules.critic import ChunkQValueMLP
@@ -13,6 +13,7 @@ from torchrl_rldt.modules.flow import (
     VelocityMLP,
 )
 from torchrl_rldt.modules.noisy_flow import FlowChainDistribution, FlowNoiseMLP, NoisyFlowActor
+from torchrl_rldt.modules.stepwise_flow import StepwiseFlowActor
 from torchrl_rldt.modules.transport import SVGDTransport, svgd_field
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "NoisyFlowActor",
     "SVGDTransport",
     "SinusoidalTimeEmbedding",
+    "StepwiseFlowActor",
     "VelocityMLP",
     "cosine_beta_schedule",
     "svgd_field",

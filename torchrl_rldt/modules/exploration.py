@@ -7,6 +7,7 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torchrl_rldt.modules.flow import FlowActor, is_deterministic_exploration
+from torchrl_rldt.modules.stepwise_flow import StepwiseFlowActor
 
 __all__ = ["LandingPointExploration"]
 
@@ -48,6 +49,9 @@ class LandingPointExploration(TensorDictModuleBase):
         super().__init__()
         if not isinstance(actor, FlowActor):
             raise TypeError(f"actor must be a FlowActor, got {type(actor).__name__}.")
+        if isinstance(actor, StepwiseFlowActor):  # its blocks come after the base's chain
+            raise TypeError("LandingPointExploration explores along a flow's own chain; a "
+                            "StepwiseFlowActor's blocks come after it: collect with the actor itself.")
         if type(min_step) is not int or min_step < 0:  # bool is an int too
             raise ValueError(f"min_step must be an integer >= 0, got {min_step!r}.")
         self.actor = actor

@@ -1,4 +1,5 @@
-"""Losses: flow-matching behaviour cloning, RLDT and the baselines (QAM, ReinFlow, FPO / FPO++, DPPO)."""
+"""Losses: flow-matching behaviour cloning, RLDT and the baselines (QAM, ReinFlow, FPO / FPO++, DPPO,
+SWFP as we read its abstract)."""
 from __future__ import annotations
 
 from torchrl_rldt.objectives.critic import ChunkQEnsembleLoss
@@ -8,7 +9,8 @@ from torchrl_rldt.objectives.fpo import FPOLoss
 from torchrl_rldt.objectives.qam import QAMLoss
 from torchrl_rldt.objectives.reinflow import ReinFlowLoss
 from torchrl_rldt.objectives.rldt import RLDTLoss
-from torchrl_rldt.objectives.updaters import BaseEMAUpdater, ReferenceUpdater
+from torchrl_rldt.objectives.swfp import SWFPLoss
+from torchrl_rldt.objectives.updaters import BaseEMAUpdater, ReferenceUpdater, StageUpdater
 
 __all__ = [
     "BaseEMAUpdater",
@@ -21,4 +23,6 @@ __all__ = [
     "RLDTLoss",
     "ReferenceUpdater",
     "ReinFlowLoss",
+    "SWFPLoss",
+    "StageUpdater",
 ]

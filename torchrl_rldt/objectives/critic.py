@@ -17,7 +17,7 @@ from torchrl.objectives.utils import (
     distance_loss,
 )
 
-from torchrl_rldt.modules import FlowActor
+from torchrl_rldt.modules import FlowActor, StepwiseFlowActor
 from torchrl_rldt.objectives._validation import check_loss_function, check_reduction
 
 __all__ = ["ChunkQEnsembleLoss"]
@@ -144,6 +144,9 @@ class ChunkQEnsembleLoss(LossModule):
     default_keys = _AcceptedKeys
     tensor_keys: _AcceptedKeys
     default_value_estimator = ValueEstimators.TD0
+    # whether the subclass trains a StepwiseFlowActor's blocks (SWFP); the others train a flow's own
+    # velocity network and would silently leave a cascade's blocks out of every sample
+    _TRAINS_CASCADE = False
     SUPPORTED_VALUE_ESTIMATORS = (ValueEstimators.TD0, ValueEstimators.TDLambda)
 
     actor_network: FlowActor
@@ -172,6 +175,10 @@ class ChunkQEnsembleLoss(LossModule):
             raise TypeError(
                 f"actor_network must be a FlowActor, got {type(actor_network).__name__}."
             )
+        if isinstance(actor_network, StepwiseFlowActor) and not self._TRAINS_CASCADE:
+            raise TypeError(f"{type(self).__name__} trains a flow's own velocity network, not a "
+                            "StepwiseFlowActor's blocks: give it the base FlowActor (SWFPLoss trains "
+                            "the cascade).")
         for name, value in (
             ("num_qvalue_nets", num_qvalue_nets),
             ("num_target_samples", num_target_samples),

@@ -1,19 +1,20 @@
 # This source code is licensed under the MIT license found in the
 # LICENSE file in the root directory of this source tree.
-"""Schedules of the policies that RLDT's and QAM's actor terms are anchored to.
+"""Schedules of the policies that RLDT's, QAM's and SWFP's actor terms are anchored to.
 
-Both losses hold a copy of the actor's parameters as a buffer (RLDT's trust-region reference,
-QAM's base policy). The losses never move it themselves: as TorchRL's
-:class:`~torchrl.objectives.SoftUpdate` moves a loss's critic targets, an updater here moves the
-anchor when the training loop calls :meth:`step` after each actor update. A diagnostic call of
-``actor_loss`` therefore changes nothing.
+RLDT and QAM hold a copy of the actor's parameters as a buffer (RLDT's trust-region reference,
+QAM's base policy); SWFP's anchor is the cascade before its active block. The losses never move
+it themselves: as TorchRL's :class:`~torchrl.objectives.SoftUpdate` moves a loss's critic
+targets, an updater here moves the anchor when the training loop calls :meth:`step` after each
+actor update. A diagnostic call of ``actor_loss`` therefore changes nothing.
 """
 from __future__ import annotations
 
 from torchrl_rldt.objectives.qam import QAMLoss
 from torchrl_rldt.objectives.rldt import RLDTLoss
+from torchrl_rldt.objectives.swfp import SWFPLoss
 
-__all__ = ["BaseEMAUpdater", "ReferenceUpdater"]
+__all__ = ["BaseEMAUpdater", "ReferenceUpdater", "StageUpdater"]
 
 
 class _PeriodicUpdater:
@@ -142,3 +143,50 @@ class BaseEMAUpdater(_PeriodicUpdater):
 
     def _update(self) -> None:
         self.loss.update_base_policy(self.decay)
+
+
+class StageUpdater(_PeriodicUpdater):
+    """Advances :class:`~torchrl_rldt.objectives.SWFPLoss`'s cascade to its next block (a JKO stage).
+
+    SWFP (our reading of the abstract, ``docs/swfp.md``) trains one flow block per stage, each a
+    JKO step from the previous iterate. The stage criterion here is a fixed count: after every
+    ``every`` actor updates the next block becomes the active one
+    (:meth:`SWFPLoss.advance_stage`), starting as the identity, so the previous iterate (the
+    anchor of the transport term) becomes the policy the last block reached. After the last block
+    the last block keeps training. The count is checkpointed with :meth:`state_dict`; the active
+    block is a buffer of the actor, saved in the loss's state dict.
+
+    Reference: Sun, Ding, Zhang, Wang, arXiv 2510.15388 (our reading of the abstract).
+
+    Args:
+        loss (SWFPLoss): the loss whose active block moves.
+
+    Keyword Args:
+        every (int): actor updates per stage.
+
+    Examples:
+        >>> from torchrl.modules import ValueOperator
+        >>> from torchrl_rldt.modules import (
+        ...     ChunkQValueMLP, FlowActor, FlowModel, StepwiseFlowActor, VelocityMLP)
+        >>> from torchrl_rldt.objectives import StageUpdater, SWFPLoss
+        >>> base = FlowActor(FlowModel(VelocityMLP(3, 2, chunk_len=2, hidden_dim=16), 2,
+        ...                            num_steps=4, chunk_len=2))
+        >>> actor = StepwiseFlowActor(base, [VelocityMLP(3, 2, chunk_len=2, hidden_dim=8) for _ in range(2)])
+        >>> critic = ValueOperator(ChunkQValueMLP(3, 2, chunk_len=2, hidden_dim=16),
+        ...                        in_keys=["observation", "action"])
+        >>> loss = SWFPLoss(actor, critic)
+        >>> updater = StageUpdater(loss, every=3)
+        >>> for _ in range(7):  # after each actor update
+        ...     updater.step()
+        >>> updater.state_dict(), actor.active_index  # the second (last) block keeps training
+        ({'steps': 7}, 1)
+    """
+
+    def __init__(self, loss: SWFPLoss, *, every: int) -> None:
+        if not isinstance(loss, SWFPLoss):
+            raise TypeError(f"StageUpdater advances an SWFPLoss's blocks, got {type(loss).__name__}.")
+        super().__init__(every)
+        self.loss = loss
+
+    def _update(self) -> None:
+        self.loss.advance_stage()
