@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from torchrl_rldt.checkpoint import atomic_write_text, save_flow_policy
+from torchrl_rldt.checkpoint import save_flow_policy
 from torchrl_rldt.envs import returns_by_sampling_mode
 
 import rldt_utils
@@ -49,6 +49,8 @@ def main() -> None:
         raise SystemExit(f"--out must be a .pt file, got {args.out}")
     torch.manual_seed(0)
 
+    if str(args.manifest) != "none":
+        utils.read_manifest(args.manifest)  # refused before the evaluation, not after
     device = torch.device("cpu")
     cfg, base, fine_tuned, _, checkpoint = rldt_utils.load_rldt_run(args.checkpoint, device)
     if cfg.method == "swfp":
@@ -72,9 +74,7 @@ def main() -> None:
     save_flow_policy(args.out, fine_tuned.actor, task=cfg.task, observation_stats=fine_tuned.observation_stats,
                      action_stats=fine_tuned.action_stats, metadata=metadata)
     if str(args.manifest) != "none":
-        manifest = json.loads(args.manifest.read_text()) if args.manifest.is_file() else {}
-        manifest.setdefault("fine_tuned", {})[args.out.name] = {"task": cfg.task, **metadata}
-        atomic_write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", args.manifest)
+        utils.update_manifest(args.manifest, {"task": cfg.task, **metadata}, "fine_tuned", args.out.name)
 
     metric = "success rate" if utils.is_metaworld(cfg.task) else "return"
     print(f"{cfg.task}: {metric} over {args.episodes} episodes, base -> fine-tuned")

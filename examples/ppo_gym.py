@@ -169,7 +169,7 @@ def main(cfg: DictConfig) -> None:
                             if train_actor:
                                 actor_optim.step()
                             counters["updates"] += 1
-                collector.update_policy_weights_()  # to the workers of a multi-process collector
+                run.update_policy_weights(collector)  # to the workers of a multi-process collector
                 metrics.update({key: value.item() for key, value in terms.items() if value.numel() == 1})
                 returns = run.evaluate_periodically(eval_env, actor, chunk_len=model.chunk_len)
                 if returns is not None:

@@ -16,7 +16,6 @@ into a manifest beside the checkpoints (DDPM bases under ``"ddpm"``).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -29,14 +28,15 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchrl.envs import ExplorationType, TransformedEnv
 from tqdm import tqdm
 
-from torchrl_rldt.checkpoint import atomic_write_text, save_ddpm_policy, save_flow_policy
+from torchrl_rldt.checkpoint import save_ddpm_policy, save_flow_policy
 from torchrl_rldt.data import action_chunks, load_offline_dataset, make_offline_replay_buffer
 from torchrl_rldt.envs import NormalizationStats, normalization_transforms
 from torchrl_rldt.envs import episode_returns
 from torchrl_rldt.modules import DDPMChunkModel, DPPOActor, FlowActor, FlowModel, VelocityMLP
 from torchrl_rldt.objectives import DDPMChunkBCLoss, FlowMatchingBCLoss
 
-from utils import default_data_path, make_chunk_env, repo_path, task_slug, time_limit
+from utils import (default_data_path, make_chunk_env, read_manifest, repo_path, task_slug, time_limit,
+                   update_manifest)
 
 log = logging.getLogger("pretrain_flow")
 
@@ -50,8 +50,13 @@ def evaluate(trained, env, cfg, mode: ExplorationType) -> dict:
 
 @hydra.main(version_base="1.3", config_path="config", config_name="pretrain_flow")
 def main(cfg: DictConfig) -> None:
+    if not isinstance(cfg.data, DictConfig):  # data=<file> replaced the whole data block
+        raise ValueError(f"data={cfg.data} replaces the data block (its source and normalisations); "
+                         f"pass the file as data.source={cfg.data}")
     if cfg.policy not in ("flow", "ddpm"):
         raise ValueError(f"policy must be flow or ddpm, got {cfg.policy!r}.")
+    manifest_path = repo_path(cfg.out.manifest)
+    read_manifest(manifest_path)  # a broken manifest is refused before the training, not after
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.num_threads)
     device = torch.device(cfg.device)
@@ -186,11 +191,7 @@ def main(cfg: DictConfig) -> None:
         metadata={k: v for k, v in entry.items() if k not in ("history", "config")},
     )
     entry["sha256"] = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
-    manifest_path = repo_path(cfg.out.manifest)
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    section = manifest if cfg.policy == "flow" else manifest.setdefault("ddpm", {})
-    section[cfg.task] = entry
-    atomic_write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", manifest_path)
+    update_manifest(manifest_path, entry, *([] if cfg.policy == "flow" else ["ddpm"]), cfg.task)
     log.info(
         "%s %s base policy: deterministic %.4g +- %.4g, stochastic %.4g +- %.4g (%d episodes each); "
         "saved %s",

@@ -163,7 +163,7 @@ def main(cfg: DictConfig) -> None:
                                 policy_updater.step()
                             counters["actor_updates"] += 1
                             metrics.update({key: value.item() for key, value in terms.items()})
-                    collector.update_policy_weights_()  # to the workers of a multi-process collector
+                    run.update_policy_weights(collector)  # to the workers of a multi-process collector
 
                 metrics["env_steps_per_second"] = counters["env_steps"] / max(run.wall_seconds, 1e-9)
                 metrics["action_abs_mean"] = batch["action"].abs().mean().item()  # executed, normalised

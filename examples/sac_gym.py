@@ -113,7 +113,7 @@ def main(cfg: DictConfig) -> None:
                         for _ in range(max(1, round(batch.numel() * cfg.sac.utd_ratio))):
                             terms = sac_update(loss, optimizers, target_updater, replay_buffer.sample())
                             counters["updates"] += 1
-                    collector.update_policy_weights_()  # to the workers of a multi-process collector
+                    run.update_policy_weights(collector)  # to the workers of a multi-process collector
                     metrics.update({key: value.item() for key, value in terms.items() if value.numel() == 1})
                 returns = run.evaluate_periodically(eval_env, actor, chunk_len=chunk_len)
                 if returns is not None:

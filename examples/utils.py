@@ -5,7 +5,9 @@ is :mod:`torchrl_rldt.trainers`). RLDT's and QAM's factories are in ``rldt_utils
 from __future__ import annotations
 
 import functools
+import json
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -18,6 +20,7 @@ from torchrl.envs import TransformedEnv
 from torchrl_rldt.checkpoint import (
     DDPMPolicy,
     FlowPolicy,
+    atomic_write_text,
     load_ddpm_policy,
     load_flow_policy,
 )
@@ -36,6 +39,31 @@ def repo_path(path: str | Path) -> Path:
     """``path`` as given when absolute, else relative to the repository root."""
     path = Path(path)
     return path if path.is_absolute() else REPO_ROOT / path
+
+
+def read_manifest(path: Path) -> dict:
+    """The JSON manifest at ``path`` (``{}`` when there is none yet), refused with its name when
+    it is not a JSON object: read before the work whose entry it gets, not after."""
+    if not path.is_file():
+        return {}
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest, dict):
+            raise ValueError(f"a JSON {type(manifest).__name__}, not an object")
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not a readable manifest ({error}); restore it from git (git checkout "
+                         f"-- {path}) or move it away, and the next write starts a new one") from None
+    return manifest
+
+
+def update_manifest(path: Path, entry: dict, *sections: str) -> None:
+    """Sets ``entry`` at ``sections`` (nested keys) of the manifest at ``path``, written atomically."""
+    manifest = read_manifest(path)
+    node = manifest
+    for key in sections[:-1]:
+        node = node.setdefault(key, {})
+    node[sections[-1]] = entry
+    atomic_write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", path)
 
 
 def task_slug(task: str) -> str:
@@ -62,10 +90,23 @@ def default_data_path(task: str) -> str:
 def apply_per_task_config(cfg: DictConfig) -> list[str]:
     """The values ``cfg.task`` needs beyond the example's defaults, from
     ``examples/config/per_task/<config name>/<task slug>.yaml`` when it exists (e.g.
-    ``per_task/rldt_gym/halfcheetah-v5.yaml``); the command line still wins. Call it first."""
+    ``per_task/rldt_gym/halfcheetah-v5.yaml``); the command line still wins. Call it first.
+
+    A Meta-World task under a Gym config (``*_gym``: dense-reward settings, TD(0), discount
+    0.99, deterministic evaluation) or a Gym task under a Meta-World config is refused with the
+    command that has its settings."""
     from hydra.core.hydra_config import HydraConfig
 
     hydra_config = HydraConfig.get()
+    name = hydra_config.job.config_name
+    family, other = ("gym", "metaworld") if name.endswith("_gym") else ("metaworld", "gym")
+    if name.endswith(("_gym", "_metaworld")) and is_metaworld(cfg.task) != (family == "metaworld"):
+        kind = "a sparse-reward Meta-World task" if is_metaworld(cfg.task) else "a dense-reward Gym task"
+        overrides = " ".join(hydra_config.overrides.task)
+        raise ValueError(
+            f"{cfg.task} is {kind}, and the {name} config has the settings of the other kind (its "
+            f"discount, value target and evaluation). Run it with its config: python "
+            f"examples/{Path(sys.argv[0]).name} --config-name {name[: -len(family)]}{other} {overrides}")
     path = (REPO_ROOT / "examples" / "config" / "per_task" / hydra_config.job.config_name
             / f"{task_slug(cfg.task)}.yaml")
     return apply_task_config(cfg, path, hydra_config.overrides.task)

@@ -72,6 +72,17 @@ class TestD4RLFiles:
         with pytest.raises(ValueError, match="'timeouts' has 3 rows"):
             save_d4rl_dataset(tmp_path / "ragged.npz", arrays)
 
+    @pytest.mark.parametrize("name, write, reason", [
+        ("notes.txt", lambda path: path.write_text("observations, actions"), "not an .npz archive"),
+        ("one.npy", lambda path: np.save(path, np.zeros(3)), "it holds one array, not an .npz archive"),
+        ("truncated.npz", lambda path: path.write_bytes(b"PK\x03\x04" + b"\0" * 20), "file is not a zip file"),
+    ])
+    def test_a_file_that_is_not_an_npz_archive_is_refused_by_name(self, tmp_path, name, write, reason):
+        path = tmp_path / name
+        write(path)
+        with pytest.raises(ValueError, match=rf"{path} is not a readable \.npz data set \((?i:{reason})"):
+            load_offline_dataset(str(path))
+
     @pytest.mark.parametrize("key, value, message", [
         ("rewards", np.zeros((4, 3), np.float32), r"'rewards' must have shape \[N\] or \[N, 1\]"),
         ("terminals", np.full(4, 0.5), "'terminals' must be booleans or 0/1"),

@@ -8,6 +8,7 @@ import argparse
 import pytest
 import torch
 from omegaconf import OmegaConf
+from tensordict import TensorDict
 
 from torchrl_rldt.checkpoint.training import CHECKPOINT_VERSION
 from torchrl_rldt.checkpoint import save_checkpoint
@@ -237,7 +238,7 @@ def test_collected_stops_at_the_budget_and_a_finished_run_collects_nothing(tmp_p
     def collector():
         for index in range(100):
             drawn.append(index)
-            yield index
+            yield TensorDict({"observation": torch.full((10, 3), float(index))}, [10])
 
     run = TrainingRun("demo", config(), output_dir=tmp_path)
     with run.loop(total_env_steps=30, description="demo"):

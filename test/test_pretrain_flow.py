@@ -57,3 +57,19 @@ def test_unknown_policy_is_refused(tmp_path):
     result = pretrain(tmp_path, "policy=gaussian")
     assert result.returncode != 0 and "policy must be flow or ddpm" in result.stderr
     assert not (tmp_path / "base.pt").exists()
+
+
+def test_data_given_as_a_file_is_refused_with_its_spelling(tmp_path):
+    result = pretrain(tmp_path, "data=data/hopper-v5-medium.npz")
+    assert result.returncode != 0
+    assert "pass the file as data.source=data/hopper-v5-medium.npz" in result.stderr, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("content", [b"", b"{not json", b"[1, 2]"])
+def test_a_broken_manifest_is_refused_before_the_training(tmp_path, content):
+    (tmp_path / "manifest.json").write_bytes(content)
+    result = pretrain(tmp_path)
+    assert result.returncode != 0
+    assert f"{tmp_path / 'manifest.json'} is not a readable manifest" in result.stderr, result.stderr[-3000:]
+    assert not (tmp_path / "base.pt").exists()
+    assert (tmp_path / "manifest.json").read_bytes() == content

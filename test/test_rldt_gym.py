@@ -530,3 +530,20 @@ def test_frames_covering_reaches_any_env_step_budget():
     assert utils.frames_covering(300, 64) == 320
     assert utils.frames_covering(320, 64) == 320
     assert utils.frames_covering(0, 64) == 64  # a finished run still gets a (finite) collector
+
+
+@pytest.mark.parametrize("script, config_name, task, expected", [
+    ("rldt_gym.py", None, "MetaWorld/Assembly-v3", "--config-name rldt_metaworld task=MetaWorld/Assembly-v3"),
+    ("ppo_gym.py", None, "MetaWorld/Assembly-v3", "--config-name ppo_metaworld task=MetaWorld/Assembly-v3"),
+    ("rldt_gym.py", "rldt_metaworld", "Hopper-v5", "--config-name rldt_gym task=Hopper-v5"),
+])
+def test_a_task_under_the_other_kind_of_config_is_refused_with_its_command(tmp_path, script, config_name,
+                                                                         task, expected):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT.with_name(script)), *(["--config-name", config_name] if config_name else []),
+         f"task={task}", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0
+    assert f"Run it with its config: python examples/{script} {expected}" in result.stderr, result.stderr[-3000:]
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()

@@ -30,7 +30,8 @@ def save_checkpoint(state: dict, path: str | Path, replay_buffer: Any = None) ->
     removed last. A kill at any moment thus leaves a checkpoint and exactly the buffer it was
     written with (an unfinished dump is never referenced); the dump's files are flushed to disk
     before the checkpoint names them, and the temporary files of a writer that was killed are
-    removed. Read both back with
+    removed. A write that fails (``OSError``, e.g. a full disk) removes what it wrote and
+    re-raises: the previous checkpoint and its dump stay as they were. Read both back with
     ``torch.load(path, weights_only=True)`` and :func:`load_checkpoint_buffer`.
 
     Args:
@@ -64,16 +65,31 @@ def save_checkpoint(state: dict, path: str | Path, replay_buffer: Any = None) ->
         if stale.name != f".{path.name}.{os.getpid()}.tmp":
             stale.unlink(missing_ok=True)
     state = {**state, "replay_buffer_dir": None}
-    if replay_buffer is not None:
-        directory = path.with_name(f"{path.name}.buffer-{time.time_ns()}")
-        replay_buffer.dumps(directory)
-        _fsync_tree(directory)
-        state["replay_buffer_dir"] = directory.name
-    atomic_save(state, path)
+    directory = None
+    previous = _inode(path)
+    try:
+        if replay_buffer is not None:
+            directory = path.with_name(f"{path.name}.buffer-{time.time_ns()}")
+            replay_buffer.dumps(directory)
+            _fsync_tree(directory)
+            state["replay_buffer_dir"] = directory.name
+        atomic_save(state, path)
+    except BaseException:
+        # a failed write (a full disk) leaves the previous checkpoint and its dump as they were
+        if directory is not None and _inode(path) == previous:  # not once the new file names it
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
     for old in path.parent.glob(f"{path.name}.buffer-*"):
         if old.name != state["replay_buffer_dir"]:
             shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
 
 
 def _fsync_tree(directory: Path) -> None:

@@ -181,8 +181,7 @@ def load_d4rl_dataset(path: str | Path, device: str | torch.device = "cpu") -> T
             f"No data set at {path}. Regenerate it with `python examples/make_dataset.py "
             f"task=<Task-v5>` or pass the path of an existing .npz file."
         )
-    with np.load(path, allow_pickle=False) as archive:
-        arrays = {key: archive[key] for key in archive.files}
+    arrays = _read_npz(path)
     num = _check_arrays(arrays, str(path))
 
     def tensor(key, dtype):
@@ -205,6 +204,24 @@ def load_d4rl_dataset(path: str | Path, device: str | torch.device = "cpu") -> T
         batch_size=[num],
         device=device,
     )
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of the ``.npz`` archive at ``path``; anything else (another format, a truncated
+    or corrupted archive) raises a ``ValueError`` that names the file."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError("it holds one array, not an .npz archive of named arrays")
+        with archive:
+            return {key: archive[key] for key in archive.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        # numpy reads any other file as a pickle, which it refuses with advice that does not apply
+        reason = "not an .npz archive" if "pickled" in str(error) else error
+        raise ValueError(
+            f"{path} is not a readable .npz data set ({reason}). Regenerate it (examples/make_dataset.py, "
+            f"examples/record_demos.py) or pass an .npz file written by save_d4rl_dataset."
+        ) from error
 
 
 def make_offline_replay_buffer(

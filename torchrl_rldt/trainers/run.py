@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, NoReturn
 
 import torch
 from tensordict.nn import TensorDictModuleBase
@@ -50,6 +50,9 @@ RESUMED_TRAINING_SEED_OFFSET = 1_000_000
 # the episodes a data set is recorded on (examples/make_dataset.py): never a run's evaluation states
 RECORD_SEED_OFFSET = 500_000
 _SEED_ROLES = ("train", "eval", "final", "record")
+# how often a call into the collector checks that its workers live (TorchRL's own check, in its
+# batch wait, is about as frequent; its weight sync has none)
+_WATCH_PERIOD_S = 1.0
 
 
 def env_seed(seed: int, role: str, env_steps: int = 0) -> int:
@@ -91,13 +94,18 @@ class CollectorFault(RuntimeError):
     """The collector stopped delivering batches: a worker died or raised, or none came in time."""
 
 
+class StorageFault(RuntimeError):
+    """A checkpoint, its replay-buffer dump, the log or the summary could not be written (a full
+    disk, a lost mount); the message names the file, what was kept and how to continue."""
+
+
 class _CollectionDeadline(BaseException):
-    """Raised by the stall alarm inside the collector; a ``BaseException`` so that no ``except
+    """Raised by the watch alarm inside the collector (a dead worker, a stall); a ``BaseException`` so that no ``except
     Exception`` of the collector's own code swallows it."""
 
 
 class _StopWhileCollecting(BaseException):
-    """Raised by Ctrl-C or SIGTERM while the loop waits for a batch (see ``_CollectionDeadline``)."""
+    """Raised by Ctrl-C or SIGTERM while the loop waits for the collector (see ``_CollectionDeadline``)."""
 
 
 def _collector_workers(collector: Any) -> str:
@@ -224,8 +232,10 @@ class TrainingRun:
         every = getattr(getattr(config, "eval", None), "every_env_steps", None)
         self._next_evaluation = None if every is None else (self.counters["env_steps"] // every + 1) * every
         self.stop_requested = False
-        self.collector_failed = False
-        self._waiting_for_batch = False
+        self.collector_interrupted = False
+        # the env steps of the checkpoint on disk (None: none written yet), for a fault's message
+        self._saved_env_steps: int | None = self.counters["env_steps"] if self.state else None
+        self._waiting_for_collector = False
 
     def env_seed(self, role: str) -> int:
         """The seed of this run's ``role`` env pool (see :func:`env_seed`), at its env steps now."""
@@ -259,10 +269,10 @@ class TrainingRun:
                    command=" ".join(command), **kwargs)
 
     # --- resume and checkpoints ------------------------------------------------------------------
-    # what a resumed run may change: its budget, where and how fast it runs, how it is saved and
-    # what it reports
-    RESUMABLE_CHANGES = ("resume", "collector.total_env_steps", "device", "num_threads", "logger.",
-                         "checkpoint.")
+    # what a resumed run may change: its budget, where and how fast it runs, how long it waits for
+    # a stalled collector, how it is saved and what it reports
+    RESUMABLE_CHANGES = ("resume", "collector.total_env_steps", "collector.stall_timeout_s", "device",
+                         "num_threads", "logger.", "checkpoint.")
 
     def _load(self, path: Path) -> dict:
         state = read_checkpoint(path, self.name, map_location=self.device)
@@ -337,7 +347,12 @@ class TrainingRun:
         return loaded
 
     def save(self, replay_buffer: Any = None) -> Path:
-        """Writes ``checkpoint.pt`` atomically (with the replay buffer's dump, when given)."""
+        """Writes ``checkpoint.pt`` atomically (with the replay buffer's dump, when given).
+
+        Raises:
+            StorageFault: the write failed (e.g. the disk is full); the previous checkpoint and
+                its dump are kept as they were.
+        """
         from omegaconf import OmegaConf
 
         state = {
@@ -354,7 +369,33 @@ class TrainingRun:
             "rng": rng_state(self.device),
             "config": OmegaConf.to_container(self.config, resolve=True),
         }
-        return save_checkpoint(state, self.checkpoint_path, replay_buffer)
+        try:
+            path = save_checkpoint(state, self.checkpoint_path, replay_buffer)
+        except OSError as error:
+            raise self._storage_fault(f"could not write the checkpoint {self.checkpoint_path}"
+                                      + (" and its replay buffer" if replay_buffer is not None else ""),
+                                      error) from error
+        self._saved_env_steps = self.counters["env_steps"]
+        return path
+
+    def _storage_fault(self, what: str, error: OSError) -> StorageFault:
+        if self._saved_env_steps is None:
+            kept = "no checkpoint was written yet; free space and start the run again"
+        else:
+            kept = (f"the checkpoint at {self._saved_env_steps} env steps is kept as it was; free space "
+                    f"on {self.run_dir} and resume={self.checkpoint_path} continues the run from it")
+        return StorageFault(f"{what}: {error.strerror or error}. {kept}")
+
+    def _exit_on_storage_fault(self, error: StorageFault) -> NoReturn:
+        log.error("%s", error)
+        atexit.register(_exit_without_finalizing, 1)
+        raise SystemExit(1) from None
+
+    def _save_at_exit(self, replay_buffer: Any) -> Path:
+        try:
+            return self.save(replay_buffer)
+        except StorageFault as error:
+            self._exit_on_storage_fault(error)
 
     # --- the loop ----------------------------------------------------------------------------
     @property
@@ -376,6 +417,8 @@ class TrainingRun:
           1, naming the last good checkpoint; nothing of the bad batch was learnt.
         - A :class:`CollectorFault` (:meth:`collected`) writes a checkpoint of every batch that
           was learnt and ends the run with exit code 1, naming the fault and the resume command.
+        - A :class:`StorageFault` (a checkpoint or the log could not be written: a full disk) ends
+          the run with exit code 1, naming the checkpoint that is kept and the resume command.
 
         Args:
             total_env_steps (int): the run's budget (the progress bar's total; :meth:`collected`
@@ -402,9 +445,9 @@ class TrainingRun:
         def request_stop(signum, frame):
             self.stop_requested = True
             signal.signal(signum, previous_handlers[signum])
-            if self._waiting_for_batch:
-                log.warning("%s while waiting for a batch: stopping and saving now, without it "
-                            "(send it again to stop at once)", signal.Signals(signum).name)
+            if self._waiting_for_collector:
+                log.warning("%s while waiting for the collector: stopping and saving now (send it again "
+                            "to stop at once)", signal.Signals(signum).name)
                 raise _StopWhileCollecting
             log.warning("%s: stopping and saving after this batch (send it again to stop at once)",
                         signal.Signals(signum).name)
@@ -421,12 +464,16 @@ class TrainingRun:
             log.error("%s; stopping. The last good checkpoint is %s", error,
                       f"{last} (resume={last})" if last.exists() else "none yet")
             raise SystemExit(1) from None
+        except StorageFault as error:
+            self._exit_on_storage_fault(error)
         except _StopWhileCollecting:
+            self.collector_interrupted = True
             self.interrupted(replay_buffer)
+            atexit.register(_exit_without_finalizing, 0)
             raise SystemExit(0) from None
         except CollectorFault as error:
-            self.collector_failed = True
-            path = self.save(replay_buffer)
+            self.collector_interrupted = True
+            path = self._save_at_exit(replay_buffer)
             log.error("%s. Wrote %s at %d env steps (every batch learnt so far; none of the batch "
                       "under way); resume=%s continues the run", str(error).rstrip("."), path,
                       self.counters["env_steps"], path)
@@ -488,30 +535,18 @@ class TrainingRun:
         Inside :meth:`loop`, no batch is collected once the run has taken its ``total_env_steps``:
         a finished run that is resumed collects nothing. A batch with a NaN or infinite entry
         (observation, reward, action...) raises :class:`NonFiniteError` before the loop sees it.
-        A collector that raises (TorchRL's multi-process collectors raise within about a second
-        of a worker's death; Ray raises for a lost actor), or that delivers no batch within
-        ``config.collector.stall_timeout_s`` seconds (a hung worker or env; ``null``: no limit),
+        A collector that raises (a worker died or raised; Ray raises for a lost actor), whose
+        worker process is found dead (checked every second), or that delivers no batch within
+        ``config.collector.stall_timeout_s`` seconds (a hung worker or env; ``null``: no limit)
         raises :class:`CollectorFault`; the partial batch is dropped.
         """
-        timeout = self._stall_timeout
         try:
             iterator = iter(collector)
         except Exception as error:
             raise CollectorFault(f"the collector failed to start: {error}") from error
         while self._total_env_steps is None or self.counters["env_steps"] < self._total_env_steps:
-            with self.timed("collection"):
-                try:
-                    with self._awaiting_batch(timeout):
-                        batch = next(iterator, None)
-                except _CollectionDeadline:
-                    raise CollectorFault(
-                        f"the collector delivered no batch within {timeout:g} s "
-                        f"(collector.stall_timeout_s): {_collector_workers(collector)}a worker or an "
-                        f"env hangs") from None
-                except Exception as error:
-                    raise CollectorFault(
-                        f"the collector failed: {_collector_workers(collector)}"
-                        f"{type(error).__name__}: {error}") from error
+            with self.timed("collection"), self._watching(collector, "delivered no batch"):
+                batch = next(iterator, None)
             if batch is None:
                 return
             for key, value in batch.items(include_nested=True, leaves_only=True):
@@ -520,42 +555,68 @@ class TrainingRun:
                     self.check_finite(f"the collected {name!r}", value)
             yield batch
 
+    def update_policy_weights(self, collector: Any) -> None:
+        """``collector.update_policy_weights_()`` (the learner's weights to the collector's
+        workers), watched as :meth:`collected` watches a batch: TorchRL waits for every worker's
+        acknowledgement without a limit, so a dead or hung worker raises :class:`CollectorFault`
+        here instead of blocking the run.
+
+        Args:
+            collector: the run's collector.
+        """
+        with self._watching(collector, "did not take the policy weights"):
+            collector.update_policy_weights_()
+
     @property
     def _stall_timeout(self) -> float | None:
         collector = getattr(self.config, "collector", None)
         return getattr(collector, "stall_timeout_s", None) if collector is not None else None
 
     @contextlib.contextmanager
-    def _awaiting_batch(self, timeout: float | None) -> Iterator[None]:
-        """Marks the wait for a batch (a stop signal then acts at once) and, from the main thread,
-        arms the stall alarm."""
-        alarm = timeout is not None and threading.current_thread() is threading.main_thread()
-        if alarm:
-            def deadline(signum, frame):
-                raise _CollectionDeadline
+    def _watching(self, collector: Any, stalled: str) -> Iterator[None]:
+        """A call into the collector: a stop signal then acts at once; from the main thread, an
+        alarm checks every second that its worker processes live and that the call ends within
+        the stall timeout. Any failure becomes a :class:`CollectorFault`."""
+        timeout = self._stall_timeout
+        watch = threading.current_thread() is threading.main_thread()
+        if watch:
+            started = time.monotonic()
 
-            previous = signal.signal(signal.SIGALRM, deadline)
-            signal.setitimer(signal.ITIMER_REAL, timeout)
-        self._waiting_for_batch = True
+            def check(signum, frame):
+                if _collector_workers(collector) or (timeout is not None and time.monotonic() - started > timeout):
+                    raise _CollectionDeadline
+
+            previous = signal.signal(signal.SIGALRM, check)
+            signal.setitimer(signal.ITIMER_REAL, _WATCH_PERIOD_S, _WATCH_PERIOD_S)
+        self._waiting_for_collector = True
         try:
             yield
+        except _CollectionDeadline:
+            dead = _collector_workers(collector)
+            if dead:
+                raise CollectorFault(f"the collector failed: {dead.removesuffix('; ')}") from None
+            raise CollectorFault(f"the collector {stalled} within {timeout:g} s (collector.stall_timeout_s): "
+                                 f"a worker or an env hangs") from None
+        except Exception as error:
+            raise CollectorFault(f"the collector failed: {_collector_workers(collector)}"
+                                 f"{type(error).__name__}: {error}") from error
         finally:
-            self._waiting_for_batch = False
-            if alarm:
+            self._waiting_for_collector = False
+            if watch:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 signal.signal(signal.SIGALRM, previous)
 
     def shutdown_collector(self, collector: Any, timeout: float = 60.0) -> None:
-        """``collector.shutdown()``; after a :class:`CollectorFault`, bounded by ``timeout``
-        seconds, then the worker processes killed (a collector with a dead worker can wait
-        forever on it).
+        """``collector.shutdown()``; after a :class:`CollectorFault` or a stop signal that
+        interrupted a call into the collector, bounded by ``timeout`` seconds, then the worker
+        processes killed (a collector with a dead or hung worker can wait forever on it).
 
         Args:
             collector: the run's collector.
             timeout (float, optional): seconds the shutdown may take after a fault. Defaults to
                 ``60.0``.
         """
-        if not self.collector_failed:
+        if not self.collector_interrupted:
             collector.shutdown()
             return
 
@@ -682,8 +743,13 @@ class TrainingRun:
             if done.any():
                 metrics["train_return"] = batch["next", "episode_reward"][done].mean().item()
         if self._logger is not None:
-            for key, value in metrics.items():
-                self._logger.log_scalar(key, value, step=self.counters["env_steps"])
+            try:
+                for key, value in metrics.items():
+                    self._logger.log_scalar(key, value, step=self.counters["env_steps"])
+            except OSError as error:
+                # a row torn by the failed write is dropped when the run resumes
+                raise self._storage_fault(f"could not write the {type(self._logger).__name__}'s "
+                                          f"log in {self.run_dir}", error) from error
         self._progress.update(env_steps)
         postfix = {"eval": f"{self.history[-1]['mean']:.0f}"} if self.history else {}
         if "train_return" in metrics:
@@ -692,7 +758,7 @@ class TrainingRun:
 
     def interrupted(self, replay_buffer: Any = None) -> None:
         """Saves after a Ctrl-C and says how to continue."""
-        path = self.save(replay_buffer)
+        path = self._save_at_exit(replay_buffer)
         log.warning("interrupted at %d env steps: wrote %s; resume=%s continues the run",
                     self.counters["env_steps"], path, path)
 
@@ -729,12 +795,12 @@ class TrainingRun:
             final = saved_final["returns"]  # a run resumed after its final evaluation was saved
         else:
             # the training is on disk before the final evaluation (minutes) runs
-            self.save(replay_buffer)
+            self._save_at_exit(replay_buffer)
             final_by_mode = self.evaluate_in_both_modes(env, policy, chunk_len=chunk_len)
             final = final_by_mode[self.configured_mode]
             self.extra["final"] = {"env_steps": self.counters["env_steps"], "returns": final,
                                    "returns_by_mode": final_by_mode}
-            self.save(replay_buffer)
+            self._save_at_exit(replay_buffer)
         base = self.extra["base_returns"]
         report = {
             "task": self.config.task, "seed": self.config.seed, **(summary or {}),
@@ -748,10 +814,14 @@ class TrainingRun:
             "load_average": [*self._load_averages, round(os.getloadavg()[0], 2)],
             "command": self.command,
         }
-        atomic_write_text(json.dumps(report, indent=2) + "\n", self.run_dir / "summary.json")
-        plot_learning_curve(self.history, self.run_dir / "learning_curve.png",
-                            ylabel=f"{self.evaluation_mode} return",
-                            title=f"{title} on {self.config.task} (seed {self.config.seed})")
+        try:
+            atomic_write_text(json.dumps(report, indent=2) + "\n", self.run_dir / "summary.json")
+            plot_learning_curve(self.history, self.run_dir / "learning_curve.png",
+                                ylabel=f"{self.evaluation_mode} return",
+                                title=f"{title} on {self.config.task} (seed {self.config.seed})")
+        except OSError as error:
+            self._exit_on_storage_fault(self._storage_fault(
+                f"could not write the summary and the learning curve in {self.run_dir}", error))
         log.info(
             "\n%s (%s), %s return over %d episodes:\n"
             "  base       %8.4g +- %.4g\n  fine-tuned %8.4g +- %.4g   (%s)\n  run directory: %s",
