@@ -1,10 +1,11 @@
 # This source code is licensed under the MIT license found in the
 # LICENSE file in the root directory of this source tree.
-"""Faults a run meets, tried for real: a collector worker killed or stalled mid-run, a stop signal
+"""Faults a run meets, tried for real: a collector worker or Ray actor killed, a worker stalled mid-run, a stop signal
 while the collector hangs, a collector that raises, a non-finite observation."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import re
 import signal
 import subprocess
@@ -79,6 +80,46 @@ def test_a_killed_worker_is_named_checkpointed_and_resumable(tmp_path, base, kin
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
     # every chunk counted was learnt and is in the buffer; none of the dead worker's partial batch
     assert buffer_size_on_resume(run_dir, base, f"collector.kind={kind}") == checkpoint["counters"]["chunks"]
+
+
+def descendants(pid: int) -> list[int]:
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread or a child that ended meanwhile
+            children += [int(child) for child in (task / "children").read_text().split()]
+    return children + [grandchild for child in children for grandchild in descendants(child)]
+
+
+def ray_collector_actors(pid: int) -> list[int]:
+    """The processes of the collector actors (``ray::Collector``) of the local Ray cluster that
+    the run of process ``pid`` started."""
+    pids = []
+    for child in descendants(pid):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{child}/cmdline").read_bytes().startswith(b"ray::Collector"):
+                pids.append(child)
+    return pids
+
+
+def test_a_lost_ray_actor_is_named_checkpointed_and_resumable(tmp_path, base):
+    run_dir = tmp_path / "run"
+    process = start_until_checkpoint(run_dir, base, "collector.kind=ray", *MULTI_PROCESS)
+    try:
+        actors = ray_collector_actors(process.pid)
+        assert len(actors) == 2, actors
+        killed_at = time.monotonic()
+        subprocess.run(["kill", "-9", str(actors[0])], check=True)
+        output, _ = process.communicate(timeout=120)
+        elapsed = time.monotonic() - killed_at
+    finally:
+        process.kill()
+    assert process.returncode == 1, output[-3000:]
+    assert "the collector failed: ActorDiedError" in output, output[-3000:]
+    assert f"resume={run_dir / 'checkpoint.pt'}" in output, output[-3000:]
+    assert elapsed < 90, elapsed
+    assert not Path(f"/proc/{actors[1]}").exists()  # the cluster went with the run
+    checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
+    assert buffer_size_on_resume(run_dir, base, "collector.kind=ray") == checkpoint["counters"]["chunks"]
 
 
 def test_a_stalled_worker_ends_the_run_after_the_stall_timeout(tmp_path, base):
