@@ -233,3 +233,25 @@ def test_a_collector_fault_in_the_loop_saves_and_exits_non_zero(tmp_path, caplog
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert saved["counters"] == {"env_steps": 4}
     assert f"resume={tmp_path / 'checkpoint.pt'}" in caplog.text
+
+
+def test_the_collector_shutdown_stops_its_weight_sync_before_interpreter_exit(tmp_path):
+    """Left to its ``__del__`` at interpreter exit, TorchRL's shared-memory weight-sync scheme
+    starts a thread that a finalising interpreter never runs: a finished multi_sync run hung
+    after writing its summary. The harness shuts the schemes down with the collector."""
+    import functools
+
+    from tensordict.nn import TensorDictModule
+    from torchrl.collectors import MultiSyncCollector
+    from torchrl.envs import GymEnv
+
+    policy = TensorDictModule(torch.nn.Linear(3, 1), in_keys=["observation"], out_keys=["action"])
+    collector = MultiSyncCollector([functools.partial(GymEnv, "Pendulum-v1")] * 2, policy,
+                                   frames_per_batch=20, total_frames=60)
+    run = harness_run(tmp_path)
+    for _ in run.collected(collector):
+        run.update_policy_weights(collector)
+    schemes = list(collector._weight_sync_schemes.values())
+    assert schemes
+    run.shutdown_collector(collector)
+    assert all(getattr(scheme, "_is_shutdown", False) for scheme in schemes)

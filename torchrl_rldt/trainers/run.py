@@ -120,6 +120,18 @@ def _collector_workers(collector: Any) -> str:
     return ("dead: " + ", ".join(dead) + "; ") if dead else ""
 
 
+def _shutdown_weight_sync(collector: Any) -> None:
+    """Shuts down the collector's weight-sync schemes while the interpreter still runs threads:
+    left to their ``__del__`` at interpreter exit, TorchRL's shared-memory scheme starts a queue
+    thread that a finalising interpreter never runs, and the process hangs after its work is done
+    (seen with ``multi_sync`` on a resumed run)."""
+    for scheme in (getattr(collector, "_weight_sync_schemes", None) or {}).values():
+        try:
+            scheme.shutdown()
+        except Exception as error:  # noqa: BLE001 - the run's work is saved; say so and go on
+            log.warning("weight-sync shutdown: %s: %s", type(error).__name__, error)
+
+
 def _exit_without_finalizing(code: int) -> None:
     """Ends the process at interpreter exit, before finalisation: after a collector fault,
     TorchRL's weight-sync objects can block forever in ``__del__`` (they start a queue thread,
@@ -618,6 +630,7 @@ class TrainingRun:
         """
         if not self.collector_interrupted:
             collector.shutdown()
+            _shutdown_weight_sync(collector)
             return
 
         def shutdown() -> None:
@@ -631,6 +644,7 @@ class TrainingRun:
         thread.join(timeout)
         for child in multiprocessing.active_children():
             child.kill()
+        _shutdown_weight_sync(collector)
 
     def phase_seconds(self) -> dict[str, float]:
         """Seconds per phase of :meth:`timed`, and ``"other"``: the rest of the loop's wall-clock."""
