@@ -247,8 +247,10 @@ def refused(command: list[str], prepare=None) -> dict:
     started = time.monotonic()
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     text = result.stderr + result.stdout
-    reason = next((line for line in reversed(text.splitlines())
-                   if any(word in line for word in ("Error", "error", "refuse", "not a", "pass ", "Run it"))), "")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    at = next((index for index in reversed(range(len(lines)))
+               if any(word in lines[index] for word in ("Error", "error", "refuse", "not a", "pass ", "Run it"))), None)
+    reason = "" if at is None else " ".join(lines[at: at + 2] if lines[at].endswith(":") else lines[at: at + 1])
     return {"exit_code": result.returncode, "logged": reason.strip()[:300],
             "detected_s": round(time.monotonic() - started, 1), "ended_s": round(time.monotonic() - started, 1),
             "env_steps_lost": 0, "resumes_exactly": None}

@@ -139,7 +139,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_how_to_resume(tmp_pa
     message = str(fault.value)
     assert f"could not write the checkpoint {tmp_path / 'checkpoint.pt'} and its replay buffer" in message
     assert "No space left on device" in message
-    assert "the checkpoint at 100 env steps is kept as it was" in message
+    assert "The checkpoint at 100 env steps is kept as it was" in message
     assert f"resume={tmp_path / 'checkpoint.pt'}" in message
     # nothing of the failed write is left, and the previous checkpoint loads with its buffer
     assert sorted(path.name for path in tmp_path.iterdir()) == before
@@ -152,7 +152,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_how_to_resume(tmp_pa
 def test_a_full_disk_before_any_checkpoint_says_so(tmp_path, monkeypatch):
     run = harness_run(tmp_path)
     monkeypatch.setattr(torch, "save", _partial_checkpoint)
-    with pytest.raises(StorageFault, match="no checkpoint was written yet; free space and start the run again"):
+    with pytest.raises(StorageFault, match="No checkpoint was written yet; free space and start the run again"):
         run.save()
     assert list(tmp_path.iterdir()) == []
 
@@ -177,7 +177,7 @@ def test_a_full_disk_in_the_loop_ends_the_run_with_exit_code_1(tmp_path, monkeyp
     atexit.unregister(_exit_without_finalizing)
     assert stop.value.code == 1
     assert "No space left on device" in caplog.text
-    assert "the checkpoint at 10 env steps is kept as it was" in caplog.text
+    assert "The checkpoint at 10 env steps is kept as it was" in caplog.text
     assert f"resume={tmp_path / 'checkpoint.pt'}" in caplog.text
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["counters"] == {"env_steps": 10}
 
@@ -199,3 +199,20 @@ def test_a_log_row_torn_by_a_kill_is_dropped_on_resume(tmp_path):
         pass
     steps = [float(line.split(",")[0]) for line in log_file.read_text().splitlines()]
     assert steps == [10, 20]  # the rows after the checkpoint and the torn one, gone
+
+
+def test_no_room_for_the_dump_is_refused_before_writing(tmp_path, monkeypatch):
+    """A memory-mapped write to a full disk kills the process with SIGBUS (no ENOSPC, no message):
+    the room for the dump is checked first."""
+    import shutil
+
+    run = harness_run(tmp_path)
+    run.counters["env_steps"] = 100
+    run.save(filled_buffer(40))
+    before = sorted(path.name for path in tmp_path.iterdir())
+    run.counters["env_steps"] = 200
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 100, 100))
+    with pytest.raises(StorageFault, match=r"No space left on device: the checkpoint and its replay buffer need "
+                                           r"~\d+ MiB, 0 MiB are free\. The checkpoint at 100 env steps is kept"):
+        run.save(filled_buffer(70))
+    assert sorted(path.name for path in tmp_path.iterdir()) == before

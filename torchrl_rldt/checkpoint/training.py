@@ -1,6 +1,7 @@
 """Training checkpoints, paired atomically with the replay buffer they were written with."""
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import time
@@ -69,6 +70,7 @@ def save_checkpoint(state: dict, path: str | Path, replay_buffer: Any = None) ->
     previous = _inode(path)
     try:
         if replay_buffer is not None:
+            _check_room(path, replay_buffer)
             directory = path.with_name(f"{path.name}.buffer-{time.time_ns()}")
             replay_buffer.dumps(directory)
             _fsync_tree(directory)
@@ -83,6 +85,24 @@ def save_checkpoint(state: dict, path: str | Path, replay_buffer: Any = None) ->
         if old.name != state["replay_buffer_dir"]:
             shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def _check_room(path: Path, replay_buffer: Any) -> None:
+    """Raises ``OSError(ENOSPC)`` when the disk has no room for the buffer's dump and the checkpoint
+    beside the previous ones. The dump is written through memory maps, and a memory-mapped write
+    to a full disk does not fail with ENOSPC: the kernel kills the process with SIGBUS, with no
+    message and nothing saved."""
+    previous = [sum(file.stat().st_size for file in old.rglob("*") if file.is_file())
+                for old in path.parent.glob(f"{path.name}.buffer-*")]
+    try:
+        dump = max(previous) if previous else int(replay_buffer.storage._storage.bytes())
+    except Exception:  # noqa: BLE001 - a storage that cannot say its size: no estimate, no check
+        return
+    needed = dump + (path.stat().st_size if path.exists() else 0)
+    free = shutil.disk_usage(path.parent).free
+    if free < needed * 1.05:
+        raise OSError(errno.ENOSPC, f"No space left on device: the checkpoint and its replay buffer need "
+                                    f"~{needed / 2**20:.0f} MiB, {free / 2**20:.0f} MiB are free")
 
 
 def _inode(path: Path) -> int | None:

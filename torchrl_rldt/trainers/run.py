@@ -392,9 +392,9 @@ class TrainingRun:
 
     def _storage_fault(self, what: str, error: OSError) -> StorageFault:
         if self._saved_env_steps is None:
-            kept = "no checkpoint was written yet; free space and start the run again"
+            kept = "No checkpoint was written yet; free space and start the run again"
         else:
-            kept = (f"the checkpoint at {self._saved_env_steps} env steps is kept as it was; free space "
+            kept = (f"The checkpoint at {self._saved_env_steps} env steps is kept as it was; free space "
                     f"on {self.run_dir} and resume={self.checkpoint_path} continues the run from it")
         return StorageFault(f"{what}: {error.strerror or error}. {kept}")
 
