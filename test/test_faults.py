@@ -159,11 +159,11 @@ def test_sigterm_while_the_collector_hangs_saves_at_once(tmp_path, base):
     assert buffer_size_on_resume(run_dir, base, "collector.kind=multi_sync") == chunks
 
 
-def harness_run(tmp_path: Path, stall_timeout_s=None) -> TrainingRun:
+def harness_run(tmp_path: Path, stall_timeout_s=None, backend=None) -> TrainingRun:
     cfg = OmegaConf.create({
         "task": "Hopper-v5", "seed": 0, "device": "cpu", "env": {"max_episode_steps": 100},
         "eval": {"every_env_steps": 10}, "collector": {"stall_timeout_s": stall_timeout_s},
-        "logger": {"backend": None, "progress_bar": False},
+        "logger": {"backend": backend, "progress_bar": False},
     })
     return TrainingRun("demo", cfg, output_dir=tmp_path, counters={"env_steps": 0})
 

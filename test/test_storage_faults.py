@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage, ReplayBuffer
 
 from torchrl_rldt.checkpoint import load_checkpoint_buffer, save_checkpoint
 from torchrl_rldt.trainers import StorageFault, TrainingRun
 from torchrl_rldt.trainers.run import _exit_without_finalizing
+from test_faults import harness_run as faults_harness_run
 
 # A writer that saves a checkpoint of 40 transitions, then one of 70 and is killed (SIGKILL, by
 # itself) at its KILL_AT-th flush to disk or removal of an old dump: the points between every
@@ -94,12 +94,7 @@ def full_disk(*args, **kwargs):
 
 
 def harness_run(tmp_path: Path, backend=None) -> TrainingRun:
-    cfg = OmegaConf.create({
-        "task": "Hopper-v5", "seed": 0, "device": "cpu", "env": {"max_episode_steps": 100},
-        "eval": {"every_env_steps": 10}, "collector": {"stall_timeout_s": None},
-        "logger": {"backend": backend, "progress_bar": False},
-    })
-    run = TrainingRun("demo", cfg, output_dir=tmp_path, counters={"env_steps": 0})
+    run = faults_harness_run(tmp_path, backend=backend)
     run.track(net=torch.nn.Linear(2, 2))
     return run
 
