@@ -114,7 +114,9 @@ def test_a_lost_ray_actor_is_named_checkpointed_and_resumable(tmp_path, base):
     finally:
         process.kill()
     assert process.returncode == 1, output[-3000:]
-    assert "the collector failed: ActorDiedError" in output, output[-3000:]
+    # Ray reports the loss as ActorDiedError or, when the weight transfer notices it first, as a
+    # closed connection; either way the message names the lost actor
+    assert re.search(r"the collector failed: lost: Ray actor \d", output), output[-3000:]
     assert f"resume={run_dir / 'checkpoint.pt'}" in output, output[-3000:]
     assert elapsed < 90, elapsed
     assert not Path(f"/proc/{actors[1]}").exists()  # the cluster went with the run

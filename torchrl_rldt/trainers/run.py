@@ -120,6 +120,26 @@ def _collector_workers(collector: Any) -> str:
     return ("dead: " + ", ".join(dead) + "; ") if dead else ""
 
 
+def _lost_ray_actors(collector: Any, timeout: float = 5.0) -> str:
+    """The lost actors of a Ray collector, for a message after it raised (empty if none or not
+    Ray). Ray reports a killed actor as ``ActorDiedError`` or, when the weight transfer notices
+    first, as a closed connection of its transport, which does not say what was lost."""
+    actors = getattr(collector, "remote_collectors", None)
+    if not actors:
+        return ""
+    import ray
+
+    lost = []
+    for index, actor in enumerate(actors):
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=timeout)
+        except ray.exceptions.RayActorError:
+            lost.append(f"Ray actor {index}")
+        except Exception:  # noqa: BLE001 - alive but slow, or Ray itself gone: nothing to name
+            continue
+    return ("lost: " + ", ".join(lost) + "; ") if lost else ""
+
+
 def _shutdown_weight_sync(collector: Any) -> None:
     """Shuts down the collector's weight-sync schemes while the interpreter still runs threads:
     left to their ``__del__`` at interpreter exit, TorchRL's shared-memory scheme starts a queue
@@ -610,8 +630,10 @@ class TrainingRun:
             raise CollectorFault(f"the collector {stalled} within {timeout:g} s (collector.stall_timeout_s): "
                                  f"a worker or an env hangs") from None
         except Exception as error:
+            if watch:  # the probe of Ray actors below may wait; no deadline inside the report
+                signal.setitimer(signal.ITIMER_REAL, 0)
             raise CollectorFault(f"the collector failed: {_collector_workers(collector)}"
-                                 f"{type(error).__name__}: {error}") from error
+                                 f"{_lost_ray_actors(collector)}{type(error).__name__}: {error}") from error
         finally:
             self._waiting_for_collector = False
             if watch:
