@@ -193,12 +193,13 @@ def kills_during_checkpoints(workdir: Path, kills: int) -> dict:
             injected = time.time()
             run.kill()
             run.process.communicate()
+            ended = time.time() - injected
         finally:
             run.kill()
         in_write = any(run.run_dir.glob(".checkpoint.pt.*.tmp")) or len(list(run.run_dir.glob("checkpoint.pt.buffer-*"))) > 1
         saved = torch.load(run.checkpoint, weights_only=True)["counters"]["env_steps"]
         outcomes.append({"in_write": in_write, "env_steps_lost": max(logged_env_steps(run.run_dir) - saved, 0),
-                         "resumes_exactly": resumes_exactly(run), "ended_s": round(time.time() - injected, 1)})
+                         "resumes_exactly": resumes_exactly(run), "ended_s": round(ended, 1)})
     return {
         "exit_code": -9, "logged": f"(killed {kills} times; {sum(o['in_write'] for o in outcomes)} kills "
                                    f"left a write unfinished)",

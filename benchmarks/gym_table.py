@@ -1,13 +1,16 @@
-"""One table of the Gym comparison across tasks, from the outputs of ``benchmarks/compare_gym.py``.
+"""One table of a comparison across tasks, from the outputs of ``benchmarks/compare_gym.py``.
 
-Reads ``<results>/compare_gym_<task>.json`` for each task (written by ``compare_gym.py``, which
-runs the methods) and writes ``<results>/gym_table.md``: for every method and task the start, the
-final deterministic return (mean over seeds +- their spread), and how many seeds ended above their
-start. A method missing on a task shows as ``-``; tasks whose runs differ in budget or seeds are
-refused, since their rows could not be read side by side.
+Reads ``<results>/compare_gym_<task><suffix>.json`` for each task (written by ``compare_gym.py``,
+which runs the methods) and writes ``<results>/gym_table<suffix>.md``: for every method and task
+the start, the final result (mean over seeds +- their spread) and how many seeds ended above their
+start. Gym tasks report the deterministic return; Meta-World tasks the success rate in both
+sampling modes (stochastic and deterministic, start and final on the same initial states). A
+method missing on a task shows as ``-``; tasks whose runs differ in budget or seeds are refused,
+since their rows could not be read side by side, and so are Gym and Meta-World tasks in one table.
 
     python benchmarks/gym_table.py
     python benchmarks/gym_table.py --tasks Hopper-v5 Walker2d-v5 HalfCheetah-v5 --out benchmarks/results/gym_table.md
+    python benchmarks/gym_table.py --tasks MetaWorld/Assembly-v3 MetaWorld/PickPlace-v3 --suffix _heldout
 """
 from __future__ import annotations
 
@@ -18,18 +21,31 @@ import sys
 from pathlib import Path
 
 
-from compare_gym import METHODS, ROOT
+from compare_gym import METHODS, ROOT, is_metaworld
 
 LABELS = {method: label for method, (_, _, label) in METHODS.items()}
 
 
-def cell(report: dict) -> str:
-    """``start -> final +- spread (k/n)`` of one method on one task."""
+def cell(report: dict, mode: str | None = None, digits: int = 0) -> str:
+    """``start -> final +- spread (k/n)`` of one method on one task: of its headline result, or
+    of the success rate in sampling ``mode`` (``"stochastic"``, ``"deterministic"``)."""
     runs = list(report["per_seed"].values())
-    above = sum(run["final"]["mean"] > run["start"]["mean"] for run in runs)
-    spread = statistics.stdev([run["final"]["mean"] for run in runs]) if len(runs) > 1 else 0.0
-    return (f"{report['start_mean']:.0f} -> {report['final_mean']:.0f} +- {spread:.0f} "
-            f"({above}/{len(runs)})")
+    if mode is None:
+        starts = [run["start"]["mean"] for run in runs]
+        finals = [run["final"]["mean"] for run in runs]
+    elif any(run.get("final_by_mode") is None for run in runs):
+        if mode != "stochastic":  # runs made before both modes were measured
+            return "-"
+        # Meta-World runs' headline result is the stochastic success rate
+        starts = [run["start"]["mean"] for run in runs]
+        finals = [run["final"]["mean"] for run in runs]
+    else:
+        starts = [run["start_by_mode"][mode]["mean"] for run in runs]
+        finals = [run["final_by_mode"][mode]["mean"] for run in runs]
+    above = sum(final > start for start, final in zip(starts, finals))
+    spread = statistics.stdev(finals) if len(finals) > 1 else 0.0
+    return (f"{statistics.mean(starts):.{digits}f} -> {statistics.mean(finals):.{digits}f} +- "
+            f"{spread:.{digits}f} ({above}/{len(runs)})")
 
 
 def main() -> None:
@@ -37,16 +53,21 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["Hopper-v5", "Walker2d-v5", "HalfCheetah-v5"])
     parser.add_argument("--methods", nargs="+", default=list(LABELS), choices=list(LABELS))
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--out", type=Path, default=None, help="default: <results>/gym_table.md")
+    parser.add_argument("--suffix", default="",
+                        help="of the comparisons' names (compare_gym.py --name compare_gym_<task><suffix>)")
+    parser.add_argument("--out", type=Path, default=None, help="default: <results>/gym_table<suffix>.md")
     args = parser.parse_args()
+    metaworld = {is_metaworld(task) for task in args.tasks}
+    if len(metaworld) != 1:
+        raise SystemExit("Gym tasks (return) and Meta-World tasks (success rate) go in separate tables")
+    metaworld, = metaworld
 
     reports = {}
     for task in args.tasks:
-        if task.startswith("MetaWorld/"):
-            raise SystemExit(f"{task} is compared by success rate: read its compare_gym table")
-        path = args.results / f"compare_gym_{task.lower().replace('/', '-')}.json"
+        path = args.results / f"compare_gym_{task.lower().replace('/', '-')}{args.suffix}.json"
         if not path.is_file():
-            raise SystemExit(f"no {path}: run python benchmarks/compare_gym.py --task {task} first")
+            raise SystemExit(f"no {path}: run python benchmarks/compare_gym.py --task {task} "
+                             f"--name compare_gym_{task.lower().replace('/', '-')}{args.suffix} first")
         reports[task] = json.loads(path.read_text())
     budgets = {(tuple(report["seeds"]), report["env_steps"]) for report in reports.values()}
     if len(budgets) != 1:
@@ -56,23 +77,49 @@ def main() -> None:
     (seeds, env_steps), = budgets
     methods = [m for m in args.methods if any(m in report["methods"] for report in reports.values())]
 
-    lines = [
-        f"Deterministic return of the final policy (20 episodes), start -> final, mean over seeds "
-        f"{list(seeds)} +- the standard deviation of the seeds' means, and (in brackets) how many "
-        f"seeds ended above their start; {env_steps} env steps per run. Start: the shipped flow "
-        f"base (DPPO: the DDPM base; SAC: its random initialisation).",
-        "",
-        "| method | " + " | ".join(args.tasks) + " |",
-        "| --- |" + " --- |" * len(args.tasks),
-    ]
-    for method in methods:
-        cells = [cell(reports[task]["methods"][method]) if method in reports[task]["methods"] else "-"
-                 for task in args.tasks]
-        lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
+    if metaworld:
+        episodes = next(iter(next(iter(reports.values()))["methods"].values()))
+        episodes = next(iter(episodes["per_seed"].values()))["final"]["episodes"]
+        lines = [
+            f"Success rate of the final policy ({episodes} episodes), stochastic (x0 ~ N(0, I)) and "
+            f"deterministic (x0 = 0; DPPO: its evaluation sampler), start -> final on the same "
+            f"initial states, mean over seeds {list(seeds)} +- the standard deviation of the seeds' "
+            f"means, and (in brackets) how many seeds ended above their start; {env_steps} env "
+            f"steps per run. Start: the shipped flow base (DPPO: the DDPM base).",
+            "",
+        ]
+        for mode in ("stochastic", "deterministic"):
+            lines += [f"{mode.capitalize()}:", "", "| method | " + " | ".join(args.tasks) + " |",
+                      "| --- |" + " --- |" * len(args.tasks)]
+            for method in methods:
+                cells = [cell(reports[task]["methods"][method], mode, digits=2)
+                         if method in reports[task]["methods"] else "-" for task in args.tasks]
+                lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
+            lines.append("")
+        lines += ["Wall-clock per run (minutes, mean over seeds):", "",
+                  "| method | " + " | ".join(args.tasks) + " |", "| --- |" + " --- |" * len(args.tasks)]
+        for method in methods:
+            cells = [f"{statistics.mean(run['wall_seconds'] for run in reports[task]['methods'][method]['per_seed'].values()) / 60:.1f}"
+                     if method in reports[task]["methods"] else "-" for task in args.tasks]
+            lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
+    else:
+        lines = [
+            f"Deterministic return of the final policy (20 episodes), start -> final, mean over seeds "
+            f"{list(seeds)} +- the standard deviation of the seeds' means, and (in brackets) how many "
+            f"seeds ended above their start; {env_steps} env steps per run. Start: the shipped flow "
+            f"base (DPPO: the DDPM base; SAC: its random initialisation).",
+            "",
+            "| method | " + " | ".join(args.tasks) + " |",
+            "| --- |" + " --- |" * len(args.tasks),
+        ]
+        for method in methods:
+            cells = [cell(reports[task]["methods"][method]) if method in reports[task]["methods"] else "-"
+                     for task in args.tasks]
+            lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
     lines += ["", "Made by `python benchmarks/gym_table.py " + " ".join(sys.argv[1:])
               + "` from the outputs of:", ""]
     lines += [f"- `{report['command']}`" for report in reports.values()]
-    out = args.out or args.results / "gym_table.md"
+    out = args.out or args.results / f"gym_table{args.suffix}.md"
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -249,7 +249,9 @@ def action_chunks(data: TensorDictBase, chunk_len: int) -> TensorDict:
 
     A window starts at every step whose episode goes on for at least ``chunk_len`` steps (no
     window crosses an episode end, none is padded); the windows of an episode's last
-    ``chunk_len - 1`` steps are dropped.
+    ``chunk_len - 1`` steps are dropped. Episode ends are read from the done flags alone: a data
+    set whose ends are not flagged gives windows that cross episodes (the loaders of this module
+    flag every end).
 
     Args:
         data: a flat TensorDict of consecutive transitions with ``"observation"``, ``"action"``
