@@ -1,7 +1,7 @@
 """Env steps per second of RLDT's collection path against the collector kind and its workers,
 and the learner's share of the default job's wall-clock.
 
-Collection: the job's own collector (``examples/utils.make_rldt_collector``: the shipped base
+Collection: the job's own collector (``examples/rldt_utils.make_rldt_collector``: the shipped base
 policy with RLDT's landing-point exploration, one chunk of ``H`` env steps per policy call), built
 for each ``collector.kind`` and worker count in ``--configs``, iterated for ``--batches`` batches
 after ``--warmup`` ones, with ``update_policy_weights_()`` after every batch as the training loop
@@ -23,6 +23,7 @@ core count and the load average before and after are recorded beside the figures
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -31,17 +32,37 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
-# the job's own factories live beside the example scripts, which import them as their neighbours
-sys.path.insert(0, str(ROOT / "examples"))
 
-from rldt_utils import make_rldt_collector  # noqa: E402
-from utils import collected_chunks, load_base_policy  # noqa: E402
+
+def load_example_module(name: str) -> ModuleType:
+    """``examples/<name>.py`` imported under its own name, where the example scripts find it.
+
+    The job's factories live beside the example scripts, which import them as top-level
+    neighbours (``rldt_utils.py`` runs ``from utils import ...``): the module is registered in
+    ``sys.modules`` before it runs, so that a neighbour loaded after it finds it there.
+
+    Args:
+        name: the module's file name in ``examples/``, without ``.py``.
+
+    Returns:
+        The executed module.
+    """
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+utils = load_example_module("utils")
+rldt_utils = load_example_module("rldt_utils")  # after utils, which it imports
 
 # kind:workers[:num_envs] entries; num_envs defaults to the job's 8
 DEFAULT_CONFIGS = ["single:1", "multi_sync:1", "multi_sync:2", "multi_async:2", "ray:2"]
@@ -59,10 +80,11 @@ def collection_rate(task: str, kind: str, workers: int, num_envs: int, batches: 
                     warmup: int) -> dict:
     """Env steps per second of ``batches`` collector batches of one collector kind."""
     cfg = _config(task, kind, workers, num_envs)
-    base = load_base_policy(cfg, torch.device(cfg.device), cfg.rldt.num_steps)
+    base = utils.load_base_policy(cfg, torch.device(cfg.device), cfg.rldt.num_steps)
     chunk_len = base.actor.model.chunk_len
     frames_per_batch = cfg.env.num_envs * cfg.collector.chunks_per_env
-    collector = make_rldt_collector(base, cfg, seed=0, total_chunks=frames_per_batch * (batches + warmup))
+    collector = rldt_utils.make_rldt_collector(base, cfg, seed=0,
+                                               total_chunks=frames_per_batch * (batches + warmup))
     try:
         iterator = iter(collector)
         for _ in range(warmup):
@@ -70,7 +92,7 @@ def collection_rate(task: str, kind: str, workers: int, num_envs: int, batches: 
             collector.update_policy_weights_()
         start, chunks = time.perf_counter(), 0
         for _ in range(batches):
-            chunks += collected_chunks(next(iterator)).numel()
+            chunks += utils.collected_chunks(next(iterator)).numel()
             collector.update_policy_weights_()
         seconds = time.perf_counter() - start
     finally:

@@ -16,6 +16,7 @@ from torchrl_rldt.modules import (
     FlowActor,
     FlowModel,
     FlowNoiseMLP,
+    LandingPointExploration,
     NoisyFlowActor,
     StepwiseFlowActor,
     VelocityMLP,
@@ -220,6 +221,62 @@ class TestActorConventions:
         if isinstance(flow_actor, FlowActor):
             noise = flow_actor.initial_noise(td)
             assert noise.dtype == torch.float64  # the noise itself, not only what it is mixed into
+
+
+WRAPPERS = {
+    "landing_point": lambda actor: LandingPointExploration(actor, min_step=2),
+    "noisy_flow": lambda actor: NoisyFlowActor(actor, FlowNoiseMLP(OBS, ACT, chunk_len=H, hidden_dims=(8,)),
+                                               # ("log_prob",) is the key "log_prob", unravelled
+                                               chain_key=("agent", "noisy_chain"), log_prob_key=("log_prob",)),
+}
+
+
+@pytest.mark.parametrize("name", WRAPPERS)
+class TestWrapperConventions:
+    """The policies around a FlowActor take its keys and spec, read-only as the actor's own."""
+
+    @staticmethod
+    def wrap(name):
+        actor = FlowActor(make_model(low=-torch.ones(ACT), high=torch.ones(ACT)), in_keys=[("agent", "obs")],
+                          out_keys=[("agent", "chunk"), ("agent", "chain")])
+        return actor, WRAPPERS[name](actor)
+
+    def test_keys_are_the_actor_keys(self, name):
+        actor, policy = self.wrap(name)
+        assert policy.in_keys == actor.in_keys == [("agent", "obs")]
+        assert policy.out_keys[0] == actor.action_key == ("agent", "chunk")
+        if name == "landing_point":
+            assert policy.out_keys == actor.out_keys
+        else:
+            assert policy.out_keys == [("agent", "chunk"), ("agent", "noisy_chain"), "log_prob"]
+            assert policy.out_keys[1:] == [policy.chain_key, policy.log_prob_key]
+        with set_exploration_type(ExplorationType.RANDOM):
+            td = policy(TensorDict({"agent": {"obs": torch.randn(4, OBS)}}, batch_size=[4]))
+        # what the module declares is what its forward writes
+        assert set(td.keys(True, True)) == {*policy.in_keys, *policy.out_keys}
+
+    def test_keys_cannot_be_set(self, name):
+        _, policy = self.wrap(name)
+        in_keys, out_keys = policy.in_keys, policy.out_keys
+        for attr in ("in_keys", "out_keys"):
+            with pytest.raises(AttributeError, match="keys are fixed at construction"):
+                setattr(policy, attr, ["other"])
+        named = ("chain_key", "log_prob_key") if name == "noisy_flow" else ()
+        for attr in named:
+            with pytest.raises(AttributeError):
+                setattr(policy, attr, "other")
+        # select_out_keys would set out_keys: refused with the same message, as FlowActor's is
+        with pytest.raises(AttributeError, match="keys are fixed at construction"):
+            policy.select_out_keys(("agent", "chunk"))
+        assert policy.in_keys == in_keys and policy.out_keys == out_keys and not policy._forward_hooks
+
+    def test_spec_is_the_actor_spec(self, name):
+        actor, policy = self.wrap(name)
+        assert isinstance(policy.spec, Composite) and policy.spec == actor.spec
+        assert list(policy.spec.keys(True, True)) == [("agent", "chunk")]
+        with set_exploration_type(ExplorationType.RANDOM):
+            td = policy(TensorDict({"agent": {"obs": torch.randn(50, OBS)}}, batch_size=[50]))
+        assert policy.spec["agent", "chunk"].is_in(td["agent", "chunk"])
 
 
 class TestVelocityMLP:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
+from tensordict.utils import NestedKey
+from torchrl.data import Composite
 from torchrl_rldt.modules.flow import FlowActor, is_deterministic_exploration
 from torchrl_rldt.modules.stepwise_flow import StepwiseFlowActor
 
@@ -25,10 +27,13 @@ class LandingPointExploration(TensorDictModuleBase):
     Reference: RLDT, arXiv 2606.08602 (``docs/algorithm.md``, "Exploration"; ``min_extrp`` in
     the authors' code).
 
+    The keys are the actor's (``in_keys``, ``out_keys`` and :attr:`spec` follow it, read-only):
+    build the :class:`FlowActor` with the keys wanted, then wrap it.
+
     Args:
-        actor: the flow actor; its keys are this module's keys.
-        min_step: the earliest step ``m`` of the landing point (reference: 6 with N = 8). Must be
-            below the actor's ``num_steps`` when the module runs.
+        actor (FlowActor): the flow actor; its keys are this module's keys.
+        min_step (int, optional): the earliest step ``m`` of the landing point (reference: 6 with
+            N = 8). Must be below the actor's ``num_steps`` when the module runs. Defaults to ``6``.
 
     Examples:
         >>> import torch
@@ -56,8 +61,30 @@ class LandingPointExploration(TensorDictModuleBase):
             raise ValueError(f"min_step must be an integer >= 0, got {min_step!r}.")
         self.actor = actor
         self.min_step = min_step
-        self.in_keys = list(actor.in_keys)
-        self.out_keys = list(actor.out_keys)
+
+    # Keys are read-only and read from the actor, where forward() reads them: a copy could drift.
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        return self.actor.in_keys
+
+    @in_keys.setter
+    def in_keys(self, value) -> None:
+        raise AttributeError("LandingPointExploration keys are fixed at construction (its actor's); "
+                             "wrap a FlowActor built with other in_keys/out_keys.")
+
+    @property
+    def out_keys(self) -> list[NestedKey]:
+        return self.actor.out_keys
+
+    @out_keys.setter
+    def out_keys(self, value) -> None:
+        raise AttributeError("LandingPointExploration keys are fixed at construction (its actor's); "
+                             "wrap a FlowActor built with other in_keys/out_keys.")
+
+    @property
+    def spec(self) -> Composite:
+        """The actor's output spec: the explored action is clamped to the same bounds."""
+        return self.actor.spec
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         """Writes the (explored) action chunk into ``tensordict``."""

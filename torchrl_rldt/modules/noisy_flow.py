@@ -9,8 +9,9 @@ from typing import Sequence
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase, dispatch
-from tensordict.utils import NestedKey
+from tensordict.utils import NestedKey, unravel_key
 from torch import nn
+from torchrl.data import Composite
 from torchrl_rldt.modules.flow import FlowActor, SinusoidalTimeEmbedding, is_deterministic_exploration
 
 __all__ = ["FlowChainDistribution", "FlowNoiseMLP", "NoisyFlowActor"]
@@ -93,6 +94,10 @@ class NoisyFlowActor(TensorDictModuleBase):
     Unlike ReinFlow's code, intermediate means are not clamped to the action range (only the
     executed action is), which keeps the likelihood that of the stored chain.
 
+    The keys are fixed at construction: ``in_keys`` are the flow actor's, ``out_keys`` are
+    ``[action_key, chain_key, log_prob_key]`` with the flow actor's action key, and :attr:`spec`
+    is the flow actor's.
+
     Reference: Zhang et al., "ReinFlow: Fine-tuning Flow Matching Policy with Online
     Reinforcement Learning", arXiv 2505.22094.
 
@@ -142,10 +147,46 @@ class NoisyFlowActor(TensorDictModuleBase):
         if not isinstance(flow_actor, FlowActor):
             raise TypeError(f"flow_actor must be a FlowActor, got {type(flow_actor).__name__}.")
         self.flow_actor, self.noise_network = flow_actor, noise_network
-        self.chain_key, self.log_prob_key = chain_key, log_prob_key
+        self._chain_key, self._log_prob_key = unravel_key(chain_key), unravel_key(log_prob_key)
         self.average_log_prob = average_log_prob
-        self.in_keys = list(flow_actor.in_keys)
-        self.out_keys = [flow_actor.action_key, chain_key, log_prob_key]
+
+    # Keys are read-only and read from the flow actor, where forward() reads them: a copy could drift.
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        return self.flow_actor.in_keys
+
+    @in_keys.setter
+    def in_keys(self, value) -> None:
+        raise AttributeError("NoisyFlowActor keys are fixed at construction; build a new NoisyFlowActor "
+                             "(observation and action keys from its FlowActor, chain_key, log_prob_key).")
+
+    @property
+    def out_keys(self) -> list[NestedKey]:
+        return [self.flow_actor.action_key, self._chain_key, self._log_prob_key]
+
+    @out_keys.setter
+    def out_keys(self, value) -> None:
+        raise AttributeError("NoisyFlowActor keys are fixed at construction; build a new NoisyFlowActor "
+                             "(observation and action keys from its FlowActor, chain_key, log_prob_key).")
+
+    @property
+    def chain_key(self) -> NestedKey:
+        """Where the chain is written, ``out_keys[1]``."""
+        return self._chain_key
+
+    @property
+    def log_prob_key(self) -> NestedKey:
+        """Where the chain's log-likelihood is written, ``out_keys[2]``."""
+        return self._log_prob_key
+
+    @property
+    def spec(self) -> Composite:
+        """The flow actor's output spec: the executed action is clamped to the same bounds.
+
+        The chain and its log-likelihood are left out, as
+        :attr:`FlowActor.spec <torchrl_rldt.modules.FlowActor.spec>` leaves its chain.
+        """
+        return self.flow_actor.spec
 
     def _transitions(self, observation: torch.Tensor, chain: torch.Tensor):
         """Means and standard deviations of the ``N`` transitions ``[*B, N, H, A]`` of ``chain``."""
