@@ -293,7 +293,7 @@ def main() -> None:
         rows.append(row)
     # both sampling modes, where every run measured them (paired start and final episodes)
     mode_rows = []
-    if all(summary.get("final_by_mode") for summary in summaries.values()):
+    if all(summary.get("base_by_mode") and summary.get("final_by_mode") for summary in summaries.values()):
         for method in args.methods:
             runs = [summaries[(method, seed)] for seed in args.seeds]
             cells = []
@@ -322,9 +322,9 @@ def main() -> None:
         + (f" env steps to {args.threshold:g} |" if args.threshold is not None else ""),
         "| --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if args.threshold is not None else ""),
         *rows,
-        *(["", f"Env steps to {args.threshold:g}: the first evaluation (every 20k env steps, 10 "
-           f"episodes; the final one 20) whose mean reaches it, mean +- spread over the seeds "
-           f"that reached it within the budget."] if args.threshold is not None else []),
+        *(["", f"Env steps to {args.threshold:g}: the first evaluation (the periodic ones and the "
+           f"final one) whose mean reaches it, mean +- spread over the seeds that reached it "
+           f"within the budget."] if args.threshold is not None else []),
         *(["", "Both sampling modes, start -> final (mean +- spread over the seeds; per seed), the start "
                "and the final policy on the same initial states:", "",
                "| method | stochastic | deterministic |", "| --- | --- | --- |", *mode_rows]

@@ -26,6 +26,11 @@ from compare_gym import METHODS, ROOT, is_metaworld
 LABELS = {method: label for method, (_, _, label) in METHODS.items()}
 
 
+def both_modes(run: dict) -> bool:
+    """Whether a run measured its start and final policy in both sampling modes (paired)."""
+    return run.get("start_by_mode") is not None and run.get("final_by_mode") is not None
+
+
 def cell(report: dict, mode: str | None = None, digits: int = 0) -> str:
     """``start -> final +- spread (k/n)`` of one method on one task: of its headline result, or
     of the success rate in sampling ``mode`` (``"stochastic"``, ``"deterministic"``)."""
@@ -33,10 +38,10 @@ def cell(report: dict, mode: str | None = None, digits: int = 0) -> str:
     if mode is None:
         starts = [run["start"]["mean"] for run in runs]
         finals = [run["final"]["mean"] for run in runs]
-    elif any(run.get("final_by_mode") is None for run in runs):
+    elif not all(both_modes(run) for run in runs):
         if mode != "stochastic":  # runs made before both modes were measured
             return "-"
-        # Meta-World runs' headline result is the stochastic success rate
+        # a Meta-World run's headline result is its stochastic success rate (start not paired)
         starts = [run["start"]["mean"] for run in runs]
         finals = [run["final"]["mean"] for run in runs]
     else:
@@ -54,7 +59,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(LABELS), choices=list(LABELS))
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--suffix", default="",
-                        help="of the comparisons' names (compare_gym.py --name compare_gym_<task><suffix>)")
+                        help="reads compare_gym_<task><suffix>.json, writes gym_table<suffix>.md")
     parser.add_argument("--out", type=Path, default=None, help="default: <results>/gym_table<suffix>.md")
     args = parser.parse_args()
     metaworld = {is_metaworld(task) for task in args.tasks}
@@ -78,17 +83,22 @@ def main() -> None:
     methods = [m for m in args.methods if any(m in report["methods"] for report in reports.values())]
 
     if metaworld:
-        episodes = next(iter(next(iter(reports.values()))["methods"].values()))
-        episodes = next(iter(episodes["per_seed"].values()))["final"]["episodes"]
+        runs = [run for report in reports.values() for method_report in report["methods"].values()
+                for run in method_report["per_seed"].values()]
+        paired = all(both_modes(run) for run in runs)
         lines = [
-            f"Success rate of the final policy ({episodes} episodes), stochastic (x0 ~ N(0, I)) and "
-            f"deterministic (x0 = 0; DPPO: its evaluation sampler), start -> final on the same "
-            f"initial states, mean over seeds {list(seeds)} +- the standard deviation of the seeds' "
-            f"means, and (in brackets) how many seeds ended above their start; {env_steps} env "
-            f"steps per run. Start: the shipped flow base (DPPO: the DDPM base).",
+            f"Success rate of the final policy ({runs[0]['final']['episodes']} episodes), mean over "
+            f"seeds {list(seeds)} +- the standard deviation of the seeds' means, and (in brackets) "
+            f"how many seeds ended above their start; {env_steps} env steps per run. Start: the "
+            f"shipped flow base (DPPO: the DDPM base; SAC: its random initialisation). "
+            + ("Stochastic (x0 ~ N(0, I)) and deterministic (x0 = 0; DPPO: its evaluation sampler), "
+               "start and final on the same initial states." if paired else
+               "Stochastic sampling; where a run did not measure both modes, its start and final "
+               "are on different episodes and its deterministic cell is '-'."),
             "",
         ]
-        for mode in ("stochastic", "deterministic"):
+        modes = ("stochastic", "deterministic") if any(both_modes(run) for run in runs) else ("stochastic",)
+        for mode in modes:
             lines += [f"{mode.capitalize()}:", "", "| method | " + " | ".join(args.tasks) + " |",
                       "| --- |" + " --- |" * len(args.tasks)]
             for method in methods:

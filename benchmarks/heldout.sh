@@ -11,11 +11,14 @@
 # benchmarks/gym_table.py writes the table across tasks (gym_table_heldout_<name>.md). Every run
 # keeps its record (summary.json and CSV logs; checkpoints are not committed) under RUNS, so a
 # finished run is reused and an interrupted one resumes from its checkpoint.
-# Environment: PY (python), JOBS (runs at a time, 1), RUNS (benchmarks/results/heldout_runs),
-# OUT (benchmarks/results), TASKS and METHODS (a part of the table, e.g. METHODS="reinflow fpo").
+# Environment: PY (.venv/bin/python where it exists, else python), JOBS (runs at a time, 1), RUNS
+# (benchmarks/results/heldout_runs) and OUT (benchmarks/results), both relative to the repository's
+# root; TASKS and METHODS run a part of the table (e.g. METHODS="reinflow fpo"): its comparisons'
+# outputs then hold only that part, and the plain command, run at the end, reuses every finished
+# run and writes the whole table. A failed run stops the script (its log names the run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-python}
+PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
 JOBS=${JOBS:-1}
 RUNS=${RUNS:-benchmarks/results/heldout_runs}
 OUT=${OUT:-benchmarks/results}
@@ -36,6 +39,10 @@ case "${1:-}" in
     methods=${METHODS:-rldt reinflow dppo}
     declare -A anchor=([Hopper-v5]=3300 [Walker2d-v5]=4100 [HalfCheetah-v5]=5300)  # ReinFlow/DPPO papers' finals
     for task in "${tasks[@]}"; do
+      if [ -z "${anchor[$task]:-}" ]; then
+        echo "no anchor (the ReinFlow/DPPO papers' final return) for $task; known: ${!anchor[*]}" >&2
+        exit 2
+      fi
       $PY benchmarks/compare_gym.py --task "$task" --methods $methods --seeds $SEEDS --env-steps 1000000 \
         --set eval.every_env_steps=50000 --threshold "${anchor[$task]}" \
         --jobs "$JOBS" --runs "$RUNS" --out "$OUT" --name "compare_gym_$(slug "$task")_heldout"

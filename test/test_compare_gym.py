@@ -187,3 +187,48 @@ def test_gym_table_puts_the_tasks_side_by_side(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "differ in seeds or env steps" in result.stderr
 
+
+
+def test_gym_table_reports_metaworld_in_both_sampling_modes(tmp_path):
+    def run(start, final, by_mode):
+        record = {"start": {"mean": start, "episodes": 100}, "final": {"mean": final, "episodes": 100},
+                  "wall_seconds": 600.0, "start_by_mode": None, "final_by_mode": None}
+        if by_mode:
+            record["start_by_mode"] = {"stochastic": {"mean": start}, "deterministic": {"mean": 0.9}}
+            record["final_by_mode"] = {"stochastic": {"mean": final}, "deterministic": {"mean": 1.0}}
+        return record
+
+    def report(methods):
+        return {"seeds": [3000, 4000], "env_steps": 500, "command": "python benchmarks/compare_gym.py",
+                "methods": {method: {"per_seed": {"3000": run(0.4, finals[0], by_mode),
+                                                  "4000": run(0.2, finals[1], by_mode)}}
+                            for method, (finals, by_mode) in methods.items()}}
+
+    paired = {"rldt": ([0.8, 0.6], True), "reinflow": ([0.5, 0.1], True)}
+    (tmp_path / "compare_gym_metaworld-assembly-v3_heldout.json").write_text(json.dumps(report(paired)))
+    (tmp_path / "compare_gym_metaworld-pickplace-v3_heldout.json").write_text(
+        json.dumps(report({"rldt": ([0.9, 0.7], True)})))  # ReinFlow missing on this task
+    command = [sys.executable, str(BENCHMARKS / "gym_table.py"), "--tasks", "MetaWorld/Assembly-v3",
+               "MetaWorld/PickPlace-v3", "--methods", "rldt", "reinflow", "--suffix", "_heldout",
+               "--results", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / "gym_table_heldout.md").read_text()
+    stochastic, deterministic = table.split("Deterministic:")
+    assert "| RLDT | 0.30 -> 0.70 +- 0.14 (2/2) | 0.30 -> 0.80 +- 0.14 (2/2) |" in stochastic
+    assert "| ReinFlow | 0.30 -> 0.30 +- 0.28 (1/2) | - |" in stochastic
+    assert "| RLDT | 0.90 -> 1.00 +- 0.00 (2/2) | 0.90 -> 1.00 +- 0.00 (2/2) |" in deterministic
+    assert "same initial states" in table
+
+    # runs made before both modes were measured: the stochastic headline, no deterministic table
+    (tmp_path / "compare_gym_metaworld-pickplace-v3_heldout.json").write_text(
+        json.dumps(report({"rldt": ([0.9, 0.7], False)})))
+    assert subprocess.run(command, capture_output=True, text=True, timeout=60).returncode == 0
+    table = (tmp_path / "gym_table_heldout.md").read_text()
+    assert "Deterministic:" in table  # Assembly's runs have both modes
+    assert "| RLDT | 0.90 -> 1.00 +- 0.00 (2/2) | - |" in table.split("Deterministic:")[1]
+    assert "different episodes" in table
+
+    mixed = [*command[:3], "Hopper-v5", *command[4:]]
+    result = subprocess.run(mixed, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "separate tables" in result.stderr

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import os
 import re
 import signal
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,7 +21,7 @@ from tensordict import TensorDict
 from test_rldt_gym import command, load_checkpoint, make_base
 
 from torchrl_rldt.trainers import CollectorFault, NonFiniteError, TrainingRun
-from torchrl_rldt.trainers.run import _exit_without_finalizing
+from torchrl_rldt.trainers.run import _exit_without_finalizing, _lost_ray_actors
 
 MULTI_PROCESS = ["collector.num_workers=2", "checkpoint.every_batches=2", "checkpoint.save_replay_buffer=true",
                  "collector.total_env_steps=1000000"]
@@ -114,9 +116,10 @@ def test_a_lost_ray_actor_is_named_checkpointed_and_resumable(tmp_path, base):
     finally:
         process.kill()
     assert process.returncode == 1, output[-3000:]
-    # Ray reports the loss as ActorDiedError or, when the weight transfer notices it first, as a
-    # closed connection; either way the message names the lost actor
-    assert re.search(r"the collector failed: lost: Ray actor \d", output), output[-3000:]
+    # Ray reports the loss as ActorDiedError while a batch is collected or, when the weight
+    # transfer notices it first, as a closed connection, with the lost actor named by the probe
+    assert re.search(r"the collector failed: (ActorDiedError|lost: Ray actor \d; (?!.*Ray actor))", output), \
+        output[-3000:]
     assert f"resume={run_dir / 'checkpoint.pt'}" in output, output[-3000:]
     assert elapsed < 90, elapsed
     assert not Path(f"/proc/{actors[1]}").exists()  # the cluster went with the run
@@ -257,3 +260,28 @@ def test_the_collector_shutdown_stops_its_weight_sync_before_interpreter_exit(tm
     assert schemes
     run.shutdown_collector(collector)
     assert all(getattr(scheme, "_is_shutdown", False) for scheme in schemes)
+
+
+def test_the_probe_names_the_lost_ray_actor():
+    # the weight transfer can notice a lost actor first, with an error that does not name it
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Worker:
+        def pid(self) -> int:
+            return os.getpid()
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        actors = [Worker.remote() for _ in range(3)]
+        pids = ray.get([actor.pid.remote() for actor in actors])
+        assert _lost_ray_actors(SimpleNamespace(remote_collectors=actors)) == ""
+        os.kill(pids[1], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{pids[1]}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _lost_ray_actors(SimpleNamespace(remote_collectors=actors)) == "lost: Ray actor 1; "
+        assert _lost_ray_actors(SimpleNamespace(remote_collectors=[])) == ""
+        assert _lost_ray_actors(SimpleNamespace()) == ""  # not a Ray collector
+    finally:
+        ray.shutdown()

@@ -250,6 +250,7 @@ class TestWrapperConventions:
         else:
             assert policy.out_keys == [("agent", "chunk"), ("agent", "noisy_chain"), "log_prob"]
             assert policy.out_keys[1:] == [policy.chain_key, policy.log_prob_key]
+        assert policy.out_keys_source == policy.out_keys  # tensordict's wrappers read it
         with set_exploration_type(ExplorationType.RANDOM):
             td = policy(TensorDict({"agent": {"obs": torch.randn(4, OBS)}}, batch_size=[4]))
         # what the module declares is what its forward writes

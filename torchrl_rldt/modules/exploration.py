@@ -82,6 +82,11 @@ class LandingPointExploration(TensorDictModuleBase):
                              "wrap a FlowActor built with other in_keys/out_keys.")
 
     @property
+    def out_keys_source(self) -> list[NestedKey]:
+        """The keys written before any ``select_out_keys`` (which these keys refuse): ``out_keys``."""
+        return self.out_keys
+
+    @property
     def spec(self) -> Composite:
         """The actor's output spec: the explored action is clamped to the same bounds."""
         return self.actor.spec

@@ -180,6 +180,11 @@ class NoisyFlowActor(TensorDictModuleBase):
         return self._log_prob_key
 
     @property
+    def out_keys_source(self) -> list[NestedKey]:
+        """The keys written before any ``select_out_keys`` (which these keys refuse): ``out_keys``."""
+        return self.out_keys
+
+    @property
     def spec(self) -> Composite:
         """The flow actor's output spec: the executed action is clamped to the same bounds.
 

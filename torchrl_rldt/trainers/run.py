@@ -122,20 +122,35 @@ def _collector_workers(collector: Any) -> str:
 
 def _lost_ray_actors(collector: Any, timeout: float = 5.0) -> str:
     """The lost actors of a Ray collector, for a message after it raised (empty if none or not
-    Ray). Ray reports a killed actor as ``ActorDiedError`` or, when the weight transfer notices
-    first, as a closed connection of its transport, which does not say what was lost."""
+    Ray). A killed actor surfaces as ``ActorDiedError`` while a batch is collected (TorchRL then
+    kills the other actors and empties ``remote_collectors``, so there is nothing left to probe),
+    or, when the weight transfer notices first, as a closed connection of its transport, which
+    does not say what was lost: then the probe names the actor.
+
+    Args:
+        collector: the run's collector; only a ``RayCollector`` (``remote_collectors``) is probed.
+        timeout (float, optional): seconds all actors together have to answer; one that does
+            not is not named (alive but busy). Defaults to ``5.0``.
+    """
     actors = getattr(collector, "remote_collectors", None)
     if not actors:
         return ""
     import ray
 
+    try:
+        probes = [actor.__ray_ready__.remote() for actor in actors]
+        ray.wait(probes, num_returns=len(probes), timeout=timeout)
+    except Exception:  # noqa: BLE001 - Ray itself gone: nothing more to name than its error
+        return ""
     lost = []
-    for index, actor in enumerate(actors):
+    for index, probe in enumerate(probes):
         try:
-            ray.get(actor.__ray_ready__.remote(), timeout=timeout)
+            ray.get(probe, timeout=0)
+        except ray.exceptions.ActorUnavailableError:  # unreachable for now, not lost
+            continue
         except ray.exceptions.RayActorError:
             lost.append(f"Ray actor {index}")
-        except Exception:  # noqa: BLE001 - alive but slow, or Ray itself gone: nothing to name
+        except Exception:  # noqa: BLE001 - no answer yet (busy) or another error: not named
             continue
     return ("lost: " + ", ".join(lost) + "; ") if lost else ""
 
@@ -630,7 +645,10 @@ class TrainingRun:
             raise CollectorFault(f"the collector {stalled} within {timeout:g} s (collector.stall_timeout_s): "
                                  f"a worker or an env hangs") from None
         except Exception as error:
-            if watch:  # the probe of Ray actors below may wait; no deadline inside the report
+            # the probe of Ray actors below may wait: neither the deadline nor a stop signal
+            # turns this fault into another one meanwhile
+            self._waiting_for_collector = False
+            if watch:
                 signal.setitimer(signal.ITIMER_REAL, 0)
             raise CollectorFault(f"the collector failed: {_collector_workers(collector)}"
                                  f"{_lost_ray_actors(collector)}{type(error).__name__}: {error}") from error
