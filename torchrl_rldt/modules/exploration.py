@@ -8,13 +8,13 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
 from torchrl.data import Composite
-from torchrl_rldt.modules.flow import FlowActor, is_deterministic_exploration
+from torchrl_rldt.modules.flow import FixedKeysMixin, FlowActor, is_deterministic_exploration
 from torchrl_rldt.modules.stepwise_flow import StepwiseFlowActor
 
 __all__ = ["LandingPointExploration"]
 
 
-class LandingPointExploration(TensorDictModuleBase):
+class LandingPointExploration(FixedKeysMixin, TensorDictModuleBase):
     """A collection policy around a :class:`FlowActor` with RLDT's exploration noise.
 
     Under a random exploration type (TorchRL collectors' default) it samples the chunk
@@ -62,29 +62,13 @@ class LandingPointExploration(TensorDictModuleBase):
         self.actor = actor
         self.min_step = min_step
 
-    # Keys are read-only and read from the actor, where forward() reads them: a copy could drift.
-    @property
-    def in_keys(self) -> list[NestedKey]:
+    _fixed_keys_hint = "wrap a FlowActor built with other in_keys/out_keys"
+
+    def _fixed_in_keys(self) -> list[NestedKey]:
         return self.actor.in_keys
 
-    @in_keys.setter
-    def in_keys(self, value) -> None:
-        raise AttributeError("LandingPointExploration keys are fixed at construction (its actor's); "
-                             "wrap a FlowActor built with other in_keys/out_keys.")
-
-    @property
-    def out_keys(self) -> list[NestedKey]:
+    def _fixed_out_keys(self) -> list[NestedKey]:
         return self.actor.out_keys
-
-    @out_keys.setter
-    def out_keys(self, value) -> None:
-        raise AttributeError("LandingPointExploration keys are fixed at construction (its actor's); "
-                             "wrap a FlowActor built with other in_keys/out_keys.")
-
-    @property
-    def out_keys_source(self) -> list[NestedKey]:
-        """The keys written before any ``select_out_keys`` (which these keys refuse): ``out_keys``."""
-        return self.out_keys
 
     @property
     def spec(self) -> Composite:

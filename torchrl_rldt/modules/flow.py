@@ -422,6 +422,45 @@ class FlowModel(ChunkActionBounds, nn.Module):
         return self.sample(observation, noise)
 
 
+class FixedKeysMixin:
+    """``in_keys`` and ``out_keys`` fixed at construction, read from :meth:`_fixed_in_keys` and
+    :meth:`_fixed_out_keys` (where ``forward`` reads them, so a copy cannot drift); setting either
+    (also through ``select_out_keys``) raises with :attr:`_fixed_keys_hint`, how to choose them.
+    Put it before ``TensorDictModuleBase`` in the bases."""
+
+    _fixed_keys_hint = "build a new module with the keys wanted"
+
+    def _fixed_in_keys(self) -> list[NestedKey]:
+        raise NotImplementedError
+
+    def _fixed_out_keys(self) -> list[NestedKey]:
+        raise NotImplementedError
+
+    def _refuse_keys(self) -> None:
+        raise AttributeError(f"{type(self).__name__} keys are fixed at construction; {self._fixed_keys_hint}.")
+
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        return self._fixed_in_keys()
+
+    @in_keys.setter
+    def in_keys(self, value) -> None:
+        self._refuse_keys()
+
+    @property
+    def out_keys(self) -> list[NestedKey]:
+        return self._fixed_out_keys()
+
+    @out_keys.setter
+    def out_keys(self, value) -> None:
+        self._refuse_keys()
+
+    @property
+    def out_keys_source(self) -> list[NestedKey]:
+        """The keys written before any ``select_out_keys`` (which these keys refuse): ``out_keys``."""
+        return self.out_keys
+
+
 class FlowActor(TensorDictModuleBase):
     """A :class:`FlowModel` as a TensorDict policy.
 

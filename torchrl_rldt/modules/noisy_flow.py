@@ -12,7 +12,7 @@ from tensordict.nn import TensorDictModuleBase, dispatch
 from tensordict.utils import NestedKey, unravel_key
 from torch import nn
 from torchrl.data import Composite
-from torchrl_rldt.modules.flow import FlowActor, SinusoidalTimeEmbedding, is_deterministic_exploration
+from torchrl_rldt.modules.flow import FixedKeysMixin, FlowActor, SinusoidalTimeEmbedding, is_deterministic_exploration
 
 __all__ = ["FlowChainDistribution", "FlowNoiseMLP", "NoisyFlowActor"]
 
@@ -79,7 +79,7 @@ class FlowNoiseMLP(nn.Module):
         return (0.5 * log_var).exp().unflatten(-1, (self.chunk_len, self.action_dim))
 
 
-class NoisyFlowActor(TensorDictModuleBase):
+class NoisyFlowActor(FixedKeysMixin, TensorDictModuleBase):
     """A :class:`~torchrl_rldt.modules.FlowActor` whose Euler steps are Gaussian transitions.
 
     Under a random exploration type each step is ``x_{k+1} ~ N(x_k + v(x_k, t_k | s) / N,
@@ -150,24 +150,14 @@ class NoisyFlowActor(TensorDictModuleBase):
         self._chain_key, self._log_prob_key = unravel_key(chain_key), unravel_key(log_prob_key)
         self.average_log_prob = average_log_prob
 
-    # Keys are read-only and read from the flow actor, where forward() reads them: a copy could drift.
-    @property
-    def in_keys(self) -> list[NestedKey]:
+    _fixed_keys_hint = ("build a new NoisyFlowActor (observation and action keys from its FlowActor, "
+                        "chain_key, log_prob_key)")
+
+    def _fixed_in_keys(self) -> list[NestedKey]:
         return self.flow_actor.in_keys
 
-    @in_keys.setter
-    def in_keys(self, value) -> None:
-        raise AttributeError("NoisyFlowActor keys are fixed at construction; build a new NoisyFlowActor "
-                             "(observation and action keys from its FlowActor, chain_key, log_prob_key).")
-
-    @property
-    def out_keys(self) -> list[NestedKey]:
+    def _fixed_out_keys(self) -> list[NestedKey]:
         return [self.flow_actor.action_key, self._chain_key, self._log_prob_key]
-
-    @out_keys.setter
-    def out_keys(self, value) -> None:
-        raise AttributeError("NoisyFlowActor keys are fixed at construction; build a new NoisyFlowActor "
-                             "(observation and action keys from its FlowActor, chain_key, log_prob_key).")
 
     @property
     def chain_key(self) -> NestedKey:
@@ -178,11 +168,6 @@ class NoisyFlowActor(TensorDictModuleBase):
     def log_prob_key(self) -> NestedKey:
         """Where the chain's log-likelihood is written, ``out_keys[2]``."""
         return self._log_prob_key
-
-    @property
-    def out_keys_source(self) -> list[NestedKey]:
-        """The keys written before any ``select_out_keys`` (which these keys refuse): ``out_keys``."""
-        return self.out_keys
 
     @property
     def spec(self) -> Composite:
