@@ -146,6 +146,8 @@ class TestDPPOActor:
         assert (data["denoising_chain"][:, -1].abs() > 0.3).any()
         assert policy.in_keys == ["observation"]
         assert policy.out_keys == ["action", "denoising_chain", "sample_log_prob"]
+        assert (policy.observation_key, policy.action_key, policy.chain_key, policy.log_prob_key) == (
+            "observation", "action", "denoising_chain", "sample_log_prob")
 
     def test_final_action_clip_is_part_of_the_chain(self):
         torch.manual_seed(0)
@@ -286,8 +288,12 @@ class TestDPPOActor:
         policy = make_policy()
         with pytest.raises(ValueError, match="transitions"):
             policy.log_prob(torch.randn(3, OBS), torch.randn(3, K, H, ACT))
-        with pytest.raises(AttributeError):
-            policy.in_keys = ["other"]
+        for attr in ("in_keys", "out_keys"):
+            with pytest.raises(AttributeError, match="DPPOActor keys are fixed at construction"):
+                setattr(policy, attr, ["other"])
+        with pytest.raises(AttributeError, match="DPPOActor keys are fixed at construction"):
+            policy.select_out_keys("action")
+        assert policy.out_keys == ["action", "denoising_chain", "sample_log_prob"]
 
 
 class TestDPPOLoss:

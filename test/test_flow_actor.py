@@ -251,6 +251,10 @@ class TestWrapperConventions:
             assert policy.out_keys == [("agent", "chunk"), ("agent", "noisy_chain"), "log_prob"]
             assert policy.out_keys[1:] == [policy.chain_key, policy.log_prob_key]
         assert policy.out_keys_source == policy.out_keys  # tensordict's wrappers read it
+        # the keys by role, as the actor names its own
+        assert (policy.observation_key, policy.action_key) == (actor.observation_key, actor.action_key)
+        if name == "landing_point":
+            assert (policy.chain_key, policy.log_prob_key) == (actor.chain_key, None)
         with set_exploration_type(ExplorationType.RANDOM):
             td = policy(TensorDict({"agent": {"obs": torch.randn(4, OBS)}}, batch_size=[4]))
         # what the module declares is what its forward writes

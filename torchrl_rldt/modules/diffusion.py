@@ -42,7 +42,7 @@ from tensordict.utils import NestedKey, unravel_key
 from torch import nn
 from torchrl.data import Composite, TensorSpec
 
-from torchrl_rldt.modules.flow import ChunkActionBounds, is_deterministic_exploration
+from torchrl_rldt.modules.flow import ChunkActionBounds, FixedKeysMixin, is_deterministic_exploration
 
 __all__ = ["DDPMChunkModel", "DPPOActor", "cosine_beta_schedule"]
 
@@ -305,7 +305,7 @@ class DDPMChunkModel(ChunkActionBounds, nn.Module):
         return latent.clamp(-self.final_action_clip_value, self.final_action_clip_value)
 
 
-class DPPOActor(TensorDictModuleBase):
+class DPPOActor(FixedKeysMixin, TensorDictModuleBase):
     """The DDPM chunk policy that DPPO fine-tunes, as a TensorDict policy.
 
     Sampling (RANDOM exploration type, or no exploration context) runs the ``T`` reverse steps
@@ -432,42 +432,13 @@ class DPPOActor(TensorDictModuleBase):
         self._action_key, self._chain_key = unravel_key(action_key), unravel_key(chain_key)
         self._log_prob_key = unravel_key(log_prob_key)
 
-    # Keys are read-only: a loss reads them once, at construction.
-    @property
-    def in_keys(self) -> list[NestedKey]:
+    _fixed_keys_hint = "build a new DPPOActor"
+
+    def _fixed_in_keys(self) -> list[NestedKey]:
         return [self._observation_key]
 
-    @in_keys.setter
-    def in_keys(self, value) -> None:
-        raise AttributeError("DPPOActor keys are fixed at construction; build a new DPPOActor.")
-
-    @property
-    def out_keys(self) -> list[NestedKey]:
+    def _fixed_out_keys(self) -> list[NestedKey]:
         return [self._action_key, self._chain_key, self._log_prob_key]
-
-    @out_keys.setter
-    def out_keys(self, value) -> None:
-        raise AttributeError("DPPOActor keys are fixed at construction; build a new DPPOActor.")
-
-    @property
-    def observation_key(self) -> NestedKey:
-        """The observation key."""
-        return self._observation_key
-
-    @property
-    def action_key(self) -> NestedKey:
-        """Where the executed chunk is written."""
-        return self._action_key
-
-    @property
-    def chain_key(self) -> NestedKey:
-        """Where the chain of the fine-tuned steps is written."""
-        return self._chain_key
-
-    @property
-    def log_prob_key(self) -> NestedKey:
-        """Where the per-step log-likelihoods are written."""
-        return self._log_prob_key
 
     @property
     def finetuned_timesteps(self) -> torch.Tensor:

@@ -422,13 +422,38 @@ class FlowModel(ChunkActionBounds, nn.Module):
         return self.sample(observation, noise)
 
 
+def _fixed_keys_property(getter: str) -> property:
+    """A read-only ``in_keys``/``out_keys``: reads ``getter()`` of the instance and refuses sets.
+
+    A property with a setter (not a bare descriptor): tensordict's ``select_out_keys`` looks for
+    ``fset`` and calls it, so the refusal reaches the user.
+    """
+
+    def read(self) -> list[NestedKey]:
+        return getattr(self, getter)()
+
+    def refuse(self, value) -> None:
+        raise AttributeError(f"{type(self).__name__} keys are fixed at construction; "
+                             f"{self._fixed_keys_hint}.")
+
+    return property(read, refuse)
+
+
 class FixedKeysMixin:
-    """``in_keys`` and ``out_keys`` fixed at construction, read from :meth:`_fixed_in_keys` and
-    :meth:`_fixed_out_keys` (where ``forward`` reads them, so a copy cannot drift); setting either
-    (also through ``select_out_keys``) raises with :attr:`_fixed_keys_hint`, how to choose them.
-    Put it before ``TensorDictModuleBase`` in the bases."""
+    """The key layout of the project's chunk policies, fixed at construction.
+
+    ``in_keys == [observation_key]`` and ``out_keys == [action_key, chain_key, log_prob_key]``,
+    the last two optional (a policy that writes no chain has neither; one that scores no
+    log-likelihood has no ``log_prob_key``). Subclasses define :meth:`_fixed_in_keys` and
+    :meth:`_fixed_out_keys` (where ``forward`` reads its keys, so a copy cannot drift) and
+    :attr:`_fixed_keys_hint`, how to get other keys; setting ``in_keys`` or ``out_keys`` (also
+    through ``select_out_keys``) raises with that hint. Put it before ``TensorDictModuleBase``
+    in the bases.
+    """
 
     _fixed_keys_hint = "build a new module with the keys wanted"
+    in_keys = _fixed_keys_property("_fixed_in_keys")
+    out_keys = _fixed_keys_property("_fixed_out_keys")
 
     def _fixed_in_keys(self) -> list[NestedKey]:
         raise NotImplementedError
@@ -436,32 +461,35 @@ class FixedKeysMixin:
     def _fixed_out_keys(self) -> list[NestedKey]:
         raise NotImplementedError
 
-    def _refuse_keys(self) -> None:
-        raise AttributeError(f"{type(self).__name__} keys are fixed at construction; {self._fixed_keys_hint}.")
-
-    @property
-    def in_keys(self) -> list[NestedKey]:
-        return self._fixed_in_keys()
-
-    @in_keys.setter
-    def in_keys(self, value) -> None:
-        self._refuse_keys()
-
-    @property
-    def out_keys(self) -> list[NestedKey]:
-        return self._fixed_out_keys()
-
-    @out_keys.setter
-    def out_keys(self, value) -> None:
-        self._refuse_keys()
-
     @property
     def out_keys_source(self) -> list[NestedKey]:
         """The keys written before any ``select_out_keys`` (which these keys refuse): ``out_keys``."""
         return self.out_keys
 
+    @property
+    def observation_key(self) -> NestedKey:
+        """The observation key, ``in_keys[0]``."""
+        return self.in_keys[0]
 
-class FlowActor(TensorDictModuleBase):
+    @property
+    def action_key(self) -> NestedKey:
+        """Where the executed action chunk is written, ``out_keys[0]``."""
+        return self.out_keys[0]
+
+    @property
+    def chain_key(self) -> NestedKey | None:
+        """Where the sampling chain is written, ``out_keys[1]``; ``None`` when none is written."""
+        out_keys = self.out_keys
+        return out_keys[1] if len(out_keys) > 1 else None
+
+    @property
+    def log_prob_key(self) -> NestedKey | None:
+        """Where the chain's log-likelihood is written, ``out_keys[2]``; ``None`` when not scored."""
+        out_keys = self.out_keys
+        return out_keys[2] if len(out_keys) > 2 else None
+
+
+class FlowActor(FixedKeysMixin, TensorDictModuleBase):
     """A :class:`FlowModel` as a TensorDict policy.
 
     Reads the observation at ``in_keys[0]`` and writes the action chunk ``[*B, H, A]`` at
@@ -524,37 +552,13 @@ class FlowActor(TensorDictModuleBase):
         self._in_keys, self._out_keys = in_keys, out_keys
         self._noise_key = unravel_key(noise_key)
 
-    # Keys are read-only: changing one after construction would leave users of the others stale.
-    @property
-    def in_keys(self) -> list[NestedKey]:
+    _fixed_keys_hint = "build a new FlowActor around the same model"
+
+    def _fixed_in_keys(self) -> list[NestedKey]:
         return list(self._in_keys)
 
-    @in_keys.setter
-    def in_keys(self, value) -> None:
-        raise AttributeError("FlowActor keys are fixed at construction; build a new FlowActor.")
-
-    @property
-    def out_keys(self) -> list[NestedKey]:
+    def _fixed_out_keys(self) -> list[NestedKey]:
         return list(self._out_keys)
-
-    @out_keys.setter
-    def out_keys(self, value) -> None:
-        raise AttributeError("FlowActor keys are fixed at construction; build a new FlowActor.")
-
-    @property
-    def observation_key(self) -> NestedKey:
-        """The observation key, ``in_keys[0]``."""
-        return self._in_keys[0]
-
-    @property
-    def action_key(self) -> NestedKey:
-        """The action key, ``out_keys[0]``."""
-        return self._out_keys[0]
-
-    @property
-    def chain_key(self) -> NestedKey | None:
-        """Where the chain is written (``out_keys[1]``), or ``None``."""
-        return self._out_keys[1] if len(self._out_keys) > 1 else None
 
     @property
     def noise_key(self) -> NestedKey:

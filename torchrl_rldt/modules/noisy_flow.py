@@ -160,16 +160,6 @@ class NoisyFlowActor(FixedKeysMixin, TensorDictModuleBase):
         return [self.flow_actor.action_key, self._chain_key, self._log_prob_key]
 
     @property
-    def chain_key(self) -> NestedKey:
-        """Where the chain is written, ``out_keys[1]``."""
-        return self._chain_key
-
-    @property
-    def log_prob_key(self) -> NestedKey:
-        """Where the chain's log-likelihood is written, ``out_keys[2]``."""
-        return self._log_prob_key
-
-    @property
     def spec(self) -> Composite:
         """The flow actor's output spec: the executed action is clamped to the same bounds.
 
