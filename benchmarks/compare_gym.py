@@ -22,11 +22,9 @@ evaluation returns against env steps and wall-clock into ``<out>/<name>.csv``, a
     python benchmarks/compare_gym.py --methods reinflow fpo --seeds 0 --set ppo.actor_lr=1e-4 \\
         --name ppo_lr_1e-4
 
-``--set [METHOD:]KEY=VALUE`` adds a Hydra override to every run (or to METHOD's runs). Every run
-uses one torch thread (``num_threads=1``; ``--set num_threads=N`` changes it), whatever its
-example's default, because the comparisons run two at a time on two cores. With ``--jobs 2`` two
-runs share the machine's cores, so their wall-clock is longer than alone: compare wall-clock only
-between runs made with the same ``--jobs``.
+``--set [METHOD:]KEY=VALUE`` adds a Hydra override to every run (or to METHOD's runs). With
+``--jobs 2`` two runs share the machine's cores, so their wall-clock is longer than alone: compare
+wall-clock only between runs made with the same ``--jobs``.
 """
 from __future__ import annotations
 
@@ -151,10 +149,8 @@ def run(method: str, task: str, seed: int, env_steps: int, run_dir: Path, overri
             raise SystemExit(f"{run_dir} ran for {budget} env steps, more than --env-steps {env_steps}.")
         if budget == env_steps:
             return summary
-    # one thread unless asked: two runs share two cores (the main job's default is 2 threads)
-    threads = [] if any(option.startswith("num_threads=") for option in options) else ["num_threads=1"]
     command = [
-        sys.executable, str(ROOT / "examples" / example), *options, *threads,
+        sys.executable, str(ROOT / "examples" / example), *options,
         f"collector.total_env_steps={env_steps}", f"hydra.run.dir={run_dir}", "logger.progress_bar=false",
     ]
     if (run_dir / "checkpoint.pt").exists():

@@ -140,12 +140,10 @@ def test_metaworld_runs_each_method_with_its_sparse_config(tmp_path):
     delta = json.loads((tmp_path / "runs" / "compare_gym_metaworld-pickplace-v3" / "rldt_delta-seed0"
                         / "summary.json").read_text())
     assert "rldt.kernel=delta" in delta["command"]
-    assert "num_threads=1" in delta["command"].split()  # two runs share two cores; the job's default is 2
     state = torch.load(tmp_path / "runs" / "compare_gym_metaworld-pickplace-v3" / "rldt_delta-seed0"
                        / "checkpoint.pt", weights_only=True)
     assert state["config"]["critic"]["value_estimator"] == "td_lambda"
     assert state["config"]["rldt"]["kernel"] == "delta"
-    assert state["config"]["num_threads"] == 1
 
 
 def test_ablation_variants_and_the_last_logged_value(tmp_path):
