@@ -127,9 +127,10 @@ def main(cfg: DictConfig) -> None:
                     for _ in range(cfg.schedule.critic_steps):
                         if round_batch is None:
                             sample = replay_buffer.sample(cfg.buffer.batch_size)
-                        else:
-                            start = int(torch.randint(round_size - cfg.buffer.batch_size + 1, ()))
-                            sample = round_batch[start:start + cfg.buffer.batch_size]
+                        else:  # slices end early at episode ends: the round batch can be shorter
+                            window = min(cfg.buffer.batch_size, round_batch.shape[0])
+                            start = int(torch.randint(round_batch.shape[0] - window + 1, ()))
+                            sample = round_batch[start:start + window]
                         sample["next", "reward"] = reward_scale(sample["next", "reward"])
                         with autocast:
                             critic_loss, critic_info = loss.qvalue_loss(sample)
@@ -140,6 +141,7 @@ def main(cfg: DictConfig) -> None:
                         target_updater.step()
                         counters["critic_updates"] += 1
                         metrics["loss_qvalue"] = critic_loss.item()
+                        metrics["critic_batch_size"] = sample.shape[0]  # transitions: short slices shrink it
                         predicted = critic_info["state_action_value"]
                         metrics["q_mean"] = predicted.mean().item()
                         # how far apart the ensemble's members are (the spread the min acts on)

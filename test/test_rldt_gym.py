@@ -3,6 +3,7 @@
 """examples/rldt_gym.py end to end at a tiny size: outputs, resumption, Ctrl-C, bad input."""
 from __future__ import annotations
 
+import csv
 import json
 import signal
 import subprocess
@@ -335,6 +336,25 @@ def test_metaworld_sparse_config_trains_with_td_lambda_on_trajectory_slices(tmp_
     assert checkpoint["config"]["optim"]["gamma"] == 0.999
     scalars = run_dir / "rldt_gym" / "scalars"
     assert (scalars / "loss_qvalue.csv").is_file()
+
+
+def test_critic_windows_stay_inside_a_round_batch_shortened_by_episode_ends(tmp_path):
+    """Slices end at episode ends, so a round batch holds fewer transitions than asked for."""
+    base = make_base(tmp_path / "pickplace.pt", task="MetaWorld/PickPlace-v3", observation_dim=39,
+                     action_dim=4)
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--config-name", "rldt_metaworld", f"base_checkpoint={base}",
+         f"hydra.run.dir={run_dir}", *TINY, "collector.total_env_steps=400", "buffer.slice_len=4",
+         # one-chunk episodes: slices of 1 transition where 4 are asked for, so a round batch of
+         # 4 x 32 / 2 = 64 asked transitions holds 16, fewer than a critic batch of 32
+         "env.max_episode_steps=4", "schedule.critic_steps=4", "schedule.target_action_reuse=2"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sizes = [float(row[-1]) for row in csv.reader(open(run_dir / "rldt_gym" / "scalars" / "critic_batch_size.csv"))
+             if row]
+    assert sizes and all(0 < size < 32 for size in sizes)  # the whole short round batch, never empty
 
 
 def test_a_resumed_slice_buffer_ends_each_env_stream_at_the_seam():
